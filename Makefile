@@ -1,0 +1,30 @@
+# Every target that needs tools installs them first (hack/install-deps.sh).
+GO ?= go
+PKGS := ./...
+GOBIN := $(shell $(GO) env GOPATH)/bin
+
+.PHONY: all build test unit lint deps demo clean
+
+all: build
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+deps:
+	hack/install-deps.sh
+
+lint: deps
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet -tags integration $(PKGS)
+	$(GOBIN)/staticcheck -tags integration $(PKGS)
+
+unit:
+	$(GO) test $(PKGS)
+
+# The whole suite: unit tests, then the real-kernel and real-API tests
+# (root; every topology lives in network namespaces the tests create).
+test: deps lint
+	$(GO) test -count=1 -tags integration $(PKGS)
+
+clean:
+	rm -rf bin

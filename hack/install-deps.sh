@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need, and only what is missing, so
+# that a machine that already has everything passes without the registries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v iptables-legacy-restore >/dev/null || need_apt+=(iptables)
+command -v nft >/dev/null || need_apt+=(nftables)
+command -v ip >/dev/null || need_apt+=(iproute2)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+if [ ${#need_apt[@]} -gt 0 ]; then
+	echo ">> apt-get install ${need_apt[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+gobin=$(go env GOPATH)/bin
+if [ ! -x "$gobin/staticcheck" ]; then
+	echo ">> go install staticcheck"
+	go install honnef.co/go/tools/cmd/staticcheck@2025.1.1
+fi
+
+# A real kube-apiserver and etcd for the API tests, built once and cached.
+if [ -x hack/build-kube.sh ]; then
+	hack/build-kube.sh
+fi
