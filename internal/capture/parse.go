@@ -1,0 +1,164 @@
+package capture
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// maxListItems bounds every comma-separated list. A pod annotation is user
+// input: a huge list would become a huge ruleset in every restore.
+const maxListItems = 256
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func checkLen(items []string) error {
+	if len(items) > maxListItems {
+		return fmt.Errorf("%d items, at most %d allowed", len(items), maxListItems)
+	}
+	return nil
+}
+
+// ParsePort parses one TCP/UDP port, 1-65535.
+func ParsePort(s string) (uint16, error) {
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("port %q: must be a number 1-65535", s)
+	}
+	return uint16(n), nil
+}
+
+// ParsePortList parses "80,443" into ports, dropping duplicates.
+func ParsePortList(s string) ([]uint16, error) {
+	items := splitList(s)
+	if err := checkLen(items); err != nil {
+		return nil, err
+	}
+	var out []uint16
+	seen := map[uint16]bool{}
+	for _, it := range items {
+		p, err := ParsePort(it)
+		if err != nil {
+			return nil, err
+		}
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// ParsePorts parses an include list that may be "*".
+func ParsePorts(s string) (Ports, error) {
+	if strings.TrimSpace(s) == "*" {
+		return Ports{All: true}, nil
+	}
+	l, err := ParsePortList(s)
+	return Ports{List: l}, err
+}
+
+// ParseCIDRList parses "10.0.0.0/8,fd00::/8". A bare address is taken as a
+// host prefix, as iptables would.
+func ParseCIDRList(s string) ([]netip.Prefix, error) {
+	items := splitList(s)
+	if err := checkLen(items); err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	for _, it := range items {
+		p, err := netip.ParsePrefix(it)
+		if err != nil {
+			a, aerr := netip.ParseAddr(it)
+			if aerr != nil || a.Zone() != "" {
+				return nil, fmt.Errorf("CIDR %q: not an address or prefix like 10.0.0.0/8", it)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// ParseCIDRs parses an include list that may be "*".
+func ParseCIDRs(s string) (CIDRs, error) {
+	if strings.TrimSpace(s) == "*" {
+		return CIDRs{All: true}, nil
+	}
+	l, err := ParseCIDRList(s)
+	return CIDRs{List: l}, err
+}
+
+// ParseIDList parses UIDs or GIDs: "1337" or "1337,1338".
+func ParseIDList(s string) ([]uint32, error) {
+	items := splitList(s)
+	if err := checkLen(items); err != nil {
+		return nil, err
+	}
+	var out []uint32
+	for _, it := range items {
+		n, err := strconv.ParseUint(it, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("id %q: must be a number 0-4294967295", it)
+		}
+		out = append(out, uint32(n))
+	}
+	return out, nil
+}
+
+// ParseInterfaces parses a list of interface names.
+func ParseInterfaces(s string) ([]string, error) {
+	items := splitList(s)
+	if err := checkLen(items); err != nil {
+		return nil, err
+	}
+	for _, it := range items {
+		if err := validInterface(it); err != nil {
+			return nil, err
+		}
+	}
+	return items, nil
+}
+
+// validInterface applies the kernel's rules for device names (dev_valid_name)
+// and refuses a leading '-' or '!', which iptables would read as an option.
+func validInterface(name string) error {
+	if name == "" || len(name) > 15 || name == "." || name == ".." {
+		return fmt.Errorf("interface %q: must be 1-15 characters", name)
+	}
+	for _, r := range name {
+		if r <= ' ' || r > '~' || r == '/' || r == ':' || r == '"' || r == '\'' || r == '\\' {
+			return fmt.Errorf("interface %q: invalid character %q", name, r)
+		}
+	}
+	if name[0] == '-' || name[0] == '!' {
+		return fmt.Errorf("interface %q: must not start with %q", name, name[0])
+	}
+	return nil
+}
+
+// ParseMode parses an interception mode.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(strings.TrimSpace(s)); m {
+	case Redirect, TProxy:
+		return m, nil
+	}
+	return "", fmt.Errorf("interception mode %q: must be REDIRECT or TPROXY", s)
+}
+
+func joinPorts(ps []uint16) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = strconv.Itoa(int(p))
+	}
+	return strings.Join(s, ",")
+}
