@@ -1,0 +1,307 @@
+// Package netfilter programs a capture spec into a network namespace with
+// iptables-restore, one atomic restore per address family, and reads it
+// back for CHECK and verify. Rule text comes from package rules.
+package netfilter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/netns"
+	"github.com/meshcni/meshcni/internal/rules"
+)
+
+// Interface is what the plug-in, the init command and the repair
+// controller need from the kernel. Fake implements it for unit tests.
+type Interface interface {
+	// Apply programs spec in the netns at path ("" = current). Programming
+	// the same spec again changes nothing; a different spec over existing
+	// rules is refused with ErrConflict. On error nothing is left behind.
+	Apply(ctx context.Context, path string, spec capture.Spec) error
+	// Check returns nil when the netns holds exactly spec's rules, and an
+	// error naming the missing and unexpected rules otherwise.
+	Check(ctx context.Context, path string, spec capture.Spec) error
+	// Remove deletes whatever capture rules the netns holds.
+	Remove(ctx context.Context, path string) error
+}
+
+var (
+	// ErrConflict: the netns already holds different capture rules.
+	ErrConflict = errors.New("netns already holds different capture rules")
+	// ErrMismatch: CHECK found rules differing from the spec.
+	ErrMismatch = errors.New("capture rules differ from the pod's spec")
+)
+
+// Options configure an Applier.
+type Options struct {
+	// Backend forces legacy or nft; Auto follows the netns, then the node.
+	Backend Backend
+	// LockDir holds the per-netns xtables lock files (legacy only), so
+	// that pods don't queue on the host's global /run/xtables.lock.
+	LockDir string
+	// Run executes commands; nil means ExecRunner.
+	Run Runner
+}
+
+// Applier is the real Interface, over iptables-restore and -save.
+type Applier struct {
+	opts Options
+}
+
+var _ Interface = (*Applier)(nil)
+
+// New returns an Applier.
+func New(opts Options) *Applier {
+	if opts.Run == nil {
+		opts.Run = ExecRunner
+	}
+	if opts.LockDir == "" {
+		opts.LockDir = filepath.Join(os.TempDir(), "meshcni-xtables")
+	}
+	return &Applier{opts: opts}
+}
+
+// session is one visit to a netns: the backend and lock chosen once.
+type session struct {
+	a       *Applier
+	ctx     context.Context
+	backend Backend
+	env     []string
+}
+
+func (a *Applier) enter(ctx context.Context, path string, fn func(*session) error) error {
+	id, err := netns.ID(path)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(a.opts.LockDir, 0o700); err != nil {
+		return fmt.Errorf("create xtables lock dir: %w", err)
+	}
+	lock := filepath.Join(a.opts.LockDir, "xtables-"+id+".lock")
+	defer os.Remove(lock)
+	return netns.Do(path, func() error {
+		s := &session{a: a, ctx: ctx, env: []string{"XTABLES_LOCKFILE=" + lock}}
+		b, err := s.detect()
+		if err != nil {
+			return err
+		}
+		s.backend = b
+		return fn(s)
+	})
+}
+
+// detect picks the backend: forced, else whichever already holds rules in
+// this netns (legacy is seen without a fork, through /proc), else the node's.
+func (s *session) detect() (Backend, error) {
+	if s.a.opts.Backend != Auto {
+		return s.a.opts.Backend, nil
+	}
+	if legacyHasTables() {
+		return Legacy, nil
+	}
+	return SystemDefault(), nil
+}
+
+// legacyHasTables reads the tables the legacy backend has loaded in the
+// current thread's netns.
+func legacyHasTables() bool {
+	for _, f := range []string{"ip_tables_names", "ip6_tables_names"} {
+		b, err := os.ReadFile("/proc/thread-self/net/" + f)
+		if err == nil && strings.TrimSpace(string(b)) != "" {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *session) run(stdin, name string, args ...string) (string, error) {
+	if s.backend == Legacy {
+		args = append([]string{"-w", "10"}, args...)
+	}
+	return s.a.opts.Run(s.ctx, s.env, stdin, name, args...)
+}
+
+func (s *session) save(f rules.Family) (Tables, error) {
+	out, err := s.a.opts.Run(s.ctx, s.env, "", binary(s.backend, f == rules.IPv6, "save"))
+	if err != nil {
+		return nil, err
+	}
+	return parseSave(out), nil
+}
+
+func (s *session) restore(f rules.Family, text string) error {
+	_, err := s.run(text, binary(s.backend, f == rules.IPv6, "restore"), "--noflush")
+	return err
+}
+
+// canonical asks the kernel, in a scratch netns, how it prints rs: the only
+// reliable way to compare with iptables-save output, which normalizes
+// matches ("-p tcp -m tcp --dport").
+func (s *session) canonical(rs rules.Ruleset) (Tables, error) {
+	var got Tables
+	err := netns.Scratch(func() error {
+		if err := s.restore(rs.Family, rs.Restore()); err != nil {
+			return fmt.Errorf("render %s rules: %w", rs.Family, err)
+		}
+		var err error
+		got, err = s.save(rs.Family)
+		return err
+	})
+	return got, err
+}
+
+// Apply implements Interface.
+func (a *Applier) Apply(ctx context.Context, path string, spec capture.Spec) error {
+	if err := spec.Validate(); err != nil {
+		return fmt.Errorf("invalid capture spec: %w", err)
+	}
+	sets := rules.Build(spec)
+	return a.enter(ctx, path, func(s *session) error {
+		var applied []rules.Ruleset
+		rollback := func() {
+			for _, done := range applied {
+				s.undo(done)
+			}
+		}
+		for _, rs := range sets {
+			skip, err := s.alreadyThere(rs)
+			if err != nil {
+				// Rules in the way are not ours to remove.
+				rollback()
+				return err
+			}
+			if skip {
+				continue
+			}
+			// Undo covers a restore that failed half-way, too.
+			applied = append(applied, rs)
+			if err := s.restore(rs.Family, rs.Restore()); err != nil {
+				rollback()
+				return fmt.Errorf("program %s rules (%s backend): %w", rs.Family, s.backend, err)
+			}
+		}
+		if err := programRoutes(spec); err != nil {
+			rollback()
+			return err
+		}
+		return nil
+	})
+}
+
+// alreadyThere reports whether rs is already programmed exactly; other
+// capture rules in the way are ErrConflict. A netns with no ISTIO chains
+// (every new pod) costs one save and no scratch namespace.
+func (s *session) alreadyThere(rs rules.Ruleset) (bool, error) {
+	all, err := s.save(rs.Family)
+	if err != nil {
+		return false, err
+	}
+	have := ours(all, nil)
+	if have.Empty() {
+		return false, nil
+	}
+	want, err := s.canonical(rs)
+	if err != nil {
+		return false, err
+	}
+	have = ours(all, want)
+	if equal(want, have) {
+		return true, nil
+	}
+	missing, extra := diff(want, have)
+	return false, fmt.Errorf("%w (%s): missing %d rules, %d unexpected; first differences: %s",
+		ErrConflict, rs.Family, len(missing), len(extra), firstOf(missing, extra))
+}
+
+// undo removes what a failed or rolled-back apply may have left of rs,
+// reading the real state first: a legacy restore commits table by table,
+// so a failure can leave some tables written.
+func (s *session) undo(rs rules.Ruleset) {
+	all, err := s.save(rs.Family)
+	if err != nil {
+		return
+	}
+	want, _ := s.canonical(rs)
+	have := ours(all, want)
+	if have.Empty() {
+		return
+	}
+	_ = s.restore(rs.Family, removal(have))
+}
+
+// Check implements Interface.
+func (a *Applier) Check(ctx context.Context, path string, spec capture.Spec) error {
+	return a.enter(ctx, path, func(s *session) error {
+		for _, rs := range rules.Build(spec) {
+			all, err := s.save(rs.Family)
+			if err != nil {
+				return err
+			}
+			want, err := s.canonical(rs)
+			if err != nil {
+				return err
+			}
+			have := ours(all, want)
+			if !equal(want, have) {
+				missing, extra := diff(want, have)
+				return fmt.Errorf("%w (%s): missing %d rules, %d unexpected: %s",
+					ErrMismatch, rs.Family, len(missing), len(extra), firstOf(missing, extra))
+			}
+		}
+		return checkRoutes(spec)
+	})
+}
+
+// Remove implements Interface.
+func (a *Applier) Remove(ctx context.Context, path string) error {
+	return a.enter(ctx, path, func(s *session) error {
+		for _, f := range []rules.Family{rules.IPv4, rules.IPv6} {
+			all, err := s.save(f)
+			if err != nil {
+				return err
+			}
+			if have := ours(all, nil); !have.Empty() {
+				if err := s.restore(f, removal(have)); err != nil {
+					return fmt.Errorf("remove %s rules: %w", f, err)
+				}
+			}
+		}
+		return removeRoutes()
+	})
+}
+
+// Save returns the netns's full iptables-save output for one family, for
+// `meshcnictl verify` and debugging.
+func (a *Applier) Save(ctx context.Context, path string, f rules.Family) (string, Backend, error) {
+	var out string
+	var backend Backend
+	err := a.enter(ctx, path, func(s *session) error {
+		backend = s.backend
+		var err error
+		out, err = s.a.opts.Run(s.ctx, s.env, "", binary(s.backend, f == rules.IPv6, "save"))
+		return err
+	})
+	return out, backend, err
+}
+
+func firstOf(missing, extra []string) string {
+	var parts []string
+	for i, l := range missing {
+		if i == 3 {
+			break
+		}
+		parts = append(parts, "missing "+l)
+	}
+	for i, l := range extra {
+		if i == 3 {
+			break
+		}
+		parts = append(parts, "unexpected "+l)
+	}
+	return strings.Join(parts, "; ")
+}

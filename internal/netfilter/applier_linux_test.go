@@ -1,0 +1,88 @@
+//go:build integration
+
+package netfilter
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+
+	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/rules"
+)
+
+func newNS(t *testing.T) ns.NetNS {
+	t.Helper()
+	n, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("create netns: %v", err)
+	}
+	t.Cleanup(func() {
+		n.Close()
+		_ = testutils.UnmountNS(n)
+	})
+	return n
+}
+
+func backends(t *testing.T, fn func(t *testing.T, a *Applier)) {
+	for _, b := range []Backend{Legacy, NFT} {
+		t.Run(string(b), func(t *testing.T) {
+			fn(t, New(Options{Backend: b, LockDir: t.TempDir()}))
+		})
+	}
+}
+
+func TestApplyIsIdempotentAndChecks(t *testing.T) {
+	backends(t, func(t *testing.T, a *Applier) {
+		ctx := context.Background()
+		n := newNS(t)
+		spec := capture.Default()
+		spec.IPv6 = true
+		if err := a.Apply(ctx, n.Path(), spec); err != nil {
+			t.Fatalf("apply: %v", err)
+		}
+		first, _, err := a.Save(ctx, n.Path(), rules.IPv4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(first, "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001") {
+			t.Fatalf("redirect rule missing from save:\n%s", first)
+		}
+		if err := a.Apply(ctx, n.Path(), spec); err != nil {
+			t.Fatalf("second apply of the same spec: %v", err)
+		}
+		second, _, _ := a.Save(ctx, n.Path(), rules.IPv4)
+		if first != second {
+			t.Fatalf("second apply changed the rules:\n%s\n---\n%s", first, second)
+		}
+		if err := a.Check(ctx, n.Path(), spec); err != nil {
+			t.Fatalf("check: %v", err)
+		}
+
+		other := spec
+		other.OutboundPorts = []uint16{8080}
+		if err := a.Apply(ctx, n.Path(), other); !errors.Is(err, ErrConflict) {
+			t.Fatalf("apply of a different spec: want ErrConflict, got %v", err)
+		}
+		if err := a.Check(ctx, n.Path(), other); !errors.Is(err, ErrMismatch) {
+			t.Fatalf("check against another spec: want ErrMismatch, got %v", err)
+		}
+		if after, _, _ := a.Save(ctx, n.Path(), rules.IPv4); after != first {
+			t.Fatalf("refused apply changed the rules")
+		}
+
+		if err := a.Remove(ctx, n.Path()); err != nil {
+			t.Fatalf("remove: %v", err)
+		}
+		for _, f := range []rules.Family{rules.IPv4, rules.IPv6} {
+			out, _, _ := a.Save(ctx, n.Path(), f)
+			if strings.Contains(out, "ISTIO") {
+				t.Fatalf("%s residue after remove:\n%s", f, out)
+			}
+		}
+	})
+}

@@ -1,0 +1,109 @@
+package netfilter
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// Backend is the iptables implementation a node uses.
+type Backend string
+
+const (
+	Legacy Backend = "legacy"
+	NFT    Backend = "nft"
+	// Auto lets existing rules decide, then the system's `iptables`.
+	Auto Backend = ""
+)
+
+// ParseBackend accepts legacy, nft, or auto/empty.
+func ParseBackend(s string) (Backend, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "", "auto":
+		return Auto, nil
+	case "legacy":
+		return Legacy, nil
+	case "nft":
+		return NFT, nil
+	}
+	return "", fmt.Errorf("iptables backend %q: must be legacy, nft or auto", s)
+}
+
+// Runner runs one command with stdin and returns its stdout. It is the
+// seam between rule logic and the kernel: tests assert argv and stdin.
+type Runner func(ctx context.Context, env []string, stdin string, name string, args ...string) (string, error)
+
+// searchDirs is where iptables lives on Debian and most nodes; a CNI
+// plug-in's PATH is often empty.
+var searchDirs = []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"}
+
+func lookPath(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, d := range searchDirs {
+		p := filepath.Join(d, name)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found in PATH or %s: install iptables on the node", name, strings.Join(searchDirs, ", "))
+}
+
+// ExecRunner runs real binaries, in the caller's (locked) network namespace.
+func ExecRunner(ctx context.Context, env []string, stdin string, name string, args ...string) (string, error) {
+	path, err := lookPath(name)
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, explain(errb.String()))
+	}
+	return out.String(), nil
+}
+
+// explain turns the kernel's terse complaints into what to fix.
+func explain(stderr string) string {
+	msg := strings.TrimSpace(stderr)
+	switch {
+	case strings.Contains(msg, "TPROXY") && (strings.Contains(msg, "No such file") || strings.Contains(msg, "Couldn't load target")):
+		return msg + " (TPROXY needs the xt_TPROXY kernel module on the node)"
+	case strings.Contains(msg, "Chain already exists"):
+		return msg + " (ISTIO_* chains already exist in this netns, programmed by someone else)"
+	case strings.Contains(msg, "Permission denied") || strings.Contains(msg, "Operation not permitted"):
+		return msg + " (needs CAP_NET_ADMIN in the pod's network namespace)"
+	}
+	return msg
+}
+
+// binary returns the command name for a backend, family and tool
+// ("save" or "restore").
+func binary(b Backend, ipv6 bool, tool string) string {
+	name := "iptables"
+	if ipv6 {
+		name = "ip6tables"
+	}
+	return name + "-" + string(b) + "-" + tool
+}
+
+// SystemDefault is the backend the node's `iptables` command uses, read
+// from where the alternatives link points; no command is run.
+func SystemDefault() Backend {
+	p, err := lookPath("iptables")
+	if err != nil {
+		return NFT
+	}
+	if target, err := filepath.EvalSymlinks(p); err == nil && strings.Contains(target, "legacy") {
+		return Legacy
+	}
+	return NFT
+}

@@ -1,0 +1,120 @@
+package netfilter
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// passthrough6 is the source address Envoy binds for inbound passthrough
+// over IPv6; IPv4 has all of 127/8 on lo already.
+var passthrough6 = &net.IPNet{IP: net.ParseIP("::6"), Mask: net.CIDRMask(128, 128)}
+
+// programRoutes adds what rules alone cannot: for TPROXY the policy route
+// (fwmark → table → local via lo), for IPv6 the ::6 address on lo. Runs in
+// the target netns; every step is idempotent.
+func programRoutes(spec capture.Spec) error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo: %w", err)
+	}
+	if spec.IPv6 {
+		if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: passthrough6}); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add ::6/128 to lo: %w", err)
+		}
+	}
+	if spec.Mode != capture.TProxy {
+		return nil
+	}
+	for _, fam := range families(spec) {
+		rule := tproxyRule(spec, fam)
+		if err := netlink.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add rule fwmark %d lookup %d: %w", spec.TProxyMark, spec.TProxyRouteTable, err)
+		}
+		if err := netlink.RouteReplace(tproxyRoute(spec, fam, lo.Attrs().Index)); err != nil {
+			return fmt.Errorf("add local default route via lo in table %d: %w", spec.TProxyRouteTable, err)
+		}
+	}
+	return nil
+}
+
+func checkRoutes(spec capture.Spec) error {
+	if spec.Mode != capture.TProxy {
+		return nil
+	}
+	for _, fam := range families(spec) {
+		rs, err := netlink.RuleListFiltered(fam, tproxyRule(spec, fam), netlink.RT_FILTER_TABLE|netlink.RT_FILTER_MARK)
+		if err != nil {
+			return fmt.Errorf("list rules: %w", err)
+		}
+		if len(rs) == 0 {
+			return fmt.Errorf("%w: no policy rule fwmark %d lookup %d", ErrMismatch, spec.TProxyMark, spec.TProxyRouteTable)
+		}
+		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: spec.TProxyRouteTable}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return fmt.Errorf("list routes: %w", err)
+		}
+		if len(routes) == 0 {
+			return fmt.Errorf("%w: route table %d is empty", ErrMismatch, spec.TProxyRouteTable)
+		}
+	}
+	return nil
+}
+
+// removeRoutes deletes the TPROXY policy rules meshcni may have added
+// (any mark/table pair is found by its priority-less fwmark rule).
+func removeRoutes() error {
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rs, err := netlink.RuleList(fam)
+		if err != nil {
+			if errors.Is(err, unix.EAFNOSUPPORT) || os.IsNotExist(err) {
+				continue
+			}
+			return fmt.Errorf("list rules: %w", err)
+		}
+		for _, r := range rs {
+			if r.Mark == capture.DefaultTProxyMark && r.Table == capture.DefaultTProxyRouteTable {
+				r := r
+				if err := netlink.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
+					return fmt.Errorf("delete rule: %w", err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func families(spec capture.Spec) []int {
+	if spec.IPv6 {
+		return []int{netlink.FAMILY_V4, netlink.FAMILY_V6}
+	}
+	return []int{netlink.FAMILY_V4}
+}
+
+func tproxyRule(spec capture.Spec, fam int) *netlink.Rule {
+	r := netlink.NewRule()
+	r.Family = fam
+	r.Mark = spec.TProxyMark
+	r.Table = spec.TProxyRouteTable
+	return r
+}
+
+func tproxyRoute(spec capture.Spec, fam, lo int) *netlink.Route {
+	dst := &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+	if fam == netlink.FAMILY_V6 {
+		dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	}
+	return &netlink.Route{
+		LinkIndex: lo,
+		Dst:       dst,
+		Table:     spec.TProxyRouteTable,
+		Type:      unix.RTN_LOCAL,
+		Scope:     netlink.SCOPE_HOST,
+		Family:    fam,
+	}
+}
