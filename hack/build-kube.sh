@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Builds a real kube-apiserver and etcd for the API tests (test/kubeharness)
+# and caches them outside the repo, in ${MESHCNI_CACHE:-/var/cache/meshcni}/bin.
+#
+# Each binary is built only when its versioned file is missing, so a machine
+# that already has the cache passes without reaching any registry. Bumping a
+# version below rebuilds that binary; the unversioned names are symlinks to
+# the current versions, and those are what the harness runs.
+#
+# Both come from the Go module proxy, as source: no prebuilt downloads.
+set -euo pipefail
+
+KUBE_VERSION=v1.34.4
+# The etcd server that k8s.io/kubernetes $KUBE_VERSION pins in its go.mod.
+ETCD_VERSION=v3.6.4
+
+cache=${MESHCNI_CACHE:-/var/cache/meshcni}
+bin=$cache/bin
+mkdir -p "$bin"
+
+export GOWORK=off GOFLAGS=-mod=mod GOTOOLCHAIN=local
+ldflags="-s -w"
+
+# link NAME VERSIONED points bin/NAME at bin/VERSIONED.
+link() {
+	ln -sfn "$2" "$bin/$1"
+}
+
+build_kube_apiserver() {
+	local out=$bin/kube-apiserver-$KUBE_VERSION
+	if [ -x "$out" ]; then
+		link kube-apiserver "kube-apiserver-$KUBE_VERSION"
+		return
+	fi
+	local dir=$cache/build/kube-apiserver-$KUBE_VERSION
+	mkdir -p "$dir"
+	echo ">> fetching k8s.io/kubernetes $KUBE_VERSION"
+	local kdir
+	kdir=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" |
+		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+	[ -f "$kdir/go.mod" ] || { echo "build-kube: no go.mod for k8s.io/kubernetes@$KUBE_VERSION" >&2; exit 1; }
+	# Each staging module that kubernetes replaces with ./staging/src/k8s.io/X
+	# is published as k8s.io/X v0.<minor>.<patch>.
+	local staging_version=v0.${KUBE_VERSION#v1.}
+	{
+		echo "module meshcni.local/build/kube-apiserver"
+		echo
+		echo "go 1.24"
+		echo
+		echo "require k8s.io/kubernetes $KUBE_VERSION"
+		echo
+		echo "replace ("
+		grep -E '^[[:space:]]*k8s\.io/[^[:space:]]+ => \./staging/src/' "$kdir/go.mod" |
+			awk -v v="$staging_version" '{ printf "\t%s => %s %s\n", $1, $1, v }'
+		echo ")"
+	} >"$dir/go.mod"
+	rm -f "$dir/go.sum"
+	echo ">> building kube-apiserver $KUBE_VERSION (about 5 minutes on 2 cores)"
+	local start=$SECONDS
+	local vpkg=k8s.io/component-base/version
+	local minor=${KUBE_VERSION#v1.}
+	minor=${minor%%.*}
+	(cd "$dir" && go build -trimpath -o "$out.tmp" \
+		-ldflags "$ldflags -X $vpkg.gitVersion=$KUBE_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean" \
+		k8s.io/kubernetes/cmd/kube-apiserver)
+	mv "$out.tmp" "$out"
+	link kube-apiserver "kube-apiserver-$KUBE_VERSION"
+	echo ">> built $out in $((SECONDS - start))s"
+}
+
+build_etcd() {
+	local out=$bin/etcd-$ETCD_VERSION
+	if [ -x "$out" ]; then
+		link etcd "etcd-$ETCD_VERSION"
+		return
+	fi
+	local dir=$cache/build/etcd-$ETCD_VERSION
+	mkdir -p "$dir"
+	printf 'module meshcni.local/build/etcd\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 %s\n' \
+		"$ETCD_VERSION" >"$dir/go.mod"
+	rm -f "$dir/go.sum"
+	echo ">> building etcd $ETCD_VERSION (about 1 minute on 2 cores)"
+	local start=$SECONDS
+	local vpkg=go.etcd.io/etcd/api/v3/version
+	(cd "$dir" && go build -trimpath -o "$out.tmp" \
+		-ldflags "$ldflags -X $vpkg.GitSHA=$ETCD_VERSION" \
+		go.etcd.io/etcd/server/v3)
+	mv "$out.tmp" "$out"
+	link etcd "etcd-$ETCD_VERSION"
+	echo ">> built $out in $((SECONDS - start))s"
+}
+
+build_etcd
+build_kube_apiserver
+echo ">> kube-apiserver and etcd ready in $bin"
