@@ -1,0 +1,168 @@
+package plugin
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/netfilter"
+)
+
+// Config is meshcni's entry in the conflist. Keys are flat, snake_case,
+// documented in the README.
+type Config struct {
+	types.NetConf
+
+	Kubeconfig        string   `json:"kubeconfig"`
+	ExcludeNamespaces []string `json:"exclude_namespaces"`
+	LogLevel          string   `json:"log_level"`
+	// LogFile receives the plug-in's log when the agent's socket is absent.
+	LogFile string `json:"log_file"`
+	// LogSocket is the agent's Unix socket for log lines and ADD results.
+	LogSocket string `json:"log_socket"`
+
+	APITimeout        string `json:"api_timeout"`
+	PodLookupRetries  *int   `json:"pod_lookup_retries"`
+	PodLookupInterval string `json:"pod_lookup_interval"`
+
+	IptablesBackend string `json:"iptables_backend"`
+	LockDir         string `json:"lock_dir"`
+
+	// Capture defaults for every pod; annotations override per pod.
+	ProxyPort          *uint16 `json:"proxy_port"`
+	InboundCapturePort *uint16 `json:"inbound_capture_port"`
+	InboundTunnelPort  *uint16 `json:"inbound_tunnel_port"`
+	ProxyUID           *uint32 `json:"proxy_uid"`
+	ProxyGID           *uint32 `json:"proxy_gid"`
+
+	// Parsed forms, filled by parseConfig.
+	apiTimeout   time.Duration
+	lookupRetry  time.Duration
+	lookupTries  int
+	backend      netfilter.Backend
+	captureBase  capture.Spec
+	excludedByNS map[string]bool
+}
+
+// Supported lists the CNI versions meshcni speaks.
+var Supported = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+const (
+	defaultAPITimeout     = 5 * time.Second
+	defaultLookupRetries  = 10
+	defaultLookupInterval = 500 * time.Millisecond
+)
+
+// configError is a CNI error 7 naming what to fix.
+func configError(format string, a ...any) *types.Error {
+	return types.NewError(types.ErrInvalidNetworkConfig, "meshcni: invalid config: "+fmt.Sprintf(format, a...), "")
+}
+
+// parseConfig decodes and checks everything before any side effect.
+func parseConfig(stdin []byte) (*Config, error) {
+	conf := &Config{}
+	if err := json.Unmarshal(stdin, conf); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return nil, configError("field %q: got JSON %s, want %s", te.Field, te.Value, te.Type)
+		}
+		return nil, types.NewError(types.ErrDecodingFailure, "meshcni: config is not valid JSON", err.Error())
+	}
+	if err := version.ParsePrevResult(&conf.NetConf); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "meshcni: cannot parse prevResult", err.Error())
+	}
+
+	var err error
+	if conf.apiTimeout, err = duration("api_timeout", conf.APITimeout, defaultAPITimeout); err != nil {
+		return nil, err
+	}
+	if conf.lookupRetry, err = duration("pod_lookup_interval", conf.PodLookupInterval, defaultLookupInterval); err != nil {
+		return nil, err
+	}
+	conf.lookupTries = defaultLookupRetries
+	if conf.PodLookupRetries != nil {
+		if *conf.PodLookupRetries < 1 || *conf.PodLookupRetries > 120 {
+			return nil, configError("pod_lookup_retries %d: must be 1-120", *conf.PodLookupRetries)
+		}
+		conf.lookupTries = *conf.PodLookupRetries
+	}
+	if conf.backend, err = netfilter.ParseBackend(conf.IptablesBackend); err != nil {
+		return nil, configError("iptables_backend: %v", err)
+	}
+	switch strings.ToLower(conf.LogLevel) {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return nil, configError("log_level %q: must be debug, info, warn or error", conf.LogLevel)
+	}
+
+	conf.excludedByNS = map[string]bool{}
+	for _, ns := range conf.ExcludeNamespaces {
+		if strings.TrimSpace(ns) == "" {
+			return nil, configError("exclude_namespaces holds an empty name")
+		}
+		conf.excludedByNS[ns] = true
+	}
+
+	base := capture.Default()
+	for _, p := range []struct {
+		name string
+		src  *uint16
+		dst  *uint16
+	}{
+		{"proxy_port", conf.ProxyPort, &base.ProxyPort},
+		{"inbound_capture_port", conf.InboundCapturePort, &base.InboundCapturePort},
+		{"inbound_tunnel_port", conf.InboundTunnelPort, &base.InboundTunnelPort},
+	} {
+		if p.src == nil {
+			continue
+		}
+		if *p.src == 0 {
+			return nil, configError("%s: must be 1-65535", p.name)
+		}
+		*p.dst = *p.src
+	}
+	if conf.ProxyUID != nil {
+		base.ProxyUIDs = []uint32{*conf.ProxyUID}
+		base.ProxyGIDs = []uint32{*conf.ProxyUID}
+	}
+	if conf.ProxyGID != nil {
+		base.ProxyGIDs = []uint32{*conf.ProxyGID}
+	}
+	conf.captureBase = base
+	return conf, nil
+}
+
+func duration(field, s string, def time.Duration) (time.Duration, error) {
+	if s == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, configError("%s %q: must be a positive duration like 5s", field, s)
+	}
+	return d, nil
+}
+
+// k8sArgs are the pod identity the runtime passes in CNI_ARGS.
+type k8sArgs struct {
+	types.CommonArgs
+	K8S_POD_NAME               types.UnmarshallableString //nolint:revive,stylecheck // CNI_ARGS key
+	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive,stylecheck // CNI_ARGS key
+	K8S_POD_UID                types.UnmarshallableString //nolint:revive,stylecheck // CNI_ARGS key
+	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString //nolint:revive,stylecheck // CNI_ARGS key
+}
+
+func parseArgs(s string) (*k8sArgs, error) {
+	a := &k8sArgs{}
+	a.IgnoreUnknown = true
+	if err := types.LoadArgs(s, a); err != nil {
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "meshcni: cannot parse CNI_ARGS", err.Error())
+	}
+	return a, nil
+}

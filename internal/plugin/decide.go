@@ -1,0 +1,92 @@
+package plugin
+
+import (
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/meshcni/meshcni/internal/capture"
+)
+
+const (
+	sidecarName  = "istio-proxy"
+	initName     = "istio-init"
+	sidecarValue = "false"
+)
+
+// decide says whether a pod is captured, and why. Pure: table-tested. The
+// namespace exclusion is checked earlier, before any API call.
+func decide(pod *corev1.Pod) (bool, string) {
+	if strings.EqualFold(pod.Annotations[capture.AnnotationInject], sidecarValue) {
+		return false, "annotation " + capture.AnnotationInject + "=false"
+	}
+	proxy := proxyContainer(pod)
+	if proxy == nil {
+		return false, "no " + sidecarName + " container"
+	}
+	n := len(pod.Spec.Containers)
+	if !isRegular(pod, proxy) {
+		n++ // a native sidecar counts as a container
+	}
+	if n < 2 {
+		return false, "only one container"
+	}
+	for _, c := range pod.Spec.InitContainers {
+		if c.Name == initName {
+			return false, "has an " + initName + " init container, which programs the rules itself"
+		}
+	}
+	return true, "sidecar " + sidecarName + " present"
+}
+
+// proxyContainer finds istio-proxy among the containers, or among init
+// containers as a native sidecar (restartPolicy Always), as Istio injects
+// it on Kubernetes 1.29+.
+func proxyContainer(pod *corev1.Pod) *corev1.Container {
+	for i := range pod.Spec.Containers {
+		if pod.Spec.Containers[i].Name == sidecarName {
+			return &pod.Spec.Containers[i]
+		}
+	}
+	for i := range pod.Spec.InitContainers {
+		c := &pod.Spec.InitContainers[i]
+		if c.Name == sidecarName && c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			return c
+		}
+	}
+	return nil
+}
+
+// proxyOf extracts what the capture spec needs from the sidecar: its
+// identity (runAsUser/runAsGroup, falling back to the pod's) and env.
+func proxyOf(pod *corev1.Pod) capture.Proxy {
+	p := capture.Proxy{Env: map[string]string{}}
+	if sc := pod.Spec.SecurityContext; sc != nil {
+		p.UID, p.GID = sc.RunAsUser, sc.RunAsGroup
+	}
+	c := proxyContainer(pod)
+	if c == nil {
+		return p
+	}
+	if sc := c.SecurityContext; sc != nil {
+		if sc.RunAsUser != nil {
+			p.UID = sc.RunAsUser
+		}
+		if sc.RunAsGroup != nil {
+			p.GID = sc.RunAsGroup
+		}
+	}
+	for _, e := range c.Env {
+		p.Env[e.Name] = e.Value
+	}
+	return p
+}
+
+func isRegular(pod *corev1.Pod, c *corev1.Container) bool {
+	for i := range pod.Spec.Containers {
+		if &pod.Spec.Containers[i] == c {
+			return true
+		}
+	}
+	return false
+}

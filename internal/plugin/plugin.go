@@ -1,0 +1,294 @@
+// Package plugin implements the meshcni CNI commands. It finds the pod in
+// the Kubernetes API, decides whether it is captured, and programs its
+// netns through netfilter.Interface, passing prevResult through.
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	k8stypes "k8s.io/apimachinery/pkg/types"
+
+	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/netfilter"
+	"github.com/meshcni/meshcni/internal/netns"
+	"github.com/meshcni/meshcni/internal/podinfo"
+)
+
+// Plugin holds the seams to the outside; zero values mean the real ones.
+type Plugin struct {
+	// Rules programs the netns; nil builds a netfilter.Applier from config.
+	Rules netfilter.Interface
+	// Pods returns a pod getter for the config; nil builds a client-go
+	// client from the config's kubeconfig.
+	Pods func(*Config) (PodSource, error)
+	// LogTo overrides where log lines go (tests); nil means per config.
+	LogTo *slog.Logger
+}
+
+// PodSource is a pod getter that can also say whether the API is usable.
+type PodSource interface {
+	podinfo.Getter
+	Ready(ctx context.Context) error
+}
+
+// Funcs wires the plug-in into skel.
+func (p *Plugin) Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: p.CmdAdd, Del: p.CmdDel, Check: p.CmdCheck, Status: p.CmdStatus, GC: p.CmdGC}
+}
+
+func (p *Plugin) rulesFor(conf *Config) netfilter.Interface {
+	if p.Rules != nil {
+		return p.Rules
+	}
+	return netfilter.New(netfilter.Options{Backend: conf.backend, LockDir: conf.LockDir})
+}
+
+func (p *Plugin) podsFor(conf *Config) (PodSource, error) {
+	if p.Pods != nil {
+		return p.Pods(conf)
+	}
+	if conf.Kubeconfig == "" {
+		return nil, configError("kubeconfig: path is required")
+	}
+	if _, err := os.Stat(conf.Kubeconfig); err != nil {
+		return nil, types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("meshcni: kubeconfig %s is missing; the meshcni agent writes it when it is ready", conf.Kubeconfig), err.Error())
+	}
+	return podinfo.NewClient(conf.Kubeconfig, conf.apiTimeout)
+}
+
+// target is the pod an invocation is about, once looked up.
+type target struct {
+	conf    *Config
+	args    *k8sArgs
+	pod     *corev1.Pod
+	ipv6    bool
+	capture bool
+	reason  string
+	spec    capture.Spec
+}
+
+func (t *target) name() string {
+	return string(t.args.K8S_POD_NAMESPACE) + "/" + string(t.args.K8S_POD_NAME)
+}
+
+// resolve does everything but the kernel work: parse, look up, decide,
+// derive the spec. A nil pod with capture=false means "not ours".
+func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult bool) (*target, error) {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	if needResult && conf.PrevResult == nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig,
+			"meshcni: must be called as chained plugin: no prevResult (add meshcni after the primary CNI in the conflist)", "")
+	}
+	kargs, err := parseArgs(args.Args)
+	if err != nil {
+		return nil, err
+	}
+	t := &target{conf: conf, args: kargs}
+	if conf.PrevResult != nil {
+		res, err := current.NewResultFromResult(conf.PrevResult)
+		if err != nil {
+			return nil, types.NewError(types.ErrDecodingFailure, "meshcni: cannot read prevResult", err.Error())
+		}
+		for _, ip := range res.IPs {
+			t.ipv6 = t.ipv6 || ip.Address.IP.To4() == nil
+		}
+	}
+	switch {
+	case kargs.K8S_POD_NAME == "" || kargs.K8S_POD_NAMESPACE == "":
+		t.reason = "not a Kubernetes pod (no K8S_POD_NAME/K8S_POD_NAMESPACE in CNI_ARGS)"
+		return t, nil
+	case conf.excludedByNS[string(kargs.K8S_POD_NAMESPACE)]:
+		t.reason = "namespace " + string(kargs.K8S_POD_NAMESPACE) + " is excluded"
+		return t, nil
+	}
+
+	pods, err := p.podsFor(conf)
+	if err != nil {
+		return nil, err
+	}
+	pod, err := podinfo.Lookup(ctx, pods, string(kargs.K8S_POD_NAMESPACE), string(kargs.K8S_POD_NAME),
+		k8stypes.UID(kargs.K8S_POD_UID), podinfo.Retry{Attempts: conf.lookupTries, Interval: conf.lookupRetry})
+	if err != nil {
+		return nil, lookupError(t.name(), err)
+	}
+	t.pod = pod
+	t.capture, t.reason = decide(pod)
+	if !t.capture {
+		return t, nil
+	}
+	spec, err := capture.FromPod(conf.captureBase, pod.Annotations, proxyOf(pod), t.ipv6)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig,
+			fmt.Sprintf("meshcni: pod %s: %v; fix the annotation and recreate the pod", t.name(), err), "")
+	}
+	t.spec = spec
+	return t, nil
+}
+
+// lookupError maps API failures to CNI errors that say what to fix. All
+// of them fail the ADD: a mesh pod must never start uncaptured.
+func lookupError(pod string, err error) *types.Error {
+	switch {
+	case apierrors.IsForbidden(err):
+		return types.NewError(types.ErrInvalidNetworkConfig,
+			fmt.Sprintf("meshcni: pod %s: the plug-in's identity may not get pods; grant it get on pods (ClusterRole meshcni)", pod), err.Error())
+	case apierrors.IsUnauthorized(err):
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("meshcni: pod %s: the API server rejected the plug-in's token; the agent refreshes it, retry", pod), err.Error())
+	case errors.Is(err, podinfo.ErrUIDMismatch):
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("meshcni: pod %s: the API shows a different pod under this name (recreated?)", pod), err.Error())
+	case apierrors.IsNotFound(err):
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("meshcni: pod %s not found in the API", pod), err.Error())
+	}
+	return types.NewError(types.ErrTryAgainLater,
+		fmt.Sprintf("meshcni: pod %s: cannot reach the Kubernetes API; pods in the mesh cannot start until it answers", pod), err.Error())
+}
+
+func (p *Plugin) logger(conf *Config) (*slog.Logger, func()) {
+	if p.LogTo != nil {
+		return p.LogTo, func() {}
+	}
+	if conf == nil {
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil)), func() {}
+	}
+	return openLog(conf)
+}
+
+// CmdAdd captures the pod if it qualifies and passes prevResult through.
+func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
+	start := time.Now()
+	ctx := context.Background()
+	t, err := p.resolve(ctx, args, true)
+	if err == nil && t.capture {
+		if err = p.rulesFor(t.conf).Apply(ctx, args.Netns, t.spec); err != nil {
+			err = applyError(t.name(), args.Netns, err)
+		}
+	}
+	p.report("ADD", args, t, err, start)
+	if err != nil {
+		return err
+	}
+	return types.PrintResult(t.conf.PrevResult, t.conf.CNIVersion)
+}
+
+func applyError(pod, path string, err error) *types.Error {
+	code := types.ErrInternal
+	switch {
+	case errors.Is(err, netns.ErrGone):
+		code = types.ErrInvalidNetNS
+	case errors.Is(err, netfilter.ErrConflict):
+		code = types.ErrInvalidNetworkConfig
+	}
+	return types.NewError(code, fmt.Sprintf("meshcni: pod %s: cannot program redirection in %s", pod, path), err.Error())
+}
+
+// CmdCheck verifies that a captured pod's netns holds exactly its rules.
+func (p *Plugin) CmdCheck(args *skel.CmdArgs) error {
+	start := time.Now()
+	ctx := context.Background()
+	t, err := p.resolve(ctx, args, true)
+	if err == nil && t.capture {
+		if err = p.rulesFor(t.conf).Check(ctx, args.Netns, t.spec); err != nil {
+			err = types.NewError(types.ErrInternal, fmt.Sprintf("meshcni: pod %s: redirection is not as its spec demands", t.name()), err.Error())
+		}
+	}
+	p.report("CHECK", args, t, err, start)
+	return err
+}
+
+// CmdDel succeeds whatever state the netns is in: the rules die with it.
+// If the netns lives on (a runtime retrying ADD), the rules are removed
+// so that the next ADD starts clean.
+func (p *Plugin) CmdDel(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if args.Netns == "" {
+		return nil
+	}
+	if _, err := os.Stat(args.Netns); err != nil {
+		return nil
+	}
+	if err := p.rulesFor(conf).Remove(context.Background(), args.Netns); err != nil && !errors.Is(err, netns.ErrGone) {
+		log, done := p.logger(conf)
+		defer done()
+		log.Warn("DEL: could not remove rules; they go with the netns", "netns", args.Netns, "error", err)
+	}
+	return nil
+}
+
+// CmdStatus reports whether meshcni can capture pods now: a usable
+// kubeconfig and an API that answers.
+func (p *Plugin) CmdStatus(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	pods, err := p.podsFor(conf)
+	if err != nil {
+		var te *types.Error
+		if errors.As(err, &te) && te.Code == types.ErrTryAgainLater {
+			return types.NewError(50, te.Msg, te.Details) // 50: plugin not available
+		}
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), conf.apiTimeout)
+	defer cancel()
+	if err := pods.Ready(ctx); err != nil {
+		return types.NewError(50, "meshcni: the Kubernetes API is not reachable with the plug-in's kubeconfig", err.Error())
+	}
+	return nil
+}
+
+// CmdGC has nothing to collect: all state lives in pod netns, which the
+// runtime deletes; lock files are removed after each use.
+func (p *Plugin) CmdGC(args *skel.CmdArgs) error {
+	_, err := parseConfig(args.StdinData)
+	return err
+}
+
+// report writes the one line per ADD/CHECK that says what happened.
+func (p *Plugin) report(cmd string, args *skel.CmdArgs, t *target, err error, start time.Time) {
+	var conf *Config
+	if t != nil {
+		conf = t.conf
+	}
+	log, done := p.logger(conf)
+	defer done()
+	attrs := []any{"container", shortID(args.ContainerID), "netns", args.Netns, "duration", time.Since(start).Round(time.Microsecond).String()}
+	if t != nil {
+		attrs = append(attrs, "pod", t.name())
+	}
+	switch {
+	case err != nil:
+		log.Error(cmd+" failed", append(attrs, "decision", "error", "error", err.Error())...)
+	case t.capture:
+		log.Info(cmd, append(attrs, "decision", "captured", "reason", t.reason, "mode", string(t.spec.Mode), "ipv6", t.spec.IPv6)...)
+	default:
+		log.Info(cmd, append(attrs, "decision", "skipped", "reason", t.reason)...)
+	}
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

@@ -1,0 +1,108 @@
+// Package podinfo looks pods up in the Kubernetes API for the plug-in,
+// retrying the errors that go away (pod not visible yet, API briefly
+// unreachable) and failing at once on those that don't (RBAC, auth).
+package podinfo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Getter returns a pod by namespace and name.
+type Getter interface {
+	GetPod(ctx context.Context, namespace, name string) (*corev1.Pod, error)
+}
+
+// ErrUIDMismatch: the API holds a different pod under that name (the pod
+// was deleted and recreated) and never showed the expected one in time.
+var ErrUIDMismatch = errors.New("pod UID does not match the sandbox's K8S_POD_UID")
+
+// Retry bounds the lookup.
+type Retry struct {
+	Attempts int
+	Interval time.Duration
+}
+
+// Lookup gets the pod, retrying NotFound, a stale UID and transient
+// errors up to r.Attempts times. wantUID may be empty (runtime didn't pass
+// it). Permanent errors (401, 403, invalid) return at once.
+func Lookup(ctx context.Context, g Getter, namespace, name string, wantUID types.UID, r Retry) (*corev1.Pod, error) {
+	if r.Attempts < 1 {
+		r.Attempts = 1
+	}
+	var lastErr error
+	for i := 0; i < r.Attempts; i++ {
+		if i > 0 {
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("pod %s/%s: %w (last error: %v)", namespace, name, ctx.Err(), lastErr)
+			case <-time.After(r.Interval):
+			}
+		}
+		pod, err := g.GetPod(ctx, namespace, name)
+		switch {
+		case err == nil && (wantUID == "" || pod.UID == wantUID):
+			return pod, nil
+		case err == nil:
+			lastErr = fmt.Errorf("%w: API has %s, sandbox wants %s", ErrUIDMismatch, pod.UID, wantUID)
+		case permanent(err):
+			return nil, fmt.Errorf("get pod %s/%s: %w", namespace, name, err)
+		default:
+			lastErr = err
+		}
+	}
+	return nil, fmt.Errorf("get pod %s/%s: gave up after %d attempts: %w", namespace, name, r.Attempts, lastErr)
+}
+
+func permanent(err error) bool {
+	return apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err) || apierrors.IsBadRequest(err) ||
+		apierrors.IsInvalid(err) || apierrors.IsMethodNotSupported(err)
+}
+
+// Client is the Getter over the real API.
+type Client struct {
+	cs kubernetes.Interface
+}
+
+// NewClient builds a client from a kubeconfig file. The timeout bounds
+// every request: a hung API must not hang pod start-up.
+func NewClient(kubeconfig string, timeout time.Duration) (*Client, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
+	}
+	cfg.Timeout = timeout
+	cfg.UserAgent = "meshcni"
+	// Protobuf is cheaper to decode than JSON on the pod-start path.
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("build client from %s: %w", kubeconfig, err)
+	}
+	return &Client{cs: cs}, nil
+}
+
+// NewClientFor wraps an existing clientset.
+func NewClientFor(cs kubernetes.Interface) *Client { return &Client{cs: cs} }
+
+// GetPod implements Getter.
+func (c *Client) GetPod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
+	return c.cs.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+}
+
+// Ready checks that the API answers with these credentials: what STATUS
+// reports. A GET of /readyz needs no RBAC beyond authentication.
+func (c *Client) Ready(ctx context.Context) error {
+	_, err := c.cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+	return err
+}
