@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+
+	"github.com/containernetworking/cni/libcni"
 )
 
 // PluginType is the "type" that marks a plugin entry as ours. Every entry of
@@ -293,14 +295,15 @@ func UnwrapConf(conflist []byte) (confName string, conf []byte, ok bool, err err
 	return c.wrapped, bytes.Clone(rest[c.open+1 : c.close]), true, nil
 }
 
-// checkEntry insists entry is a JSON object of type PluginType.
+// checkEntry insists entry is a plugin config libcni loads, of type
+// PluginType: a bad entry would break every pod on the node.
 func checkEntry(entry []byte) ([]byte, error) {
-	var obj map[string]any
-	if err := json.Unmarshal(entry, &obj); err != nil {
+	pc, err := libcni.NetworkPluginConfFromBytes(entry)
+	if err != nil {
 		return nil, fmt.Errorf("meshcni entry: %w", err)
 	}
-	if t := pluginType(entry); t != PluginType {
-		return nil, fmt.Errorf("meshcni entry: type is %q, want %q", t, PluginType)
+	if pc.Network.Type != PluginType {
+		return nil, fmt.Errorf("meshcni entry: type is %q, want %q", pc.Network.Type, PluginType)
 	}
 	return entry, nil
 }
