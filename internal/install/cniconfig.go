@@ -89,7 +89,7 @@ func loadable(path string) error {
 type Result struct {
 	Path    string // the conflist that holds the entry
 	Changed bool   // false: the entry was already there, last and equal
-	Wrapped string // the single-plugin .conf turned into Path (and removed), if any
+	Wrapped string // the single-plugin .conf this call turned into Path (and removed), if any
 }
 
 // errRaced means the file changed between our read and our write.
@@ -178,8 +178,7 @@ func (s Status) Installed() bool { return s.Last && s.Equal }
 // Check reports whether the primary config in dir has entry as its last
 // plugin. Insert rewrites exactly when Installed() is false.
 func Check(dir string, entry json.RawMessage) (Status, error) {
-	entry, err := checkEntry(entry)
-	if err != nil {
+	if err := checkEntry(entry); err != nil {
 		return Status{}, err
 	}
 	path, err := FindPrimary(dir)
@@ -271,13 +270,18 @@ func validWrappedName(name string) bool {
 }
 
 // Uninstall undoes everything the agent installed on the node: meshcni
-// entries in confDir (see Remove), the plugin binary and the kubeconfig.
-// Empty paths are skipped; missing files are not an error.
+// entries in confDir (see Remove), temp files a crash may have left there,
+// the plugin binary and the kubeconfig. Empty paths are skipped; missing
+// files are not an error.
 func Uninstall(confDir, binaryPath, kubeconfigPath string) error {
 	var errs []error
 	if confDir != "" {
 		_, err := Remove(confDir)
 		errs = append(errs, err)
+		tmps, _ := filepath.Glob(filepath.Join(confDir, tempPattern))
+		for _, p := range tmps {
+			errs = append(errs, removeFile(p))
+		}
 	}
 	for _, p := range []string{binaryPath, kubeconfigPath} {
 		if p != "" {

@@ -409,6 +409,10 @@ func TestUninstall(t *testing.T) {
 	if _, err := Insert(confDir, json.RawMessage(testEntry)); err != nil {
 		t.Fatal(err)
 	}
+	crashed := filepath.Join(confDir, ".meshcni-123.tmp") // left by a crash mid-write
+	if err := os.WriteFile(crashed, []byte("{"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for range 2 { // idempotent
 		if err := Uninstall(confDir, filepath.Join(bin, "meshcni"), kc); err != nil {
 			t.Fatal(err)

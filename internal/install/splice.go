@@ -206,8 +206,7 @@ func indentAfterNewline(b []byte) []byte {
 // last and equal (as JSON) to entry, conflist is returned unchanged and
 // changed is false.
 func InsertEntry(conflist, entry []byte) (out []byte, changed bool, err error) {
-	entry, err = checkEntry(entry)
-	if err != nil {
+	if err := checkEntry(entry); err != nil {
 		return nil, false, err
 	}
 	c, err := parseConflist(conflist)
@@ -297,15 +296,15 @@ func UnwrapConf(conflist []byte) (confName string, conf []byte, ok bool, err err
 
 // checkEntry insists entry is a plugin config libcni loads, of type
 // PluginType: a bad entry would break every pod on the node.
-func checkEntry(entry []byte) ([]byte, error) {
+func checkEntry(entry []byte) error {
 	pc, err := libcni.NetworkPluginConfFromBytes(entry)
 	if err != nil {
-		return nil, fmt.Errorf("meshcni entry: %w", err)
+		return fmt.Errorf("meshcni entry: %w", err)
 	}
 	if pc.Network.Type != PluginType {
-		return nil, fmt.Errorf("meshcni entry: type is %q, want %q", pc.Network.Type, PluginType)
+		return fmt.Errorf("meshcni entry: type is %q, want %q", pc.Network.Type, PluginType)
 	}
-	return entry, nil
+	return nil
 }
 
 func jsonEqual(a, b []byte) bool {
