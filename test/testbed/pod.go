@@ -2,10 +2,13 @@ package testbed
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -135,4 +138,33 @@ func ErrorCode(err error) uint {
 		return te.Code
 	}
 	return 0
+}
+
+// AddChainedAgain runs only the last (chained) plug-in's ADD once more for
+// p, with the chain's result as prevResult, as a runtime retrying an ADD
+// that the chained plug-in already handled would. Returns its result.
+func (n *Node) AddChainedAgain(ctx context.Context, p *Pod) ([]byte, error) {
+	last := p.list.Plugins[len(p.list.Plugins)-1]
+	var conf map[string]any
+	if err := json.Unmarshal(last.Bytes, &conf); err != nil {
+		return nil, err
+	}
+	conf["name"], conf["cniVersion"] = p.list.Name, p.list.CNIVersion
+	conf["prevResult"] = p.Result
+	stdin, err := json.Marshal(conf)
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	err = n.NS.Do(func(ns.NetNS) error {
+		rt := p.rt()
+		args := &invoke.Args{Command: "ADD", ContainerID: rt.ContainerID, NetNS: rt.NetNS, IfName: rt.IfName, PluginArgs: rt.Args, Path: n.BinDir}
+		path, err := invoke.FindInPath(last.Network.Type, []string{n.BinDir})
+		if err != nil {
+			return err
+		}
+		out, err = (&invoke.RawExec{Stderr: os.Stderr}).ExecPlugin(ctx, path, stdin, args.AsEnv())
+		return err
+	})
+	return out, err
 }

@@ -67,12 +67,13 @@ func (r *Recorder) Serve(n ns.NetNS, name, addr string) error {
 				return
 			}
 			tc := c.(*net.TCPConn)
+			local := unmap(tc.LocalAddr().(*net.TCPAddr).AddrPort())
 			orig, err := origdst.Of(tc)
 			if err != nil {
-				orig = tc.LocalAddr().(*net.TCPAddr).AddrPort()
+				orig = local
 			}
-			a := Arrival{Listener: name, Local: tc.LocalAddr().(*net.TCPAddr).AddrPort(), Original: orig}
-			_, _ = fmt.Fprintf(c, "%s %s\n", name, orig)
+			a := Arrival{Listener: name, Local: local, Original: unmap(orig)}
+			_, _ = fmt.Fprintf(c, "%s %s\n", name, a.Original)
 			select {
 			case r.Arrivals <- a:
 			default:
@@ -103,4 +104,10 @@ func Ask(n ns.NetNS, addr string) (string, error) {
 		return "", fmt.Errorf("read answer from %s: %w", addr, err)
 	}
 	return line[:len(line)-1], nil
+}
+
+// unmap turns ::ffff:a.b.c.d (an IPv4 peer on a dual-stack listener) back
+// into a.b.c.d.
+func unmap(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
