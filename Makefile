@@ -26,5 +26,9 @@ unit:
 test: deps lint
 	$(GO) test -count=1 -tags integration $(PKGS)
 
+# A local demo: real kube-apiserver, Bookinfo pods, the CNI chain per pod.
+demo: deps
+	$(GO) run ./test/demo
+
 clean:
 	rm -rf bin
