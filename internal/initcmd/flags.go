@@ -144,7 +144,7 @@ func isIgnored(name string) bool {
 	return false
 }
 
-// Usage is the flag help, for -h.
+// usage is the flag help, for -h.
 func usage() string {
 	var o options
 	return "Usage: meshcni-iptables [flags]\n\n" +

@@ -122,8 +122,8 @@ func (c *Command) Run(ctx context.Context, args []string) error {
 		if err := c.NewApplier(p.backend).Apply(ctx, o.netns, p.spec); err != nil {
 			if errors.Is(err, netfilter.ErrConflict) {
 				return fmt.Errorf("program capture rules in %s: %w\n"+
-					"meshcni-iptables never replaces capture rules it did not program with these exact flags; "+
-					"rerun with the flags used the first time, or use a new pod", where, err)
+					"meshcni-iptables does not replace capture rules programmed with other settings "+
+					"(by an earlier run or the CNI plug-in); rerun with the same flags, or recreate the pod", where, err)
 			}
 			return fmt.Errorf("program capture rules in %s: %w", where, err)
 		}

@@ -451,7 +451,7 @@ func TestReapplyAndConflict(t *testing.T) {
 		}
 	}
 	err := h.run(append(istioInit, "-q", "3306")...)
-	if !errors.Is(err, netfilter.ErrConflict) || !strings.Contains(err.Error(), "never replaces") {
+	if !errors.Is(err, netfilter.ErrConflict) || !strings.Contains(err.Error(), "does not replace") {
 		t.Fatalf("different flags over existing rules: want a clear ErrConflict, got %v", err)
 	}
 }

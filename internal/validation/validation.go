@@ -97,16 +97,14 @@ func Run(ctx context.Context, cfg Config) error {
 		}()
 	}
 
-	last := errors.New("no probe completed")
 	for {
-		if err := probe(ctx, cfg, landed); err == nil {
+		err := probe(ctx, cfg, landed)
+		if err == nil {
 			return nil
-		} else {
-			last = err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w: probe to %s for %s: %v", ErrNotRedirected, cfg.Target, cfg.Timeout, last)
+			return fmt.Errorf("%w: probe to %s for %s: %v", ErrNotRedirected, cfg.Target, cfg.Timeout, err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
