@@ -142,13 +142,17 @@ func (n *Node) Conflist() (*libcni.NetworkConfigList, error) {
 	}
 	for _, f := range files {
 		if filepath.Ext(f) == ".conflist" {
-			if l, err := libcni.ConfListFromFile(f); err == nil && len(l.Plugins) > 0 {
+			if l, err := libcni.NetworkConfFromFile(f); err == nil && len(l.Plugins) > 0 {
 				return l, nil
 			}
 			continue
 		}
-		if c, err := libcni.ConfFromFile(f); err == nil {
-			return libcni.ConfListFromConf(c)
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if c, err := libcni.NetworkPluginConfFromBytes(b); err == nil && c.Network.Type != "" {
+			return &libcni.NetworkConfigList{Name: c.Network.Name, CNIVersion: c.Network.CNIVersion, Plugins: []*libcni.PluginConfig{c}}, nil
 		}
 	}
 	return nil, fmt.Errorf("no CNI config in %s", n.ConfDir)

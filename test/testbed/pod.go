@@ -70,7 +70,7 @@ func (n *Node) AddPod(ctx context.Context, namespace, name, uid string) (*Pod, e
 	}
 	p := &Pod{Namespace: namespace, Name: name, UID: uid, ContainerID: "sandbox-" + namespace + "-" + name, NS: podNS, list: list}
 	err = n.NS.Do(func(ns.NetNS) error {
-		lo, err := libcni.ConfFromBytes(loConf)
+		lo, err := libcni.NetworkPluginConfFromBytes(loConf)
 		if err != nil {
 			return err
 		}
