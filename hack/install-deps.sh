@@ -18,7 +18,7 @@ fi
 gobin=$(go env GOPATH)/bin
 if [ ! -x "$gobin/staticcheck" ]; then
 	echo ">> go install staticcheck"
-	go install honnef.co/go/tools/cmd/staticcheck@2025.1.1
+	go install honnef.co/go/tools/cmd/staticcheck@v0.6.1
 fi
 
 # A real kube-apiserver and etcd for the API tests, built once and cached.
