@@ -234,7 +234,9 @@ func runAs(t *testing.T, n ns.NetNS, uid uint32, bin string, env []string, args 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), env...)
+	// Only PATH from the test's environment: istio-iptables variables
+	// set where the tests run must not change what the command does.
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
 	if uid != 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 	}
