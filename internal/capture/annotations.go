@@ -25,6 +25,8 @@ const (
 	EnvDNSCapture  = "ISTIO_META_DNS_CAPTURE"
 	EnvInvalidDrop = "INVALID_DROP"
 	EnvDualStack   = "ISTIO_DUAL_STACK"
+	// EnvAgentDualStack is what istio-iptables and istio-agent read.
+	EnvAgentDualStack = "ISTIO_AGENT_DUAL_STACK"
 )
 
 // Proxy is what the pod's istio-proxy container says about itself.
@@ -109,7 +111,7 @@ func FromPod(base Spec, annotations map[string]string, proxy Proxy, ipv6 bool) (
 	for _, e := range []struct {
 		name string
 		dst  *bool
-	}{{EnvDNSCapture, &s.RedirectDNS}, {EnvInvalidDrop, &s.DropInvalid}, {EnvDualStack, &s.IPv6}} {
+	}{{EnvDNSCapture, &s.RedirectDNS}, {EnvInvalidDrop, &s.DropInvalid}, {EnvDualStack, &s.IPv6}, {EnvAgentDualStack, &s.IPv6}} {
 		v, ok := proxy.Env[e.name]
 		if !ok {
 			continue

@@ -95,28 +95,20 @@ func (a *Applier) enter(ctx context.Context, path string, fn func(*session) erro
 	})
 }
 
-// detect picks the backend: forced, else whichever already holds rules in
-// this netns (legacy is seen without a fork, through /proc), else the node's.
+// detect picks the backend: forced, else whichever already holds tables
+// in this netns, else the node's. Both are looked at without a fork.
 func (s *session) detect() (Backend, error) {
 	if s.a.opts.Backend != Auto {
 		return s.a.opts.Backend, nil
 	}
-	if legacyHasTables() {
-		return Legacy, nil
-	}
-	return SystemDefault(), nil
-}
-
-// legacyHasTables reads the tables the legacy backend has loaded in the
-// current thread's netns.
-func legacyHasTables() bool {
-	for _, f := range []string{"ip_tables_names", "ip6_tables_names"} {
-		b, err := os.ReadFile("/proc/thread-self/net/" + f)
-		if err == nil && strings.TrimSpace(string(b)) != "" {
-			return true
+	for _, b := range []Backend{Legacy, NFT} {
+		for _, f := range []rules.Family{rules.IPv4, rules.IPv6} {
+			if has, err := hasTables(b, f); err == nil && has {
+				return b, nil
+			}
 		}
 	}
-	return false
+	return SystemDefault(), nil
 }
 
 func (s *session) run(stdin, name string, args ...string) (string, error) {
@@ -197,6 +189,10 @@ func (a *Applier) Apply(ctx context.Context, path string, spec capture.Spec) err
 // capture rules in the way are ErrConflict. A netns with no ISTIO chains
 // (every new pod) costs one save and no scratch namespace.
 func (s *session) alreadyThere(rs rules.Ruleset) (bool, error) {
+	// A new pod's netns has no tables at all: no save needed.
+	if has, err := hasTables(s.backend, rs.Family); err == nil && !has {
+		return false, nil
+	}
 	all, err := s.save(rs.Family)
 	if err != nil {
 		return false, err

@@ -23,6 +23,13 @@ func programRoutes(spec capture.Spec) error {
 	if err != nil {
 		return fmt.Errorf("find lo: %w", err)
 	}
+	// The runtime's loopback plug-in brings lo up; the init-container and
+	// repair paths may come first, and a local route needs lo up.
+	if lo.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return fmt.Errorf("bring lo up: %w", err)
+		}
+	}
 	if spec.IPv6 {
 		if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: passthrough6}); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("add ::6/128 to lo: %w", err)
