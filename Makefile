@@ -3,7 +3,7 @@ GO ?= go
 PKGS := ./...
 GOBIN := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build test unit lint deps demo clean
+.PHONY: all build test unit lint deps demo fuzz clean
 
 all: build
 
@@ -25,6 +25,13 @@ unit:
 # (root; every topology lives in network namespaces the tests create).
 test: deps lint
 	$(GO) test -count=1 -tags integration $(PKGS)
+	FUZZTIME=$(CI_FUZZTIME) hack/fuzz.sh
+
+CI_FUZZTIME ?= 3s
+
+# Every fuzz target for FUZZTIME each.
+fuzz:
+	hack/fuzz.sh
 
 # A local demo: real kube-apiserver, Bookinfo pods, the CNI chain per pod.
 demo: deps
