@@ -272,7 +272,8 @@ func (a *Applier) Remove(ctx context.Context, path string) error {
 }
 
 // Save returns the netns's full iptables-save output for one family, for
-// `meshcnictl verify` and debugging.
+// `meshcnictl verify` and debugging, without the timestamped comments, so
+// that two saves of the same rules compare equal.
 func (a *Applier) Save(ctx context.Context, path string, f rules.Family) (string, Backend, error) {
 	var out string
 	var backend Backend
@@ -282,7 +283,7 @@ func (a *Applier) Save(ctx context.Context, path string, f rules.Family) (string
 		out, err = s.a.opts.Run(s.ctx, s.env, "", binary(s.backend, f == rules.IPv6, "save"))
 		return err
 	})
-	return out, backend, err
+	return stripComments(out), backend, err
 }
 
 func firstOf(missing, extra []string) string {
@@ -300,4 +301,14 @@ func firstOf(missing, extra []string) string {
 		parts = append(parts, "unexpected "+l)
 	}
 	return strings.Join(parts, "; ")
+}
+
+func stripComments(save string) string {
+	var b strings.Builder
+	for _, l := range strings.SplitAfter(save, "\n") {
+		if !strings.HasPrefix(l, "#") {
+			b.WriteString(l)
+		}
+	}
+	return b.String()
 }
