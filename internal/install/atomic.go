@@ -68,6 +68,20 @@ func writeAtomic(path string, mode fs.FileMode, fill func(io.Writer) error) (err
 	return syncDir(dir)
 }
 
+// RemoveTemp deletes the temp files that a write killed midway left in
+// dir (never loaded by a runtime, but garbage) and returns their paths.
+func RemoveTemp(dir string) ([]string, error) {
+	tmps, err := filepath.Glob(filepath.Join(dir, tempPattern))
+	if err != nil {
+		return nil, fmt.Errorf("list temp files in %s: %w", dir, err)
+	}
+	var errs []error
+	for _, p := range tmps {
+		errs = append(errs, removeFile(p))
+	}
+	return tmps, errors.Join(errs...)
+}
+
 func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
 	return writeAtomic(path, mode, func(w io.Writer) error {
 		_, err := w.Write(data)

@@ -95,6 +95,10 @@ type Result struct {
 // errRaced means the file changed between our read and our write.
 var errRaced = errors.New("changed while being updated")
 
+// ErrRaced is returned by Insert when the primary config kept changing
+// under it (another writer at work); the caller retries shortly.
+var ErrRaced = errRaced
+
 // Insert makes entry (a JSON object with "type": "meshcni") the last plugin
 // of the primary config in dir. A .conflist is updated in place (atomically);
 // a single-plugin .conf or .json becomes <base>.conflist and the original is
@@ -278,10 +282,8 @@ func Uninstall(confDir, binaryPath, kubeconfigPath string) error {
 	if confDir != "" {
 		_, err := Remove(confDir)
 		errs = append(errs, err)
-		tmps, _ := filepath.Glob(filepath.Join(confDir, tempPattern))
-		for _, p := range tmps {
-			errs = append(errs, removeFile(p))
-		}
+		_, err = RemoveTemp(confDir)
+		errs = append(errs, err)
 	}
 	for _, p := range []string{binaryPath, kubeconfigPath} {
 		if p != "" {

@@ -1,0 +1,481 @@
+// Package agent is meshcni's node agent: it installs the plug-in binary,
+// its kubeconfig and its entry in the node's CNI config, keeps them in
+// place with a reconcile loop driven by file events, serves health,
+// readiness and metrics, re-logs the plug-in's decisions, and undoes the
+// install on shutdown.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/meshcni/meshcni/internal/install"
+)
+
+// Agent is one node agent. Run it once.
+type Agent struct {
+	opts    Options
+	log     *slog.Logger
+	entry   json.RawMessage
+	api     apiTarget
+	metrics *metrics
+
+	mu       sync.Mutex
+	ready    bool
+	reason   string
+	stopping bool
+	health   net.Addr
+
+	// Loop state, touched only by the reconcile loop.
+	installed bool        // the entry was in place after a round
+	binDirty  bool        // the installed binary may differ from --plugin-binary
+	fights    []time.Time // rewrites of the entry within the fight window
+	warnedAt  time.Time   // last fight warning
+	lastErr   string      // last error logged, so a retry loop logs it once
+	waiting   bool        // "waiting for a CNI config" was logged
+
+	beforeUninstall func() // test hook: shutdown has begun, nothing removed yet
+}
+
+// New checks opts and resolves the API server the plug-in will use.
+func New(opts Options, log *slog.Logger) (*Agent, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.FightLimit <= 0 {
+		opts.FightLimit = DefaultFightLimit
+	}
+	if opts.FightWindow <= 0 {
+		opts.FightWindow = DefaultFightWindow
+	}
+	if opts.Resync <= 0 {
+		opts.Resync = DefaultResync
+	}
+	for _, p := range []*string{&opts.CNIConfDir, &opts.CNIBinDir, &opts.RunDir, &opts.TokenPath} {
+		*p = filepath.Clean(*p)
+	}
+	entry, err := opts.Entry()
+	if err != nil {
+		return nil, err
+	}
+	api, err := resolveAPI(&opts, os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{opts: opts, log: log, entry: entry, api: api, metrics: newMetrics(), reason: "starting"}
+	a.metrics.ready.Set(0)
+	return a, nil
+}
+
+// Ready reports whether the entry, binary and kubeconfig are installed and
+// watched, and if not, why.
+func (a *Agent) Ready() (bool, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ready, a.reason
+}
+
+// HealthAddr is the health server's address once Run listens (nil before,
+// or without --health-addr).
+func (a *Agent) HealthAddr() net.Addr {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.health
+}
+
+func (a *Agent) setReady(ready bool, reason string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stopping {
+		ready, reason = false, "shutting down"
+	}
+	a.ready, a.reason = ready, reason
+	if ready {
+		a.metrics.ready.Set(1)
+	} else {
+		a.metrics.ready.Set(0)
+	}
+}
+
+// beginShutdown makes the agent not ready for good.
+func (a *Agent) beginShutdown() {
+	a.mu.Lock()
+	a.stopping = true
+	a.mu.Unlock()
+	a.setReady(false, "")
+}
+
+// Run installs and keeps meshcni installed until ctx ends, then (unless
+// KeepOnExit) uninstalls it. It returns an error only when it cannot start
+// or the uninstall fails.
+func (a *Agent) Run(ctx context.Context) error {
+	o := &a.opts
+	if err := os.MkdirAll(o.RunDir, 0o755); err != nil {
+		return fmt.Errorf("run dir (--run-dir): %w", err)
+	}
+	for _, dir := range []string{o.CNIConfDir, o.CNIBinDir, o.RunDir} {
+		if gone, err := install.RemoveTemp(dir); err != nil {
+			a.log.Warn("could not remove temp files a killed write left", "dir", dir, "error", err)
+		} else if len(gone) > 0 {
+			a.log.Info("removed temp files a killed write left", "files", gone)
+		}
+	}
+	sock, err := listenLog(o.SocketPath())
+	if err != nil {
+		return err
+	}
+	logDone := make(chan struct{})
+	go func() { defer close(logDone); a.serveLog(sock.l) }()
+	defer func() { sock.close(); <-logDone }()
+
+	healthCtx, stopHealth := context.WithCancel(context.Background())
+	defer stopHealth()
+	if o.HealthAddr != "" {
+		addr, done, err := a.serveHealth(healthCtx, o.HealthAddr)
+		if err != nil {
+			return err
+		}
+		defer func() { stopHealth(); <-done }()
+		a.mu.Lock()
+		a.health = addr
+		a.mu.Unlock()
+	}
+
+	a.log.Info("meshcni agent starting", "conf_dir", o.CNIConfDir, "bin_dir", o.CNIBinDir, "run_dir", o.RunDir,
+		"api_server", a.api.server, "token", o.TokenPath, "entry", string(a.entry))
+	stop := context.AfterFunc(ctx, a.beginShutdown) // not ready from the first moment
+	defer stop()
+	a.loop(ctx)
+	a.beginShutdown()
+	if a.beforeUninstall != nil {
+		a.beforeUninstall()
+	}
+
+	if o.KeepOnExit {
+		a.log.Info("shutting down; keeping the entry, binary and kubeconfig (--keep-on-exit)")
+		return nil
+	}
+	if err := install.Uninstall(o.CNIConfDir, o.InstalledBinary(), o.KubeconfigPath()); err != nil {
+		a.log.Error("uninstall incomplete", "error", err)
+		return fmt.Errorf("uninstall: %w", err)
+	}
+	a.log.Info("shut down; removed the meshcni entry, binary and kubeconfig", "conf_dir", o.CNIConfDir)
+	return nil
+}
+
+// loop is the reconciler: converge, then sleep until something relevant
+// changes, a retry is due, or the resync period ends, and converge again.
+// Events that arrive while a round works wake the next one.
+//
+// Istio re-creates its watcher every round. Creating and closing an
+// inotify instance costs about 10 ms here (the kernel waits for a grace
+// period), which adds up when another writer fights over the config, so
+// the watcher is kept and only re-created after it reports an error, when
+// a watched directory goes away, and at every resync, which still picks up
+// re-created directories.
+func (a *Agent) loop(ctx context.Context) {
+	var w *fsnotify.Watcher
+	defer func() {
+		if w != nil {
+			_ = w.Close()
+		}
+	}()
+	for ctx.Err() == nil {
+		var watchErr error
+		if w == nil {
+			w, watchErr = a.watch()
+			a.binDirty = true // events may have been missed
+		}
+		retry := a.reconcile()
+		if watchErr != nil {
+			a.logOnce(slog.LevelWarn, "cannot watch every path; polling every second", watchErr)
+			if retry <= 0 || retry > time.Second {
+				retry = time.Second
+			}
+		}
+		if rebuild := a.wait(ctx, w, retry); (rebuild || watchErr != nil) && w != nil {
+			_ = w.Close()
+			w = nil
+		}
+	}
+}
+
+// watchedDirs are the conf dir, the bin dir, the run dir and the token's
+// directory (a projected volume swaps its ..data symlink there).
+func (a *Agent) watchedDirs() []string {
+	return []string{a.opts.CNIConfDir, a.opts.CNIBinDir, a.opts.RunDir, filepath.Dir(a.opts.TokenPath)}
+}
+
+// watch returns a watcher on watchedDirs, even when some could not be
+// added (nil only if inotify itself fails).
+func (a *Agent) watch() (*fsnotify.Watcher, error) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, fmt.Errorf("file watcher: %w", err)
+	}
+	var errs []error
+	for _, dir := range []string{a.opts.CNIConfDir, a.opts.CNIBinDir, a.opts.RunDir} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, dir := range a.watchedDirs() {
+		if err := w.Add(dir); err != nil {
+			errs = append(errs, fmt.Errorf("watch %s: %w", dir, err))
+		}
+	}
+	return w, errors.Join(errs...)
+}
+
+// relevant filters the watcher's events down to the files the agent owns
+// or reads.
+func (a *Agent) relevant(ev fsnotify.Event) bool {
+	dir, base := filepath.Dir(ev.Name), filepath.Base(ev.Name)
+	switch dir {
+	case filepath.Dir(a.opts.TokenPath):
+		return true
+	case a.opts.CNIConfDir:
+		switch filepath.Ext(base) {
+		case ".conf", ".conflist", ".json":
+			return true
+		}
+	case a.opts.CNIBinDir:
+		return base == filepath.Base(a.opts.PluginBinary)
+	case a.opts.RunDir:
+		return base == filepath.Base(a.opts.KubeconfigPath())
+	}
+	return false
+}
+
+// lostDir reports whether ev removed or moved a watched directory itself.
+func (a *Agent) lostDir(ev fsnotify.Event) bool {
+	if !ev.Has(fsnotify.Remove) && !ev.Has(fsnotify.Rename) {
+		return false
+	}
+	for _, d := range a.watchedDirs() {
+		if ev.Name == d {
+			return true
+		}
+	}
+	return false
+}
+
+// wait sleeps until a relevant event, the retry, or the resync, and says
+// whether the watcher must be re-created.
+func (a *Agent) wait(ctx context.Context, w *fsnotify.Watcher, retry time.Duration) (rebuild bool) {
+	resync := retry <= 0 || retry >= a.opts.Resync
+	if resync {
+		retry = a.opts.Resync
+	}
+	t := time.NewTimer(retry)
+	defer t.Stop()
+	var events <-chan fsnotify.Event
+	var errs <-chan error
+	if w != nil {
+		events, errs = w.Events, w.Errors
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			if resync {
+				a.binDirty = true
+			}
+			return resync
+		case ev, ok := <-events:
+			if !ok {
+				return true
+			}
+			if a.lostDir(ev) {
+				a.log.Info("a watched directory went away; watching again", "dir", ev.Name)
+				return true
+			}
+			if a.relevant(ev) {
+				a.log.Debug("change", "file", ev.Name, "op", ev.Op.String())
+				if filepath.Dir(ev.Name) == a.opts.CNIBinDir {
+					a.binDirty = true
+				}
+				return false
+			}
+		case err, ok := <-errs:
+			if ok {
+				a.log.Warn("file watcher error; checking everything", "error", err)
+			}
+			return true
+		}
+	}
+}
+
+// reconcile converges the binary, the kubeconfig and the entry, in that
+// order: the entry must never name a missing binary or kubeconfig. It
+// returns when to retry (0: on the next event).
+func (a *Agent) reconcile() time.Duration {
+	if err := a.installBinary(); err != nil {
+		return a.fail(err)
+	}
+	if err := a.writeKubeconfig(); err != nil {
+		return a.fail(err)
+	}
+	return a.ensureEntry()
+}
+
+func (a *Agent) fail(err error) time.Duration {
+	a.setReady(false, err.Error())
+	a.logOnce(slog.LevelError, "not installed; retrying every second", err)
+	return time.Second
+}
+
+// logOnce logs err unless it is the one logged last.
+func (a *Agent) logOnce(level slog.Level, msg string, err error) {
+	if err.Error() == a.lastErr {
+		return
+	}
+	a.lastErr = err.Error()
+	a.log.Log(context.Background(), level, msg, "error", err)
+}
+
+// installBinary compares the installed binary with --plugin-binary byte
+// for byte and replaces it if they differ. That reads both files, so it
+// runs only when an event in the bin dir (or a new watcher, or a resync)
+// says the binary may have changed.
+func (a *Agent) installBinary() error {
+	if !a.binDirty {
+		return nil
+	}
+	changed, err := install.InstallBinary(a.opts.PluginBinary, a.opts.CNIBinDir)
+	if err != nil {
+		return fmt.Errorf("plug-in binary (--plugin-binary): %w", err)
+	}
+	a.binDirty = false
+	if changed {
+		a.log.Info("installed the plug-in binary", "path", a.opts.InstalledBinary())
+	}
+	return nil
+}
+
+func (a *Agent) writeKubeconfig() error {
+	tok, err := readToken(a.opts.TokenPath)
+	if err != nil {
+		return err
+	}
+	ca, err := a.api.caData()
+	if err != nil {
+		return err
+	}
+	changed, err := install.WriteKubeconfig(a.opts.KubeconfigPath(), a.api.server, ca, tok)
+	if err != nil {
+		return fmt.Errorf("plug-in kubeconfig: %w", err)
+	}
+	if changed {
+		a.metrics.kubeconfig.Inc()
+		a.log.Info("wrote the plug-in's kubeconfig", "path", a.opts.KubeconfigPath(), "server", a.api.server)
+	}
+	return nil
+}
+
+// ensureEntry makes the meshcni entry the last plugin of the primary
+// config, unless a fight is being throttled.
+func (a *Agent) ensureEntry() time.Duration {
+	dir := a.opts.CNIConfDir
+	st, err := install.Check(dir, a.entry)
+	switch {
+	case errors.Is(err, install.ErrNoConfig):
+		return a.noConfig(err)
+	case err != nil:
+		return a.fail(fmt.Errorf("check %s: %w", dir, err))
+	case st.Installed():
+		a.done(st.Path)
+		return 0
+	}
+
+	if wait := a.throttle(time.Now(), st.Path); wait > 0 {
+		return wait
+	}
+	res, err := install.Insert(dir, a.entry)
+	switch {
+	case errors.Is(err, install.ErrNoConfig):
+		return a.noConfig(err)
+	case errors.Is(err, install.ErrRaced):
+		a.setReady(false, "the CNI config keeps changing")
+		return 10 * time.Millisecond
+	case err != nil:
+		return a.fail(fmt.Errorf("insert the meshcni entry: %w", err))
+	}
+	if res.Changed {
+		what := "missing"
+		switch {
+		case st.Path != res.Path && st.Path != res.Wrapped:
+			what = "new primary config"
+		case st.Present && !st.Last:
+			what = "not last"
+		case st.Present:
+			what = "differs"
+		}
+		if a.installed {
+			a.fights = append(a.fights, time.Now())
+			a.metrics.reinserts.Inc()
+			a.log.Info("put the meshcni entry back", "file", res.Path, "was", what)
+		} else {
+			a.metrics.installs.Inc()
+			a.log.Info("installed the meshcni entry", "file", res.Path, "wrapped", res.Wrapped)
+		}
+	}
+	a.done(res.Path)
+	return 0
+}
+
+func (a *Agent) done(path string) {
+	if !a.installed || a.waiting {
+		a.log.Info("meshcni is installed; watching", "file", path)
+	}
+	a.installed, a.waiting, a.lastErr = true, false, ""
+	a.setReady(true, "")
+}
+
+func (a *Agent) noConfig(err error) time.Duration {
+	a.setReady(false, "waiting for the primary CNI config in "+a.opts.CNIConfDir)
+	if !a.waiting {
+		a.log.Info("waiting for the primary CNI to write its config", "dir", a.opts.CNIConfDir, "reason", err.Error())
+		a.waiting = true
+	}
+	return 0
+}
+
+// throttle returns how long to hold off a rewrite of file: zero unless the
+// entry was rewritten FightLimit times within FightWindow. The first
+// install is no fight. It warns at most once per window.
+func (a *Agent) throttle(now time.Time, file string) time.Duration {
+	if !a.installed {
+		return 0
+	}
+	recent := a.fights[:0]
+	for _, t := range a.fights {
+		if now.Sub(t) < a.opts.FightWindow {
+			recent = append(recent, t)
+		}
+	}
+	a.fights = recent
+	if len(recent) < a.opts.FightLimit {
+		return 0
+	}
+	wait := recent[0].Add(a.opts.FightWindow).Sub(now)
+	if now.Sub(a.warnedAt) >= a.opts.FightWindow {
+		a.warnedAt = now
+		a.metrics.conflicts.Inc()
+		a.log.Warn(fmt.Sprintf("another component keeps rewriting %s; e.g. set cni.exclusive=false for Cilium", file),
+			"file", file, "rewrites", len(recent), "window", a.opts.FightWindow.String(), "next_attempt_in", wait.Round(time.Millisecond).String())
+	}
+	a.setReady(false, "another component keeps rewriting "+file)
+	return wait
+}

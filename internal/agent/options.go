@@ -1,0 +1,169 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/meshcni/meshcni/internal/install"
+	"github.com/meshcni/meshcni/internal/netfilter"
+)
+
+// Options are the agent's settings, one per flag (see docs/agent.md).
+type Options struct {
+	CNIConfDir   string
+	CNIBinDir    string
+	RunDir       string
+	PluginBinary string
+
+	// Where the plug-in's kubeconfig points: APIServer, else Kubeconfig's
+	// server, else the in-cluster KUBERNETES_SERVICE_HOST/PORT.
+	Kubeconfig string
+	APIServer  string
+	// TokenPath is the projected service account token the plug-in's
+	// kubeconfig carries; CAPath the CA it trusts (empty: the
+	// kubeconfig's CA, else DefaultCAPath).
+	TokenPath string
+	CAPath    string
+
+	ExcludeNamespaces []string
+	LogLevel          string
+	KeepOnExit        bool
+	HealthAddr        string
+
+	// Plug-in settings copied into the entry; zero values are left out so
+	// the plug-in's own defaults apply.
+	IptablesBackend   string
+	PluginLogLevel    string
+	PodLookupRetries  int
+	PodLookupInterval time.Duration
+	APITimeout        time.Duration
+
+	// Fight throttle: more than FightLimit rewrites of the entry within
+	// FightWindow and the agent waits until the window allows one more.
+	// Zero means the defaults.
+	FightLimit  int
+	FightWindow time.Duration
+	// Resync is the longest the agent sleeps without an event; zero means
+	// DefaultResync.
+	Resync time.Duration
+}
+
+// Defaults of the flags and of the unexported knobs.
+const (
+	DefaultConfDir      = "/etc/cni/net.d"
+	DefaultBinDir       = "/opt/cni/bin"
+	DefaultRunDir       = "/var/run/meshcni"
+	DefaultPluginBinary = "/opt/meshcni/bin/meshcni"
+	DefaultTokenPath    = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+	DefaultCAPath       = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+	DefaultHealthAddr   = ":8000"
+
+	DefaultFightLimit  = 10
+	DefaultFightWindow = 30 * time.Second
+	DefaultResync      = time.Minute
+)
+
+// DefaultOptions are the flag defaults.
+func DefaultOptions() Options {
+	return Options{
+		CNIConfDir:        DefaultConfDir,
+		CNIBinDir:         DefaultBinDir,
+		RunDir:            DefaultRunDir,
+		PluginBinary:      DefaultPluginBinary,
+		TokenPath:         DefaultTokenPath,
+		ExcludeNamespaces: []string{"kube-system"},
+		LogLevel:          "info",
+		HealthAddr:        DefaultHealthAddr,
+		PluginLogLevel:    "info",
+	}
+}
+
+// Paths under the run dir.
+func (o *Options) KubeconfigPath() string { return filepath.Join(o.RunDir, "kubeconfig") }
+func (o *Options) SocketPath() string     { return filepath.Join(o.RunDir, "log.sock") }
+func (o *Options) LogFilePath() string    { return filepath.Join(o.RunDir, "meshcni.log") }
+func (o *Options) LockDir() string        { return filepath.Join(o.RunDir, "locks") }
+
+// InstalledBinary is where the plug-in lands in the CNI bin dir.
+func (o *Options) InstalledBinary() string {
+	return filepath.Join(o.CNIBinDir, filepath.Base(o.PluginBinary))
+}
+
+// Validate rejects settings that would break every pod on the node, and
+// names the flag to fix.
+func (o *Options) Validate() error {
+	var errs []error
+	for _, d := range []struct{ flag, val string }{
+		{"--cni-conf-dir", o.CNIConfDir}, {"--cni-bin-dir", o.CNIBinDir}, {"--run-dir", o.RunDir},
+		{"--plugin-binary", o.PluginBinary}, {"--token-path", o.TokenPath},
+	} {
+		if d.val == "" {
+			errs = append(errs, fmt.Errorf("%s must be set", d.flag))
+		} else if !filepath.IsAbs(d.val) {
+			errs = append(errs, fmt.Errorf("%s %q: must be an absolute path", d.flag, d.val))
+		}
+	}
+	if filepath.Base(o.PluginBinary) != install.PluginType {
+		errs = append(errs, fmt.Errorf("--plugin-binary %q: the file must be named %q, the entry's type", o.PluginBinary, install.PluginType))
+	}
+	for _, ns := range o.ExcludeNamespaces {
+		if strings.TrimSpace(ns) == "" {
+			errs = append(errs, errors.New("--exclude-namespaces holds an empty name"))
+		}
+	}
+	for _, l := range []struct{ flag, val string }{{"--log-level", o.LogLevel}, {"--plugin-log-level", o.PluginLogLevel}} {
+		switch strings.ToLower(l.val) {
+		case "", "debug", "info", "warn", "error":
+		default:
+			errs = append(errs, fmt.Errorf("%s %q: must be debug, info, warn or error", l.flag, l.val))
+		}
+	}
+	if _, err := netfilter.ParseBackend(o.IptablesBackend); err != nil {
+		errs = append(errs, fmt.Errorf("--iptables-backend: %w", err))
+	}
+	if o.PodLookupRetries < 0 || o.PodLookupRetries > 120 {
+		errs = append(errs, fmt.Errorf("--pod-lookup-retries %d: must be 1-120 (0: the plug-in's default)", o.PodLookupRetries))
+	}
+	if o.PodLookupInterval < 0 || o.APITimeout < 0 {
+		errs = append(errs, errors.New("--pod-lookup-interval and --api-timeout must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Entry is the meshcni entry the agent keeps last in the primary conflist.
+func (o *Options) Entry() (json.RawMessage, error) {
+	e := map[string]any{
+		"type":       install.PluginType,
+		"kubeconfig": o.KubeconfigPath(),
+		"log_socket": o.SocketPath(),
+		"log_file":   o.LogFilePath(),
+		"lock_dir":   o.LockDir(),
+	}
+	if len(o.ExcludeNamespaces) > 0 {
+		e["exclude_namespaces"] = o.ExcludeNamespaces
+	}
+	if o.PluginLogLevel != "" {
+		e["log_level"] = strings.ToLower(o.PluginLogLevel)
+	}
+	if o.IptablesBackend != "" {
+		e["iptables_backend"] = o.IptablesBackend
+	}
+	if o.PodLookupRetries > 0 {
+		e["pod_lookup_retries"] = o.PodLookupRetries
+	}
+	if o.PodLookupInterval > 0 {
+		e["pod_lookup_interval"] = o.PodLookupInterval.String()
+	}
+	if o.APITimeout > 0 {
+		e["api_timeout"] = o.APITimeout.String()
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("build meshcni entry: %w", err)
+	}
+	return b, nil
+}
