@@ -41,7 +41,7 @@ func Of(c *net.TCPConn) (netip.AddrPort, error) {
 		return netip.AddrPort{}, err
 	}
 	if serr != nil {
-		return netip.AddrPort{}, fmt.Errorf("getsockopt SO_ORIGINAL_DST: %w", serr)
+		return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", c.LocalAddr(), serr)
 	}
 	return out, nil
 }

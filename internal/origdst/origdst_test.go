@@ -1,4 +1,4 @@
-package validation
+package origdst
 
 import (
 	"net"
@@ -25,7 +25,7 @@ func TestOriginalDstWithoutNAT(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	dst, err := OriginalDst(c.(*net.TCPConn))
+	dst, err := Of(c.(*net.TCPConn))
 	if real := c.LocalAddr().(*net.TCPAddr).AddrPort(); err == nil && dst != real {
 		t.Fatalf("original destination of a plain loopback connection: got %v, want an error or %v", dst, real)
 	}

@@ -12,7 +12,6 @@ package validation
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -21,9 +20,8 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/meshcni/meshcni/internal/netns"
+	"github.com/meshcni/meshcni/internal/origdst"
 )
 
 // ErrorCode is Istio's ValidationErrorCode: the exit code of a failed
@@ -88,7 +86,7 @@ func Run(ctx context.Context, cfg Config) error {
 				if err != nil {
 					return
 				}
-				dst, err := OriginalDst(c.(*net.TCPConn))
+				dst, err := origdst.Of(c.(*net.TCPConn))
 				c.Close()
 				if err == nil && dst == cfg.Target {
 					once.Do(func() { close(landed) })
@@ -132,51 +130,4 @@ func probe(ctx context.Context, cfg Config, landed <-chan struct{}) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-// ip6tSoOriginalDst is IP6T_SO_ORIGINAL_DST from linux/netfilter_ipv6/
-// ip6_tables.h, which x/sys/unix does not export.
-const ip6tSoOriginalDst = 80
-
-// OriginalDst returns the destination a NATed (REDIRECT) connection was
-// addressed to before netfilter rewrote it: SO_ORIGINAL_DST for IPv4,
-// IP6T_SO_ORIGINAL_DST for IPv6. It fails for connections that were not
-// translated.
-func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("original destination: %w", err)
-	}
-	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
-	var dst netip.AddrPort
-	var serr error
-	err = raw.Control(func(fd uintptr) {
-		if local.Addr().Is4() || local.Addr().Is4In6() {
-			// The kernel writes a struct sockaddr_in; Mreq is 16 bytes.
-			m, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, unix.SO_ORIGINAL_DST)
-			if err != nil {
-				serr = err
-				return
-			}
-			sa := m.Multiaddr
-			dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte(sa[4:8])), binary.BigEndian.Uint16(sa[2:4]))
-			return
-		}
-		// The kernel writes a struct sockaddr_in6, MTUInfo starts with one.
-		info, err := unix.GetsockoptIPv6MTUInfo(int(fd), unix.SOL_IPV6, ip6tSoOriginalDst)
-		if err != nil {
-			serr = err
-			return
-		}
-		var port [2]byte
-		binary.NativeEndian.PutUint16(port[:], info.Addr.Port)
-		dst = netip.AddrPortFrom(netip.AddrFrom16(info.Addr.Addr), binary.BigEndian.Uint16(port[:]))
-	})
-	if err == nil {
-		err = serr
-	}
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", local, err)
-	}
-	return dst, nil
 }

@@ -16,9 +16,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/meshcni/meshcni/internal/origdst"
 	"golang.org/x/sys/unix"
-
-	"github.com/meshcni/meshcni/internal/validation"
 )
 
 const ioTimeout = 3 * time.Second
@@ -68,7 +67,7 @@ func (s *server) listenTCP(t *testing.T, n ns.NetNS, addr string, transparent bo
 			}
 			tc := c.(*net.TCPConn)
 			got := landing{local: addrPort(c.LocalAddr()), remote: addrPort(c.RemoteAddr())}
-			got.origDst, got.origErr = validation.OriginalDst(tc)
+			got.origDst, got.origErr = origdst.Of(tc)
 			_ = c.SetDeadline(time.Now().Add(ioTimeout))
 			_, _ = io.WriteString(c, s.name)
 			c.Close()
