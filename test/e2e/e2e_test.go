@@ -3,9 +3,14 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshcni/meshcni/test/kubeharness"
 	"github.com/meshcni/meshcni/test/testbed"
@@ -77,4 +82,131 @@ func TestBookinfoProductpage(t *testing.T) {
 	if calls := cniCalls(t, pp.Sandbox); len(calls) != 1 || !strings.HasPrefix(calls[0], "ADD netns=") {
 		t.Errorf("containerd's calls to meshcni for productpage: %q, want one ADD", calls)
 	}
+}
+
+// Pods that must not be captured get no rules, and their traffic flows
+// directly both ways.
+func TestUncapturedPodsFlowDirectly(t *testing.T) {
+	needRuntime(t)
+	server := plainPod(t, "istio-system", "server-direct")
+	optOut := testbed.MeshPod("bookinfo", "optout", 9080)
+	optOut.Annotations["sidecar.istio.io/inject"] = "false"
+	for _, pod := range []*corev1.Pod{testbed.MeshPod("kube-system", "excluded", 9080), optOut} {
+		t.Run(pod.Namespace+"/"+pod.Name, func(t *testing.T) {
+			p := runPod(t, pod)
+			nat := natTable(t, "inspect", containerID(t, p, pod.Name))
+			if strings.Contains(nat, "ISTIO") {
+				t.Fatalf("rules in an uncaptured pod:\n%s", nat)
+			}
+			if got, want := mustAsk(t, p, pod.Name, addr(server, 8080)), "app "+addr(server, 8080); got != want {
+				t.Errorf("out of the pod: answered %q, want %q (direct)", got, want)
+			}
+			if got, want := mustAsk(t, server, "app", addr(p, 9080)), "app "+addr(p, 9080); got != want {
+				t.Errorf("into the pod: answered %q, want %q (direct)", got, want)
+			}
+			if record := logs(t, p.Containers["istio-proxy"]); strings.Contains(record, " from ") {
+				t.Errorf("the idle sidecar saw traffic:\n%s", record)
+			}
+		})
+	}
+}
+
+// StopPodSandbox runs DEL, a second one runs it again with CNI_NETNS
+// empty (the netns is gone), and RemovePodSandbox once more: each must
+// succeed, or the pod can never be removed.
+func TestDelTwice(t *testing.T) {
+	needRuntime(t)
+	p, err := runSandbox(t, createAPIPod(t, testbed.MeshPod("bookinfo", "del-twice", 9080)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, args := range [][]string{{"stopp", p.Sandbox}, {"stopp", p.Sandbox}, {"rmp", p.Sandbox}} {
+		if out, err := env.rt.Crictl(ctx, args...); err != nil {
+			t.Fatalf("crictl %s: %v %s", strings.Join(args, " "), err, out)
+		}
+	}
+	calls := cniCalls(t, p.Sandbox)
+	t.Logf("containerd's calls to meshcni for %s: %q", p.Sandbox[:12], calls)
+	if len(calls) < 3 || !strings.HasPrefix(calls[0], "ADD netns=/") || !strings.HasPrefix(calls[1], "DEL netns=/") {
+		t.Fatalf("want ADD, DEL with the netns, then DEL without; got %q", calls)
+	}
+	for _, c := range calls[2:] {
+		if c != "DEL netns=" {
+			t.Errorf("a DEL after the netns is gone must have CNI_NETNS empty, got %q", c)
+		}
+	}
+	if out, _ := env.rt.Crictl(ctx, "pods", "-q", "--name", "^del-twice$"); strings.TrimSpace(out) != "" {
+		t.Errorf("sandbox still listed: %s", out)
+	}
+}
+
+// A failed ADD (a bad annotation, which meshcni rejects) fails
+// RunPodSandbox with meshcni's message, and leaves no sandbox, netns,
+// IP or rule behind: containerd runs DEL for the half-made sandbox.
+func TestFailedAddLeavesNothing(t *testing.T) {
+	needRuntime(t)
+	netnsBefore := listDir(t, filepath.Join(env.rt.Dir, "state", "io.containerd.grpc.v1.cri", "netns"))
+	mark := callsMark(t)
+	pod := testbed.MeshPod("bookinfo", "bad-annotation", 9080)
+	pod.Annotations["traffic.sidecar.istio.io/excludeOutboundIPRanges"] = "10.0.0.0/40"
+	_, err := runSandbox(t, createAPIPod(t, pod))
+	if err == nil {
+		t.Fatal("RunPodSandbox must fail for a pod meshcni cannot capture as asked")
+	}
+	t.Logf("RunPodSandbox failed as it must: %v", err)
+	if !strings.Contains(err.Error(), "excludeOutboundIPRanges") {
+		t.Errorf("the runtime's error must carry meshcni's message naming the annotation, got %v", err)
+	}
+	ctx := context.Background()
+	if out, _ := env.rt.Crictl(ctx, "pods", "-q", "--name", "^bad-annotation$"); strings.TrimSpace(out) != "" {
+		t.Errorf("a sandbox was left behind: %s", out)
+	}
+	if after := listDir(t, filepath.Join(env.rt.Dir, "state", "io.containerd.grpc.v1.cri", "netns")); len(after) > len(netnsBefore) {
+		t.Errorf("a netns was left behind: before %q, after %q", netnsBefore, after)
+	}
+	// The calls made for this pod: an ADD, then a DEL for the same
+	// sandbox; host-local must hold no IP for it.
+	calls := newCalls(t, mark)
+	t.Logf("containerd's calls to meshcni: %q", calls)
+	if len(calls) < 2 || !strings.HasPrefix(calls[0], "ADD ") {
+		t.Fatalf("want ADD then DEL, got %q", calls)
+	}
+	id := strings.Fields(calls[0])[1]
+	if last := calls[len(calls)-1]; !strings.HasPrefix(last, "DEL "+id+" ") {
+		t.Errorf("the failed ADD for %s was not followed by a DEL: %q", id, calls)
+	}
+	if ipamOwners(t)[id] {
+		t.Errorf("host-local still holds an IP for the failed sandbox %s", id)
+	}
+}
+
+func listDir(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// ipamOwners are the container IDs host-local holds an IP for.
+func ipamOwners(t *testing.T) map[string]bool {
+	t.Helper()
+	owners := map[string]bool{}
+	files, _ := filepath.Glob(filepath.Join(env.node.Dir, "ipam", "*", "*"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil || !strings.Contains(filepath.Base(f), ".") {
+			continue // last_reserved_ip, lock
+		}
+		if id := strings.Fields(string(b)); len(id) > 0 {
+			owners[id[0]] = true
+		}
+	}
+	return owners
 }

@@ -272,3 +272,23 @@ func cniCalls(t *testing.T, sandbox string) []string {
 	}
 	return calls
 }
+
+// callsMark is where env.calls ends now; newCalls returns the lines
+// appended since.
+func callsMark(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile(env.calls)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return len(b)
+}
+
+func newCalls(t *testing.T, mark int) []string {
+	t.Helper()
+	b, err := os.ReadFile(env.calls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSpace(string(b[mark:])), "\n")
+}
