@@ -61,7 +61,12 @@ variable shown in its help.`,
 			return a.Run(cmd.Context())
 		},
 	}
-	f := cmd.Flags()
+	addFlags(cmd.Flags(), &o)
+	return cmd
+}
+
+// addFlags binds every option to its flag, with its variable in the help.
+func addFlags(f *pflag.FlagSet, o *Options) {
 	f.StringVar(&o.CNIConfDir, "cni-conf-dir", o.CNIConfDir, "the node's CNI config directory")
 	f.StringVar(&o.CNIBinDir, "cni-bin-dir", o.CNIBinDir, "the node's CNI plug-in directory")
 	f.StringVar(&o.RunDir, "run-dir", o.RunDir, "host directory for the plug-in's kubeconfig, log socket, log file and locks")
@@ -84,7 +89,6 @@ variable shown in its help.`,
 			fl.Usage += " [$" + env + "]"
 		}
 	})
-	return cmd
 }
 
 // applyEnv sets every flag not given on the command line from its
