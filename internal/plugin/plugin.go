@@ -22,6 +22,7 @@ import (
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/netns"
 	"github.com/meshcni/meshcni/internal/podinfo"
+	"github.com/meshcni/meshcni/internal/podspec"
 )
 
 // Plugin holds the seams to the outside; zero values mean the real ones.
@@ -126,11 +127,11 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 		return nil, lookupError(t.name(), err)
 	}
 	t.pod = pod
-	t.capture, t.reason = decide(pod)
+	t.capture, t.reason = podspec.Decide(pod)
 	if !t.capture {
 		return t, nil
 	}
-	spec, err := capture.FromPod(conf.captureBase, pod.Annotations, proxyOf(pod), t.ipv6)
+	spec, err := podspec.Spec(conf.captureBase, pod, t.ipv6)
 	if err != nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig,
 			fmt.Sprintf("meshcni: pod %s: %v; fix the annotation and recreate the pod", t.name(), err), "")

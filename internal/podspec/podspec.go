@@ -1,4 +1,7 @@
-package plugin
+// Package podspec judges a pod the way the plug-in does: whether it is
+// captured, why, and with which capture spec. The plug-in, the repair
+// controller and meshcnictl verify share it, so they never disagree.
+package podspec
 
 import (
 	"strings"
@@ -14,9 +17,9 @@ const (
 	sidecarValue = "false"
 )
 
-// decide says whether a pod is captured, and why. Pure: table-tested. The
-// namespace exclusion is checked earlier, before any API call.
-func decide(pod *corev1.Pod) (bool, string) {
+// Decide says whether a pod is captured, and why. The namespace exclusion
+// is the caller's: the plug-in checks it before any API call.
+func Decide(pod *corev1.Pod) (bool, string) {
 	if strings.EqualFold(pod.Annotations[capture.AnnotationInject], sidecarValue) {
 		return false, "annotation " + capture.AnnotationInject + "=false"
 	}
@@ -57,9 +60,9 @@ func proxyContainer(pod *corev1.Pod) *corev1.Container {
 	return nil
 }
 
-// proxyOf extracts what the capture spec needs from the sidecar: its
+// ProxyOf extracts what the capture spec needs from the sidecar: its
 // identity (runAsUser/runAsGroup, falling back to the pod's) and env.
-func proxyOf(pod *corev1.Pod) capture.Proxy {
+func ProxyOf(pod *corev1.Pod) capture.Proxy {
 	p := capture.Proxy{Env: map[string]string{}}
 	if sc := pod.Spec.SecurityContext; sc != nil {
 		p.UID, p.GID = sc.RunAsUser, sc.RunAsGroup
@@ -85,6 +88,22 @@ func proxyOf(pod *corev1.Pod) capture.Proxy {
 func isRegular(pod *corev1.Pod, c *corev1.Container) bool {
 	for i := range pod.Spec.Containers {
 		if &pod.Spec.Containers[i] == c {
+			return true
+		}
+	}
+	return false
+}
+
+// Spec derives a captured pod's spec from the node's base spec, its
+// annotations and sidecar. ipv6 says whether the pod has an IPv6 address.
+func Spec(base capture.Spec, pod *corev1.Pod, ipv6 bool) (capture.Spec, error) {
+	return capture.FromPod(base, pod.Annotations, ProxyOf(pod), ipv6)
+}
+
+// HasIPv6 reports whether the API lists an IPv6 address for the pod.
+func HasIPv6(pod *corev1.Pod) bool {
+	for _, ip := range pod.Status.PodIPs {
+		if strings.Contains(ip.IP, ":") {
 			return true
 		}
 	}
