@@ -39,3 +39,18 @@ demo: deps
 
 clean:
 	rm -rf bin
+
+# deploy/meshcni.yaml: the chart rendered with default values (a test
+# checks that it is up to date).
+.PHONY: manifests
+manifests:
+	$(GO) run ./cmd/meshcnictl render > deploy/meshcni.yaml
+
+# dist/meshcni-agent.oci.tar: the agent image as an OCI layout tarball,
+# built offline and reproducibly (SOURCE_DATE_EPOCH, default: the last
+# commit's time). IMAGE_CMDS lists the cmd/ binaries to put in it.
+IMAGE_CMDS ?= meshcni-agent,meshcni,meshcni-iptables
+IMAGE_REF ?= ghcr.io/meshcni/meshcni-agent:0.1.0
+.PHONY: image
+image:
+	$(GO) run ./hack/image -o dist/meshcni-agent.oci.tar -cmds $(IMAGE_CMDS) -ref $(IMAGE_REF)

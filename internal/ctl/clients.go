@@ -1,0 +1,104 @@
+// Package ctl implements meshcnictl: one Options{Complete,Validate,Run} per
+// command, with the kubeconfig flags of kubectl (ConfigFlags) and the
+// output streams injected, so tests drive each command as a user would.
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+)
+
+// clients are what the cluster-side commands use.
+type clients struct {
+	kube   kubernetes.Interface
+	dyn    dynamic.Interface
+	mapper meta.RESTMapper
+}
+
+func newClients(getter genericclioptions.RESTClientGetter, needMapper bool) (*clients, error) {
+	cfg, err := getter.ToRESTConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w (pass --kubeconfig or set KUBECONFIG)", err)
+	}
+	c := &clients{}
+	if c.kube, err = kubernetes.NewForConfig(cfg); err != nil {
+		return nil, err
+	}
+	if c.dyn, err = dynamic.NewForConfig(cfg); err != nil {
+		return nil, err
+	}
+	if needMapper {
+		if c.mapper, err = getter.ToRESTMapper(); err != nil {
+			return nil, fmt.Errorf("discover the API server's resources: %w", err)
+		}
+	}
+	return c, nil
+}
+
+// resource returns the client for obj's kind, namespaced when it is.
+func (c *clients) resource(obj *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
+	gvk := obj.GroupVersionKind()
+	m, err := c.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: the API server does not serve %s: %w", gvk.Kind, obj.GetName(), gvk.GroupVersion(), err)
+	}
+	if m.Scope.Name() == meta.RESTScopeNameNamespace {
+		return c.dyn.Resource(m.Resource).Namespace(obj.GetNamespace()), nil
+	}
+	return c.dyn.Resource(m.Resource), nil
+}
+
+// describe names an object as kubectl does: "daemonset.apps/meshcni-agent".
+func describe(obj *unstructured.Unstructured) string {
+	gk := schema.FromAPIVersionAndKind(obj.GetAPIVersion(), obj.GetKind()).GroupKind()
+	return fmt.Sprintf("%s/%s", gk.String(), obj.GetName())
+}
+
+// ref names an object for error messages: "DaemonSet meshcni-system/meshcni-agent".
+func ref(obj *unstructured.Unstructured) string {
+	if obj.GetNamespace() != "" {
+		return obj.GetKind() + " " + obj.GetNamespace() + "/" + obj.GetName()
+	}
+	return obj.GetKind() + " " + obj.GetName()
+}
+
+// hint turns API errors into what to do about them.
+func hint(err error, verb string, obj *unstructured.Unstructured) error {
+	switch {
+	case apierrors.IsForbidden(err):
+		return fmt.Errorf("%s %s: %w: your user may not %s it; meshcnictl enable/disable need cluster-admin rights (check: kubectl auth can-i %s %s)",
+			verb, ref(obj), err, verb, verb, obj.GetKind())
+	case apierrors.IsUnauthorized(err):
+		return fmt.Errorf("%s %s: %w: the kubeconfig's credentials were refused; log in again or pass --kubeconfig/--context", verb, ref(obj), err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s %s: %w: the API server did not answer in time; check --server and the network, or raise --request-timeout", verb, ref(obj), err)
+	}
+	return fmt.Errorf("%s %s: %w", verb, ref(obj), err)
+}
+
+// poll calls fn every interval until it returns true, an error, or ctx ends.
+func poll(ctx context.Context, interval time.Duration, fn func(context.Context) (bool, error)) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		done, err := fn(ctx)
+		if err != nil || done {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}

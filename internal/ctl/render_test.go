@@ -1,0 +1,292 @@
+package ctl
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/lint"
+	"helm.sh/helm/v3/pkg/lint/support"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/scheme"
+)
+
+const deployPath = "../../deploy/meshcni.yaml"
+
+func render(t *testing.T, s Settings) *Manifest {
+	t.Helper()
+	v, err := s.Values()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Render(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// The committed plain manifests are a fresh render (golden; REFRESH_GOLDEN=true
+// or `make manifests` rewrites them).
+func TestDeployManifestsUpToDate(t *testing.T) {
+	got := append([]byte(Header), render(t, Settings{}).YAML...)
+	if os.Getenv("REFRESH_GOLDEN") == "true" {
+		if err := os.WriteFile(deployPath, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(deployPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s is stale: run `make manifests` (or REFRESH_GOLDEN=true go test ./internal/ctl)", deployPath)
+	}
+}
+
+// decodeAll decodes every object with client-go's scheme, strictly typed.
+func decodeAll(t *testing.T, m *Manifest) []runtime.Object {
+	t.Helper()
+	var out []runtime.Object
+	for _, u := range m.Objects {
+		js, err := json.Marshal(u.Object)
+		if err != nil {
+			t.Fatal(err)
+		}
+		obj, gvk, err := scheme.Codecs.UniversalDeserializer().Decode(js, nil, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", ref(u), err)
+		}
+		if gvk.Kind != u.GetKind() {
+			t.Fatalf("%s decoded as %s", ref(u), gvk)
+		}
+		// Strict: no field the typed struct drops.
+		back, err := json.Marshal(obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var a, b map[string]any
+		_ = json.Unmarshal(js, &a)
+		_ = json.Unmarshal(back, &b)
+		if missing := lostFields(a, b, ""); len(missing) > 0 {
+			t.Errorf("%s: fields unknown to the API types: %v", ref(u), missing)
+		}
+		out = append(out, obj)
+	}
+	return out
+}
+
+// lostFields lists keys of a absent from b (recursively).
+func lostFields(a, b map[string]any, prefix string) []string {
+	var out []string
+	for k, va := range a {
+		vb, ok := b[k]
+		if !ok {
+			out = append(out, prefix+k)
+			continue
+		}
+		if ma, ok := va.(map[string]any); ok {
+			mb, _ := vb.(map[string]any)
+			out = append(out, lostFields(ma, mb, prefix+k+".")...)
+		}
+		if la, ok := va.([]any); ok {
+			lb, _ := vb.([]any)
+			for i := range la {
+				ma, _ := la[i].(map[string]any)
+				if i < len(lb) {
+					mb, _ := lb[i].(map[string]any)
+					out = append(out, lostFields(ma, mb, prefix+k+"[].")...)
+				}
+			}
+		}
+	}
+	return out
+}
+
+func daemonSet(t *testing.T, objs []runtime.Object) *appsv1.DaemonSet {
+	t.Helper()
+	for _, o := range objs {
+		if ds, ok := o.(*appsv1.DaemonSet); ok {
+			return ds
+		}
+	}
+	t.Fatal("no DaemonSet rendered")
+	return nil
+}
+
+func TestObjectsDecodeAndShape(t *testing.T) {
+	for _, tc := range []struct {
+		platform, bin, conf string
+		privileged, quota   bool
+	}{
+		{"", "/opt/cni/bin", "/etc/cni/net.d", false, false},
+		{"gke", "/home/kubernetes/bin", "/etc/cni/net.d", false, true},
+		{"k3s", "/var/lib/rancher/k3s/data/current/bin", "/var/lib/rancher/k3s/agent/etc/cni/net.d", false, false},
+		{"openshift", "/var/lib/cni/bin", "/etc/kubernetes/cni/net.d", true, false},
+	} {
+		t.Run("platform="+tc.platform, func(t *testing.T) {
+			m := render(t, Settings{Platform: tc.platform})
+			objs := decodeAll(t, m)
+			var kinds []string
+			for _, u := range m.Objects {
+				kinds = append(kinds, u.GetKind())
+				if u.GetKind() != "Namespace" && !strings.HasPrefix(u.GetKind(), "Cluster") && u.GetNamespace() != DefaultNamespace {
+					t.Errorf("%s: namespace %q, want %q", ref(u), u.GetNamespace(), DefaultNamespace)
+				}
+			}
+			if kinds[0] != "Namespace" || kinds[len(kinds)-1] != "DaemonSet" {
+				t.Errorf("apply order %v: want the Namespace first and the DaemonSet last", kinds)
+			}
+			if got := slices.Contains(kinds, "ResourceQuota"); got != tc.quota {
+				t.Errorf("ResourceQuota rendered: %v, want %v", got, tc.quota)
+			}
+			ds := daemonSet(t, objs)
+			spec := ds.Spec.Template.Spec
+			hostPaths := map[string]string{}
+			for _, v := range spec.Volumes {
+				if v.HostPath != nil {
+					hostPaths[v.Name] = v.HostPath.Path
+				}
+			}
+			if hostPaths["cni-bin-dir"] != tc.bin || hostPaths["cni-conf-dir"] != tc.conf || hostPaths["run-dir"] != "/var/run/meshcni" {
+				t.Errorf("host paths %v: want bin %s, conf %s", hostPaths, tc.bin, tc.conf)
+			}
+			c := spec.Containers[0]
+			if got := c.SecurityContext.Privileged != nil && *c.SecurityContext.Privileged; got != tc.privileged {
+				t.Errorf("privileged %v, want %v", got, tc.privileged)
+			}
+			if !tc.privileged {
+				if caps := c.SecurityContext.Capabilities; caps == nil || !slices.Equal(caps.Add, []corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}) {
+					t.Errorf("capabilities %+v: want NET_ADMIN and SYS_ADMIN", caps)
+				}
+			}
+			// The run dir holds files the conflist names by node path.
+			for _, vm := range c.VolumeMounts {
+				if vm.Name == "run-dir" && vm.MountPath != hostPaths["run-dir"] {
+					t.Errorf("run dir mounted at %s, must be its node path %s", vm.MountPath, hostPaths["run-dir"])
+				}
+			}
+			if !spec.HostNetwork || spec.PriorityClassName != "system-node-critical" {
+				t.Errorf("hostNetwork %v, priorityClassName %q", spec.HostNetwork, spec.PriorityClassName)
+			}
+			if len(spec.Tolerations) != 1 || spec.Tolerations[0].Operator != corev1.TolerationOpExists || spec.Tolerations[0].Key != "" {
+				t.Errorf("tolerations %+v: want one that tolerates every taint", spec.Tolerations)
+			}
+			if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" {
+				t.Errorf("readiness probe %+v: want GET /readyz", p)
+			}
+			if ds.Spec.UpdateStrategy.Type != appsv1.RollingUpdateDaemonSetStrategyType {
+				t.Errorf("update strategy %s", ds.Spec.UpdateStrategy.Type)
+			}
+			if ds.Spec.Template.Annotations[ConfigHashAnnotation] == "" {
+				t.Error("no settings hash on the pod template")
+			}
+		})
+	}
+}
+
+func TestConfigHashFollowsSettingsOnly(t *testing.T) {
+	hash := func(s Settings) string {
+		return daemonSet(t, decodeAll(t, render(t, s))).Spec.Template.Annotations[ConfigHashAnnotation]
+	}
+	base := hash(Settings{})
+	if hash(Settings{ExcludeNamespaces: []string{"kube-system"}}) == base {
+		t.Error("changing the excluded namespaces kept the hash: the agents would not roll")
+	}
+	if hash(Settings{Set: []string{"pluginLogLevel=debug"}}) == base {
+		t.Error("changing a plug-in setting kept the hash")
+	}
+	if hash(Settings{Image: "example.test/agent:v2"}) != base {
+		t.Error("the image changed the settings hash")
+	}
+}
+
+func TestExcludedNamespaces(t *testing.T) {
+	for _, tc := range []struct {
+		in   []string
+		want string
+	}{
+		{nil, "kube-system,istio-system,meshcni-system"},
+		{[]string{}, "meshcni-system"},
+		{[]string{"a", "meshcni-system", "b", "a"}, "a,b,meshcni-system"},
+	} {
+		var cm *corev1.ConfigMap
+		for _, o := range decodeAll(t, render(t, Settings{ExcludeNamespaces: tc.in})) {
+			if c, ok := o.(*corev1.ConfigMap); ok {
+				cm = c
+			}
+		}
+		if got := cm.Data["EXCLUDE_NAMESPACES"]; got != tc.want {
+			t.Errorf("--exclude-namespaces %q: ConfigMap says %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// The plug-in's identity may get pods and nothing else; the agent gets only
+// what it uses.
+func TestRBACIsLeast(t *testing.T) {
+	roles := map[string][]rbacv1.PolicyRule{}
+	for _, o := range decodeAll(t, render(t, Settings{})) {
+		if r, ok := o.(*rbacv1.ClusterRole); ok {
+			roles[r.Name] = r.Rules
+		}
+	}
+	if got := roles["meshcni-plugin"]; len(got) != 1 || !slices.Equal(got[0].Verbs, []string{"get"}) || !slices.Equal(got[0].Resources, []string{"pods"}) || !slices.Equal(got[0].APIGroups, []string{""}) {
+		t.Errorf("meshcni-plugin rules %+v: want get pods only", got)
+	}
+	for _, r := range roles["meshcni-agent"] {
+		for _, v := range r.Verbs {
+			if v == "*" || slices.Contains(r.Resources, "*") || slices.Contains(r.Resources, "secrets") {
+				t.Errorf("meshcni-agent rule %+v is too broad", r)
+			}
+		}
+	}
+}
+
+func TestRenderErrorsSayWhatToDo(t *testing.T) {
+	for _, tc := range []struct {
+		s    Settings
+		want string
+	}{
+		{Settings{Set: []string{"platform=nope"}}, "/platform"},
+		{Settings{Set: []string{"oops"}}, "use key=value"},
+		{Settings{Image: "repo@sha256:abc"}, "repository:tag"},
+		{Settings{Set: []string{"excludeNamespaces={Bad_NS}"}}, "excludeNamespaces"},
+	} {
+		v, err := tc.s.Values()
+		if err == nil {
+			_, err = Render(v)
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: error %v, want it to mention %q", tc.s, err, tc.want)
+		}
+	}
+	if err := (&EnableOptions{Settings: Settings{Platform: "eks"}}).Validate(); err == nil || !strings.Contains(err.Error(), "default, gke, k3s, openshift") {
+		t.Errorf("--platform eks: %v", err)
+	}
+}
+
+// helm lint passes on the chart directory, as `helm lint charts/meshcni`.
+func TestChartLints(t *testing.T) {
+	kv, err := chartutil.ParseKubeVersion("v1.34.4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, platform := range Platforms {
+		res := lint.AllWithKubeVersion("../../charts/meshcni", map[string]any{"platform": platform}, DefaultNamespace, kv)
+		for _, msg := range res.Messages {
+			if msg.Severity >= support.WarningSev {
+				t.Errorf("platform %s: lint: %s", platform, msg)
+			} else {
+				t.Logf("platform %s: lint: %s", platform, msg)
+			}
+		}
+	}
+}

@@ -1,0 +1,314 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/install"
+	"github.com/meshcni/meshcni/internal/netfilter"
+	"github.com/meshcni/meshcni/internal/netns"
+	"github.com/meshcni/meshcni/internal/plugin"
+	"github.com/meshcni/meshcni/internal/rules"
+)
+
+// VerifyOptions checks one pod's rules against its annotations, on the
+// pod's node.
+type VerifyOptions struct {
+	configFlags *genericclioptions.ConfigFlags
+	genericiooptions.IOStreams
+
+	Namespace, Pod  string
+	NetNS           string // given netns path; else CRI, else a scan
+	RuntimeEndpoint string // "" tries DefaultRuntimeEndpoints
+	CNIConfDir      string
+
+	procRoot  string
+	netnsDirs []string
+	c         *clients
+}
+
+// NewVerifyOptions returns options writing to streams.
+func NewVerifyOptions(flags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *VerifyOptions {
+	return &VerifyOptions{configFlags: flags, IOStreams: streams, CNIConfDir: "/etc/cni/net.d",
+		procRoot: "/proc", netnsDirs: []string{"/var/run/netns", "/run/netns"}}
+}
+
+// NewCmdVerify is `meshcnictl verify POD`.
+func NewCmdVerify(flags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
+	o := NewVerifyOptions(flags, streams)
+	cmd := &cobra.Command{
+		Use:   "verify POD [-n NAMESPACE]",
+		Short: "On the pod's node (as root): print its NAT table and check it against its annotations",
+		Long: `Finds the pod through the API and its network namespace through the
+container runtime (CRI), by --netns, or by looking for the namespace that
+holds the pod's IP. Prints the NAT table as "iptables -t nat -L -n -v
+--line-numbers -x" would inside it, then checks that the rules are exactly
+what the pod's annotations demand, or, for a pod meshcni does not capture,
+that it has no ISTIO_* rules. Exits non-zero on a mismatch.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.Complete(args); err != nil {
+				return err
+			}
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			return o.Run(cmd.Context())
+		},
+	}
+	cmd.Flags().StringVar(&o.NetNS, "netns", "", "the pod's network namespace path (skips the CRI look-up)")
+	cmd.Flags().StringVar(&o.RuntimeEndpoint, "runtime-endpoint", "", "CRI socket, e.g. unix:///run/containerd/containerd.sock (default: the usual ones)")
+	cmd.Flags().StringVar(&o.CNIConfDir, "cni-conf-dir", o.CNIConfDir, "the node's CNI config dir, for meshcni's settings")
+	return cmd
+}
+
+// Complete reads the pod argument and namespace and builds the clients.
+func (o *VerifyOptions) Complete(args []string) error {
+	o.Pod = args[0]
+	var err error
+	if o.Namespace, _, err = o.configFlags.ToRawKubeConfigLoader().Namespace(); err != nil {
+		return fmt.Errorf("namespace: %w (pass -n)", err)
+	}
+	o.c, err = newClients(o.configFlags, false)
+	return err
+}
+
+// Validate checks the flags.
+func (o *VerifyOptions) Validate() error {
+	if o.Pod == "" {
+		return errors.New("a pod name is required: meshcnictl verify POD -n NAMESPACE")
+	}
+	if o.NetNS != "" {
+		if _, err := os.Stat(o.NetNS); err != nil {
+			return fmt.Errorf("--netns %s: %w", o.NetNS, err)
+		}
+	}
+	if e := o.RuntimeEndpoint; e != "" && !strings.HasPrefix(e, "unix://") {
+		return fmt.Errorf("--runtime-endpoint %q: must be unix:///path/to.sock", e)
+	}
+	return nil
+}
+
+// ErrVerifyMismatch is wrapped by the error Run returns when the rules
+// differ from what the pod demands.
+var ErrVerifyMismatch = errors.New("rules do not match the pod")
+
+// Run finds the netns, prints the NAT table and judges it.
+func (o *VerifyOptions) Run(ctx context.Context) error {
+	name := o.Namespace + "/" + o.Pod
+	pod, err := o.c.kube.CoreV1().Pods(o.Namespace).Get(ctx, o.Pod, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("pod %s not found: check the name and -n (kubectl -n %s get pods)", name, o.Namespace)
+	} else if err != nil {
+		return fmt.Errorf("get pod %s: %w", name, err)
+	}
+	fmt.Fprintf(o.Out, "Pod:     %s (uid %s) on node %s\n", name, pod.UID, pod.Spec.NodeName)
+	if pod.Spec.HostNetwork {
+		fmt.Fprintln(o.Out, "Result:  OK: the pod uses the host network; meshcni never captures it (and verify does not read the host's rules).")
+		return nil
+	}
+
+	entry, entryNote := o.entry()
+	fmt.Fprintf(o.Out, "Config:  %s\n", entryNote)
+
+	path, how, err := o.findNetNS(ctx, pod)
+	if err != nil {
+		return fmt.Errorf("pod %s: find its network namespace: %w", name, err)
+	}
+	if err := refuseHostNetNS(path, o.procRoot); err != nil {
+		return fmt.Errorf("pod %s: %w", name, err)
+	}
+	fmt.Fprintf(o.Out, "Netns:   %s (%s)\n", path, how)
+
+	var ipv6 bool
+	if err := netns.Do(path, func() error { ipv6 = hasGlobalIPv6(); return nil }); err != nil {
+		return fmt.Errorf("pod %s: enter netns %s: %w (run as root on node %s)", name, path, err, pod.Spec.NodeName)
+	}
+	for _, ip := range podIPs(pod) {
+		ipv6 = ipv6 || ip.Is6()
+	}
+
+	lockDir := entry.LockDir
+	if lockDir == "" {
+		if lockDir, err = os.MkdirTemp("", "meshcnictl-locks-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(lockDir)
+	}
+	nf := netfilter.New(netfilter.Options{Backend: entry.Backend, LockDir: lockDir})
+	families := []rules.Family{rules.IPv4}
+	if ipv6 {
+		families = append(families, rules.IPv6)
+	}
+	var saves []string
+	for _, f := range families {
+		save, backend, err := nf.Save(ctx, path, f)
+		if err != nil {
+			return fmt.Errorf("pod %s: read its %s rules: %w", name, f, err)
+		}
+		saves = append(saves, save)
+		listing, cmdline, err := listNAT(ctx, path, backend, f, lockDir)
+		if err != nil {
+			return fmt.Errorf("pod %s: list its %s NAT table: %w", name, f, err)
+		}
+		fmt.Fprintf(o.Out, "\n# %s   (%s backend, in %s)\n%s", cmdline, backend, path, listing)
+	}
+	fmt.Fprintln(o.Out)
+
+	// Judge it as ADD did.
+	captured, reason := plugin.Decide(pod)
+	if entry.Excluded(pod.Namespace) {
+		captured, reason = false, "namespace "+pod.Namespace+" is excluded"
+	}
+	if !captured {
+		fmt.Fprintf(o.Out, "Expect:  not captured (%s)\n", reason)
+		for _, s := range saves {
+			if strings.Contains(s, "ISTIO_") {
+				return fmt.Errorf("pod %s: %w: meshcni does not capture it (%s), yet its netns holds ISTIO_* rules (above): something else programmed them, e.g. an istio-init container or a pod created before the exclusion; recreate the pod (kubectl -n %s delete pod %s)",
+					name, ErrVerifyMismatch, reason, pod.Namespace, pod.Name)
+			}
+		}
+		fmt.Fprintln(o.Out, "Result:  OK: no ISTIO_* rules, as expected.")
+		return nil
+	}
+	spec, err := capture.FromPod(entry.Base, pod.Annotations, plugin.ProxyOf(pod), ipv6)
+	if err != nil {
+		return fmt.Errorf("pod %s: %v: meshcni refuses to start such a pod; fix the annotation and recreate the pod", name, err)
+	}
+	fmt.Fprintf(o.Out, "Expect:  captured (%s): %s\n", reason, summarize(spec))
+	if err := nf.Check(ctx, path, spec); err != nil {
+		if errors.Is(err, netfilter.ErrMismatch) {
+			return fmt.Errorf("pod %s: %w: %v; recreate the pod (kubectl -n %s delete pod %s) so that meshcni programs it again, or let the agent's repair controller do it",
+				name, ErrVerifyMismatch, err, pod.Namespace, pod.Name)
+		}
+		return fmt.Errorf("pod %s: check its rules: %w", name, err)
+	}
+	fmt.Fprintln(o.Out, "Result:  OK: the rules match the pod's annotations.")
+	return nil
+}
+
+// entry reads meshcni's entry from the node's primary CNI config; without
+// one, the defaults judge the pod and the note says so.
+func (o *VerifyOptions) entry() (*plugin.Entry, string) {
+	def, _ := plugin.ParseEntry([]byte(`{"type":"meshcni"}`))
+	path, err := install.FindPrimary(o.CNIConfDir)
+	if err != nil {
+		return def, fmt.Sprintf("no CNI config in %s (%v); judging with meshcni's defaults (pass --cni-conf-dir)", o.CNIConfDir, err)
+	}
+	raw, err := meshcniEntry(path)
+	if err != nil {
+		return def, fmt.Sprintf("%v; judging with meshcni's defaults", err)
+	}
+	e, err := plugin.ParseEntry(raw)
+	if err != nil {
+		return def, fmt.Sprintf("meshcni's entry in %s is invalid (%v); judging with defaults", path, err)
+	}
+	return e, "meshcni entry in " + path
+}
+
+// meshcniEntry returns the bytes of the meshcni plug-in in a conflist.
+func meshcniEntry(path string) ([]byte, error) {
+	if filepath.Ext(path) != ".conflist" {
+		return nil, fmt.Errorf("%s is a single-plugin config: meshcni is not installed on this node", path)
+	}
+	list, err := libcni.ConfListFromFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	for _, p := range list.Plugins {
+		if p.Network.Type == install.PluginType {
+			return p.Bytes, nil
+		}
+	}
+	return nil, fmt.Errorf("%s has no meshcni entry: meshcni is not installed on this node", path)
+}
+
+func (o *VerifyOptions) findNetNS(ctx context.Context, pod *corev1.Pod) (path, how string, err error) {
+	if o.NetNS != "" {
+		return o.NetNS, "from --netns", nil
+	}
+	endpoints := DefaultRuntimeEndpoints
+	if o.RuntimeEndpoint != "" {
+		endpoints = []string{o.RuntimeEndpoint}
+	}
+	var errs []error
+	for _, e := range endpoints {
+		if _, err := os.Stat(strings.TrimPrefix(e, "unix://")); err != nil && o.RuntimeEndpoint == "" {
+			continue // not this runtime
+		}
+		p, err := sandboxNetNS(ctx, e, pod, o.procRoot)
+		if err == nil {
+			return p, "sandbox of the container runtime at " + e, nil
+		}
+		errs = append(errs, err)
+	}
+	p, err := netnsByIP(o.procRoot, o.netnsDirs, podIPs(pod))
+	if err == nil {
+		return p, "the namespace that holds the pod's IP", nil
+	}
+	errs = append(errs, err)
+	return "", "", fmt.Errorf("%w; run verify as root on node %s, or pass --netns", errors.Join(errs...), pod.Spec.NodeName)
+}
+
+// refuseHostNetNS keeps verify out of the node's own netns.
+func refuseHostNetNS(path, procRoot string) error {
+	host, err := netns.ID(filepath.Join(procRoot, "1", "ns", "net"))
+	if err != nil {
+		return nil // cannot tell (not root): entering will fail anyway
+	}
+	if id, err := netns.ID(path); err == nil && id == host {
+		return fmt.Errorf("%s is the node's own network namespace, not the pod's; pass the pod's --netns", path)
+	}
+	return nil
+}
+
+// listNAT runs `iptables -t nat -L -n -v --line-numbers -x` in the netns.
+func listNAT(ctx context.Context, path string, backend netfilter.Backend, f rules.Family, lockDir string) (out, cmdline string, err error) {
+	bin := "iptables"
+	if f == rules.IPv6 {
+		bin = "ip6tables"
+	}
+	bin += "-" + string(backend)
+	args := []string{"-t", "nat", "-L", "-n", "-v", "--line-numbers", "-x"}
+	if backend == netfilter.Legacy {
+		args = append(args, "-w", "10")
+	}
+	id, err := netns.ID(path)
+	if err != nil {
+		return "", "", err
+	}
+	env := []string{"XTABLES_LOCKFILE=" + filepath.Join(lockDir, "xtables-"+id+".lock")}
+	err = netns.Do(path, func() error {
+		out, err = netfilter.ExecRunner(ctx, env, "", bin, args...)
+		return err
+	})
+	return out, bin + " " + strings.Join(args, " "), err
+}
+
+// summarize is the spec in one line, for the reader to compare with the
+// pod's annotations.
+func summarize(s capture.Spec) string {
+	cidrs := "*"
+	if !s.OutboundCIDRs.All {
+		var l []string
+		for _, p := range s.OutboundCIDRs.List {
+			l = append(l, p.String())
+		}
+		cidrs = strings.Join(l, ",")
+	}
+	return fmt.Sprintf("mode %s, proxy uid %v, inbound ports %s (excluding %v), outbound CIDRs %s, IPv6 %v, DNS %v",
+		s.Mode, s.ProxyUIDs, s.InboundPorts, s.ExcludeInboundPorts, cidrs, s.IPv6, s.RedirectDNS)
+}
