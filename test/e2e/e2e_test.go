@@ -16,12 +16,12 @@ import (
 	"github.com/meshcni/meshcni/test/testbed"
 )
 
-// needRuntime fails loudly when the runtime never came up: a suite that
-// cannot run must not pass.
+// needRuntime fails loudly when the node (containerd, the agent, the API
+// server) never came up: a suite that cannot run must not pass.
 func needRuntime(t *testing.T) {
 	t.Helper()
 	if setupErr != nil {
-		t.Fatalf("e2e: no container runtime, nothing was tested: %v", setupErr)
+		t.Fatalf("e2e: the node could not be set up, nothing was tested: %v", setupErr)
 	}
 }
 

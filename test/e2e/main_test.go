@@ -10,6 +10,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"net/url"
@@ -18,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -42,14 +44,13 @@ var excludedNamespaces = []string{"kube-system", "istio-system"}
 // env is what TestMain sets up once; setupErr says why it could not.
 var (
 	env struct {
-		dir        string
-		cluster    *kubeharness.Cluster
-		kubeconfig string
-		plugin     string // the built meshcni binary
-		node       *testbed.Node
-		rt         *Runtime
-		calls      string // every CNI call the runtime made to meshcni
-		pluginLog  string
+		dir     string
+		cluster *kubeharness.Cluster
+		plugin  string // the built meshcni binary
+		node    *testbed.Node
+		rt      *Runtime
+		agent   *Agent
+		calls   string // every CNI call the runtime made to meshcni
 	}
 	setupErr error
 )
@@ -85,11 +86,14 @@ func run(m *testing.M) int {
 	if setupErr != nil {
 		fmt.Fprintf(os.Stderr, "e2e: SETUP FAILED, every test will fail: %v\n", setupErr)
 	} else {
-		fmt.Fprintf(os.Stderr, "e2e: containerd, kube-apiserver, images ready in %s\n", time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(os.Stderr, "e2e: node ready (kube-apiserver, containerd in the node netns, images, meshcni-agent) in %s\n", time.Since(start).Round(time.Millisecond))
 	}
 	code := m.Run()
 	if code != 0 && env.rt != nil {
 		fmt.Fprintf(os.Stderr, "containerd log (tail):\n%s\n", env.rt.LogTail(40))
+	}
+	if code != 0 && env.agent != nil {
+		fmt.Fprintf(os.Stderr, "meshcni-agent log (tail):\n%s\n", env.agent.tail(40))
 	}
 	if code != 0 && env.cluster != nil {
 		fmt.Fprintln(os.Stderr, env.cluster.LogTail(20))
@@ -106,6 +110,10 @@ func testTimeout() time.Duration {
 	return 0
 }
 
+// setup brings a node up the way a cluster does: the API server, a node
+// with its primary CNI config (bridge + host-local), containerd, then the
+// meshcni agent, which installs the plug-in and its conflist entry, and
+// containerd picking that up by itself.
 func setup(ctx context.Context) error {
 	var err error
 	if env.dir, err = os.MkdirTemp("", "meshcni-e2e-work-"); err != nil {
@@ -114,20 +122,30 @@ func setup(ctx context.Context) error {
 	if env.plugin, err = testbed.BuildPlugin(env.dir); err != nil {
 		return err
 	}
+	agentBin := filepath.Join(env.dir, "meshcni-agent")
 	box := filepath.Join(env.dir, "box")
-	cmd := exec.Command("go", "build", "-o", box, "github.com/meshcni/meshcni/test/e2e/box")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build box: %v: %s", err, out)
+	for out, pkg := range map[string]string{agentBin: "cmd/meshcni-agent", box: "test/e2e/box"} {
+		cmd := exec.Command("go", "build", "-o", out, "github.com/meshcni/meshcni/"+pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %s: %v: %s", pkg, err, b)
+		}
 	}
 
 	if env.cluster, err = kubeharness.Start(ctx, kubeharness.Options{}); err != nil {
 		return err
 	}
 	// The plug-in's identity may only get pods, as in production.
-	env.kubeconfig, _, err = env.cluster.ServiceAccountKubeconfig(ctx, "kube-system", "meshcni",
+	kubeconfig, token, err := env.cluster.ServiceAccountKubeconfig(ctx, "kube-system", "meshcni",
 		[]rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}}, time.Hour)
 	if err != nil {
+		return err
+	}
+	tokenPath := filepath.Join(env.dir, "serviceaccount", "token")
+	if err := os.MkdirAll(filepath.Dir(tokenPath), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(tokenPath, []byte(token), 0o600); err != nil {
 		return err
 	}
 	u, err := url.Parse(env.cluster.URL)
@@ -135,13 +153,7 @@ func setup(ctx context.Context) error {
 		return err
 	}
 	port, _ := strconv.Atoi(u.Port())
-
-	env.calls = filepath.Join(env.dir, "cni-calls.log")
-	env.pluginLog = filepath.Join(env.dir, "meshcni.log")
-	if env.node, err = testbed.NewNode(testbed.Options{PluginConf: pluginConf(), ForwardPorts: []int{port}}); err != nil {
-		return err
-	}
-	if err := installPlugin(); err != nil {
+	if env.node, err = testbed.NewNode(testbed.Options{ForwardPorts: []int{port}}); err != nil {
 		return err
 	}
 
@@ -159,31 +171,52 @@ func setup(ctx context.Context) error {
 			return fmt.Errorf("import %s: %w: %s", img.Ref, err, out)
 		}
 	}
-	return nil
-}
 
-// pluginConf is meshcni's entry in the node's conflist.
-func pluginConf() map[string]any {
-	return map[string]any{
-		"type": "meshcni", "kubeconfig": env.kubeconfig, "exclude_namespaces": excludedNamespaces,
-		"log_level": "debug", "log_file": env.pluginLog,
-		"pod_lookup_retries": 5, "pod_lookup_interval": "200ms", "api_timeout": "3s",
+	env.calls = filepath.Join(env.dir, "cni-calls.log")
+	tap, err := writeTap()
+	if err != nil {
+		return err
 	}
+	env.agent, err = StartAgent(ctx, AgentOptions{
+		Binary: agentBin, PluginBinary: tap, Node: env.node, Kubeconfig: kubeconfig, TokenPath: tokenPath,
+		Dir: filepath.Join(env.dir, "agent"),
+		Args: []string{"--exclude-namespaces", strings.Join(excludedNamespaces, ","), "--plugin-log-level", "debug",
+			"--pod-lookup-retries", "5", "--pod-lookup-interval", "200ms", "--api-timeout", "3s"},
+	})
+	if err != nil {
+		return err
+	}
+	return env.rt.WaitCNIConfig(ctx, "with meshcni last", chainedLast)
 }
 
-// installPlugin puts meshcni into the node's CNI bin dir behind a tap
-// that appends each call's command, container and netns to env.calls and
-// then execs the real binary with the same stdin and environment: the
+// chainedLast: the conflist ends with the meshcni entry.
+func chainedLast(conflist string) bool {
+	var l struct{ Plugins []struct{ Type string } }
+	return json.Unmarshal([]byte(conflist), &l) == nil && len(l.Plugins) > 1 && l.Plugins[len(l.Plugins)-1].Type == "meshcni"
+}
+
+// writeTap writes the file the agent installs as the plug-in: a tap that
+// appends each call's command, container and netns to env.calls, then
+// execs the real meshcni with the same stdin and environment. It is the
 // only way to see which calls the runtime made (DEL's netns, above all).
-func installPlugin() error {
+func writeTap() (string, error) {
+	path := filepath.Join(env.dir, "tap", "meshcni")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return "", err
+	}
 	tap := fmt.Sprintf("#!/bin/sh\necho \"$CNI_COMMAND $CNI_CONTAINERID netns=$CNI_NETNS\" >>%q\nexec %q \"$@\"\n", env.calls, env.plugin)
-	return os.WriteFile(filepath.Join(env.node.BinDir, "meshcni"), []byte(tap), 0o755)
+	return path, os.WriteFile(path, []byte(tap), 0o755)
 }
 
 func teardown() {
 	if env.rt != nil {
 		for _, s := range env.rt.Close() {
 			fmt.Fprintln(os.Stderr, "e2e cleanup:", s)
+		}
+	}
+	if env.agent != nil {
+		if note := env.agent.stop(15 * time.Second); note != "" {
+			fmt.Fprintln(os.Stderr, "e2e cleanup:", note)
 		}
 	}
 	if env.node != nil {

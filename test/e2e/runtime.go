@@ -6,12 +6,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,8 +34,7 @@ type Runtime struct {
 
 	crictl     string
 	crictlConf string
-	cmd        *exec.Cmd
-	exited     chan struct{}
+	containerd *proc
 	runExisted bool     // /run/containerd existed before we started
 	shimSocks  []string // /run/containerd/s entries before we started
 }
@@ -72,7 +71,7 @@ func StartRuntime(ctx context.Context, o RuntimeOptions) (_ *Runtime, err error)
 	r := &Runtime{
 		Dir: dir, NodeNS: o.NodeNS, Sock: filepath.Join(dir, "containerd.sock"),
 		Cgroup: "/" + filepath.Base(dir), Log: filepath.Join(dir, "containerd.log"),
-		crictl: crictl, crictlConf: filepath.Join(dir, "crictl.yaml"), exited: make(chan struct{}),
+		crictl: crictl, crictlConf: filepath.Join(dir, "crictl.yaml"),
 	}
 	if _, err := os.Stat(filepath.Dir(shimSocketDir)); err == nil {
 		r.runExisted = true
@@ -92,32 +91,8 @@ func StartRuntime(ctx context.Context, o RuntimeOptions) (_ *Runtime, err error)
 	if err := os.WriteFile(r.crictlConf, []byte(crictlYAML), 0o644); err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(r.Log)
-	if err != nil {
+	if r.containerd, err = startInNetns("containerd", o.NodeNS, r.Log, containerd, "--config", conf, "--log-level", "debug"); err != nil {
 		return nil, err
-	}
-	defer logf.Close()
-	// nsenter --net (not `ip netns exec`, which remounts /sys and hides the
-	// cgroup mounts from runc) execs containerd in place: cmd's PID is
-	// containerd's.
-	r.cmd = exec.Command("nsenter", "--net="+o.NodeNS, containerd, "--config", conf, "--log-level", "debug")
-	r.cmd.Stdout, r.cmd.Stderr = logf, logf
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	// Pdeathsig fires when the forking thread exits, so that thread stays
-	// locked to this goroutine for containerd's whole life.
-	started := make(chan error)
-	go func() {
-		runtime.LockOSThread()
-		err := r.cmd.Start()
-		started <- err
-		if err == nil {
-			_ = r.cmd.Wait()
-			close(r.exited)
-		}
-	}()
-	if err := <-started; err != nil {
-		r.cmd = nil
-		return nil, fmt.Errorf("start containerd: %w", err)
 	}
 
 	deadline := time.Now().Add(30 * time.Second)
@@ -127,8 +102,8 @@ func StartRuntime(ctx context.Context, o RuntimeOptions) (_ *Runtime, err error)
 			return r, nil
 		}
 		select {
-		case <-r.exited:
-			return nil, fmt.Errorf("containerd exited at start: %s", r.cmd.ProcessState)
+		case <-r.containerd.exited:
+			return nil, fmt.Errorf("containerd exited at start: %s", r.containerd.cmd.ProcessState)
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
@@ -237,12 +212,10 @@ func runCmd(ctx context.Context, stdin []byte, name string, args ...string) (str
 
 // LogTail returns containerd's last n log lines.
 func (r *Runtime) LogTail(n int) string {
-	b, _ := os.ReadFile(r.Log)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
+	if r.containerd == nil {
+		return ""
 	}
-	return strings.Join(lines, "\n")
+	return r.containerd.tail(n)
 }
 
 // Close removes every pod through CRI (so CNI DEL runs), stops containerd,
@@ -251,23 +224,16 @@ func (r *Runtime) LogTail(n int) string {
 // Dir. It reports what it had to sweep, for the log.
 func (r *Runtime) Close() []string {
 	var swept []string
-	if r.cmd != nil && r.cmd.Process != nil {
-		select {
-		case <-r.exited:
-		default:
+	if r.containerd != nil {
+		if !r.containerd.Exited() {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			if out, err := r.Crictl(ctx, "rmp", "--all", "--force"); err != nil {
 				swept = append(swept, fmt.Sprintf("crictl rmp --all --force: %v %s", err, out))
 			}
 			cancel()
-			_ = r.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-r.exited:
-			case <-time.After(15 * time.Second):
-				_ = r.cmd.Process.Kill()
-				<-r.exited
-				swept = append(swept, "containerd ignored SIGTERM for 15s; killed")
-			}
+		}
+		if note := r.containerd.stop(15 * time.Second); note != "" {
+			swept = append(swept, note)
 		}
 	}
 	for _, pid := range r.leftoverPIDs() {
@@ -389,4 +355,47 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// CNIConfig is the conflist the CRI plug-in has loaded for pods' eth0,
+// as `crictl info` shows it (cniconfig.Networks[].Config.Source).
+func (r *Runtime) CNIConfig(ctx context.Context) (string, error) {
+	out, err := r.Crictl(ctx, "info")
+	if err != nil {
+		return "", err
+	}
+	var info struct {
+		Config struct {
+			Networks []struct {
+				Config struct{ Source string }
+				IFName string
+			}
+		} `json:"cniconfig"`
+		Status string `json:"lastCNILoadStatus"`
+	}
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		return "", fmt.Errorf("crictl info: %w", err)
+	}
+	for _, n := range info.Config.Networks {
+		if n.IFName == "eth0" {
+			return n.Config.Source, nil
+		}
+	}
+	return "", fmt.Errorf("containerd has no pod network loaded (last load: %s)", info.Status)
+}
+
+// WaitCNIConfig waits until the loaded conflist satisfies ok: containerd
+// reloads its conf dir on its own, without a restart.
+func (r *Runtime) WaitCNIConfig(ctx context.Context, what string, ok func(conflist string) bool) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		src, err := r.CNIConfig(ctx)
+		if err == nil && ok(src) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("containerd did not load a conflist %s within 20s (last: %v %s)", what, err, src)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
