@@ -69,11 +69,7 @@ func TestAgentOnANode(t *testing.T) {
 		t.Fatal(err)
 	}
 	port, _ := strconv.Atoi(u.Port())
-	node, err := testbed.NewNode(testbed.Options{ForwardPorts: []int{port}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(node.Close)
+	node := newNode(t, port)
 	before := snapshotDir(t, node.ConfDir)
 
 	// The agent's service account may only get pods, as in production.
@@ -195,6 +191,9 @@ func TestAgentOnANode(t *testing.T) {
 	if err := node.DelPod(ctx, p); err != nil {
 		t.Errorf("DEL: %v", err)
 	}
+	if _, err := os.Stat(p.NS.Path()); !os.IsNotExist(err) {
+		t.Errorf("pod netns %s left: %v", p.NS.Path(), err)
+	}
 
 	// Shutdown: the conf dir is as it was, the binary and kubeconfig gone.
 	if err := shutdown(); err != nil {
@@ -226,11 +225,7 @@ func TestAgentBinaryWithKubeconfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	port, _ := strconv.Atoi(u.Port())
-	node, err := testbed.NewNode(testbed.Options{ForwardPorts: []int{port}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(node.Close)
+	node := newNode(t, port)
 	before := snapshotDir(t, node.ConfDir)
 
 	_, token, err := cluster.ServiceAccountKubeconfig(ctx, "kube-system", "meshcni-agent",
@@ -301,6 +296,9 @@ func TestAgentBinaryWithKubeconfig(t *testing.T) {
 	if err := node.DelPod(ctx, p); err != nil {
 		t.Errorf("DEL: %v", err)
 	}
+	if _, err := os.Stat(p.NS.Path()); !os.IsNotExist(err) {
+		t.Errorf("pod netns %s left: %v", p.NS.Path(), err)
+	}
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -319,6 +317,23 @@ func TestAgentBinaryWithKubeconfig(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(node.BinDir, "meshcni")); !os.IsNotExist(err) {
 		t.Errorf("binary left after uninstall: %v", err)
 	}
+}
+
+// newNode makes a testbed node reaching the API server's port, closes it
+// when the test ends and checks that no netns it made is left.
+func newNode(t *testing.T, apiPort int) *testbed.Node {
+	t.Helper()
+	node, err := testbed.NewNode(testbed.Options{ForwardPorts: []int{apiPort}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		node.Close()
+		if _, err := os.Stat(node.NS.Path()); !os.IsNotExist(err) {
+			t.Errorf("node netns %s left: %v", node.NS.Path(), err)
+		}
+	})
+	return node
 }
 
 // findPluginLine returns the agent's re-logged plug-in record for msg, pod
