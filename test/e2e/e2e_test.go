@@ -4,11 +4,15 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -209,4 +213,131 @@ func ipamOwners(t *testing.T) map[string]bool {
 		}
 	}
 	return owners
+}
+
+// The primary CNI rewrites its conflist (a new bridge and pod range, and
+// no meshcni: it knows nothing of it). The agent puts meshcni back,
+// containerd loads the result by itself, and the next pod gets both: an
+// address from the new range and the redirection.
+func TestConflistEditPickedUpWithoutRestart(t *testing.T) {
+	needRuntime(t)
+	ctx := context.Background()
+	server := plainPod(t, "istio-system", "server-edit")
+	const newRange = "10.250.1.0/24"
+	primary := env.node.PrimaryConf()
+	primary["bridge"] = "mcni1" // the bridge plug-in will not give mcni0 a second range
+	ipam := primary["ipam"].(map[string]any)
+	ipam["ranges"] = []any{[]any{map[string]any{"subnet": newRange}}}
+	// A default route, so that the app's connection to the old range
+	// finds a route before the NAT table redirects it to the sidecar.
+	ipam["routes"] = []any{map[string]any{"dst": "0.0.0.0/0"}}
+	edited := time.Now()
+	writePrimary(t, primary)
+	t.Cleanup(func() {
+		writePrimary(t, env.node.PrimaryConf())
+		if err := env.rt.WaitCNIConfig(ctx, "back to the first range, meshcni last", func(c string) bool {
+			return !strings.Contains(c, newRange) && chainedLast(c)
+		}); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := env.rt.WaitCNIConfig(ctx, "with the new range and meshcni last", func(c string) bool {
+		return strings.Contains(c, newRange) && chainedLast(c)
+	}); err != nil {
+		t.Fatalf("%v\nagent log:\n%s", err, env.agent.tail(20))
+	}
+	t.Logf("the agent put meshcni back and containerd loaded it %s after the edit", time.Since(edited).Round(time.Millisecond))
+
+	p := runPod(t, testbed.MeshPod("bookinfo", "after-edit", 9080))
+	if !strings.HasPrefix(p.IP, "10.250.1.") {
+		t.Errorf("the new pod got %s, not an address in %s: containerd did not reload", p.IP, newRange)
+	}
+	if nat := natTable(t, "inspect", containerID(t, p, "after-edit")); !strings.Contains(nat, "ISTIO_REDIRECT") {
+		t.Errorf("the new pod is not captured:\n%s", nat)
+	}
+	target := addr(server, 8080)
+	if got, want := mustAsk(t, p, "after-edit", target), "outbound "+target; got != want {
+		t.Errorf("app -> %s answered %q, want %q", target, got, want)
+	}
+}
+
+// writePrimary replaces the node's conflist with the primary entry alone,
+// atomically, as a primary CNI's installer does.
+func writePrimary(t *testing.T, primary map[string]any) {
+	t.Helper()
+	b, err := json.MarshalIndent(map[string]any{"cniVersion": "1.0.0", "name": "testnet", "plugins": []any{primary}}, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := env.node.ConflistPath() + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, env.node.ConflistPath()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Twenty pods started at once, as kubelet does after a node restart: every
+// sandbox gets its own address and exactly its rules, each ADD and DEL
+// runs once per sandbox, and all go away cleanly.
+func TestTwentyPodsInParallel(t *testing.T) {
+	needRuntime(t)
+	const count = 20
+	mark := callsMark(t)
+	created := make([]*corev1.Pod, count)
+	for i := range count {
+		created[i] = createAPIPod(t, testbed.MeshPod("bookinfo", "load-"+strconv.Itoa(i), 9080))
+	}
+	pods := make([]*Pod, count)
+	errs := make([]error, count)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := range count {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pods[i], errs[i] = runSandbox(t, created[i])
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d sandboxes through the chain in parallel in %s", count, time.Since(start).Round(time.Millisecond))
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("RunPodSandbox %s: %v", created[i].Name, err)
+		}
+	}
+
+	ips := map[string]string{}
+	for _, p := range pods {
+		if other, dup := ips[p.IP]; dup {
+			t.Errorf("%s and %s share %s", p.Name, other, p.IP)
+		}
+		ips[p.IP] = p.Name
+		nat := natTable(t, "inspectp", p.Sandbox)
+		if n := strings.Count(nat, "redir ports 15001"); n != 1 {
+			t.Errorf("%s: %d REDIRECT to 15001 rules, want 1:\n%s", p.Name, n, nat)
+		}
+	}
+
+	for _, p := range pods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if out, err := env.rt.Crictl(context.Background(), "rmp", "--force", p.Sandbox); err != nil {
+				t.Errorf("remove %s: %v %s", p.Name, err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	perSandbox := map[string][]string{}
+	for _, c := range newCalls(t, mark) {
+		f := strings.Fields(c)
+		perSandbox[f[1]] = append(perSandbox[f[1]], f[0])
+	}
+	for _, p := range pods {
+		if got := strings.Join(perSandbox[p.Sandbox], ","); !strings.HasPrefix(got, "ADD,DEL") || strings.Count(got, "ADD") != 1 {
+			t.Errorf("%s: calls %s, want one ADD then DELs", p.Name, got)
+		}
+	}
 }

@@ -58,7 +58,7 @@ func runPod(t *testing.T, pod *corev1.Pod) *Pod {
 }
 
 // runSandbox runs only the sandbox (and so the CNI chain); it removes it
-// at cleanup.
+// at cleanup. It may run in parallel: errors are returned, not fatal.
 func runSandbox(t *testing.T, pod *corev1.Pod) (*Pod, error) {
 	t.Helper()
 	ctx := context.Background()
@@ -75,7 +75,10 @@ func runSandbox(t *testing.T, pod *corev1.Pod) (*Pod, error) {
 			"security_context": map[string]any{"namespace_options": map[string]any{"pid": 1}}, // CONTAINER, kubelet's default
 		},
 	}
-	p.config = writeJSON(t, "pod-"+p.Name+".json", config)
+	var err error
+	if p.config, err = writeJSON(t.TempDir(), "pod-"+p.Name+".json", config); err != nil {
+		return nil, err
+	}
 	out, err := env.rt.Crictl(ctx, "runp", p.config)
 	if err != nil {
 		return nil, err
@@ -87,10 +90,11 @@ func runSandbox(t *testing.T, pod *corev1.Pod) (*Pod, error) {
 			Network struct{ IP string } `json:"network"`
 		} `json:"status"`
 	}
-	inspect(t, "inspectp", p.Sandbox, &status)
-	p.IP = status.Status.Network.IP
-	if p.IP == "" {
-		t.Fatalf("sandbox %s of %s/%s has no IP", p.Sandbox, p.Namespace, p.Name)
+	if err := inspect("inspectp", p.Sandbox, &status); err != nil {
+		return p, err
+	}
+	if p.IP = status.Status.Network.IP; p.IP == "" {
+		return p, fmt.Errorf("sandbox %s of %s/%s has no IP", p.Sandbox, p.Namespace, p.Name)
 	}
 	return p, nil
 }
@@ -143,7 +147,10 @@ func startContainer(t *testing.T, p *Pod, c corev1.Container) string {
 	if len(args) > 0 {
 		config["args"] = args
 	}
-	ctrPath := writeJSON(t, "ctr-"+p.Name+"-"+c.Name+".json", config)
+	ctrPath, err := writeJSON(t.TempDir(), "ctr-"+p.Name+"-"+c.Name+".json", config)
+	if err != nil {
+		t.Fatal(err)
+	}
 	out, err := env.rt.Crictl(ctx, "create", "--no-pull", p.Sandbox, ctrPath, p.config)
 	if err != nil {
 		t.Fatalf("CreateContainer %s in %s/%s: %v", c.Name, p.Namespace, p.Name, err)
@@ -155,28 +162,24 @@ func startContainer(t *testing.T, p *Pod, c corev1.Container) string {
 	return id
 }
 
-func writeJSON(t *testing.T, name string, v any) string {
-	t.Helper()
+func writeJSON(dir, name string, v any) (string, error) {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
-	path := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	path := filepath.Join(dir, name)
+	return path, os.WriteFile(path, b, 0o644)
 }
 
-func inspect(t *testing.T, verb, id string, v any) {
-	t.Helper()
+func inspect(verb, id string, v any) error {
 	out, err := env.rt.Crictl(context.Background(), verb, "-o", "json", id)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if err := json.Unmarshal([]byte(out), v); err != nil {
-		t.Fatalf("crictl %s %s: %v\n%s", verb, id, err, out)
+		return fmt.Errorf("crictl %s %s: %v\n%s", verb, id, err, out)
 	}
+	return nil
 }
 
 // containerID looks a running container up through CRI by pod and name,
@@ -205,7 +208,9 @@ func natTable(t *testing.T, verb, id string) string {
 			PID int `json:"pid"`
 		} `json:"info"`
 	}
-	inspect(t, verb, id, &info)
+	if err := inspect(verb, id, &info); err != nil {
+		t.Fatal(err)
+	}
 	if info.Info.PID == 0 {
 		t.Fatalf("crictl %s %s: no pid", verb, id)
 	}
