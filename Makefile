@@ -54,3 +54,12 @@ IMAGE_REF ?= ghcr.io/meshcni/meshcni-agent:0.1.0
 .PHONY: image
 image:
 	$(GO) run ./hack/image -o dist/meshcni-agent.oci.tar -cmds $(IMAGE_CMDS) -ref $(IMAGE_REF)
+
+# End to end under a real container runtime (test/e2e, docs/e2e.md):
+# containerd in a node netns runs the conflist that meshcni-agent keeps,
+# for real pods against a real kube-apiserver. Root; a few minutes.
+.PHONY: e2e
+e2e: deps
+	hack/e2e-deps.sh
+	$(GO) vet -tags e2e ./test/e2e/...
+	$(GO) test -count=1 -tags e2e ./test/e2e/ -v -timeout 20m
