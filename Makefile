@@ -63,3 +63,12 @@ e2e: deps
 	hack/e2e-deps.sh
 	$(GO) vet -tags e2e ./test/e2e/...
 	$(GO) test -count=1 -tags e2e ./test/e2e/ -v -timeout 20m
+
+# Performance (docs/performance.md): the netfilter Go benchmarks, then the
+# ADD benchmark on a simulated node against a real kube-apiserver (root;
+# about 2 minutes). BENCH_FLAGS adds flags, e.g. "--pods 100" or
+# "--agent bin/meshcni-agent"; `go run ./test/bench -h` lists them.
+.PHONY: bench
+bench: deps build
+	$(GO) test -tags integration -run '^$$' -bench . ./internal/netfilter/
+	$(GO) run ./test/bench --plugin bin/meshcni $(BENCH_FLAGS)
