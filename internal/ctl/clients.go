@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -61,7 +62,7 @@ func (c *clients) resource(obj *unstructured.Unstructured) (dynamic.ResourceInte
 // describe names an object as kubectl does: "daemonset.apps/meshcni-agent".
 func describe(obj *unstructured.Unstructured) string {
 	gk := schema.FromAPIVersionAndKind(obj.GetAPIVersion(), obj.GetKind()).GroupKind()
-	return fmt.Sprintf("%s/%s", gk.String(), obj.GetName())
+	return fmt.Sprintf("%s/%s", strings.ToLower(gk.String()), obj.GetName())
 }
 
 // ref names an object for error messages: "DaemonSet meshcni-system/meshcni-agent".

@@ -89,12 +89,23 @@ func (o *DisableOptions) Run(ctx context.Context) error {
 	}
 	objs := slices.Clone(m.Objects)
 	slices.Reverse(objs) // DaemonSet first, namespace last
-	found := 0
+	found, terminating := 0, 0
 	var errs []error
 	for i, obj := range objs {
 		rc, err := o.c.resource(obj)
 		if err != nil {
 			return err
+		}
+		live, err := rc.Get(ctx, obj.GetName(), metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			continue
+		case err != nil:
+			return hint(err, "get", obj)
+		case live.GetDeletionTimestamp() != nil:
+			terminating++
+			fmt.Fprintf(o.Out, "%s is already being deleted\n", describe(obj))
+			continue
 		}
 		policy := metav1.DeletePropagationBackground
 		err = rc.Delete(ctx, obj.GetName(), metav1.DeleteOptions{PropagationPolicy: &policy})
@@ -113,7 +124,9 @@ func (o *DisableOptions) Run(ctx context.Context) error {
 		}
 	}
 	if found == 0 {
-		fmt.Fprintln(o.Out, "meshcni is not installed; nothing to delete.")
+		if terminating == 0 {
+			fmt.Fprintln(o.Out, "meshcni is not installed; nothing to delete.")
+		}
 		return nil
 	}
 	if len(errs) > 0 {

@@ -21,6 +21,7 @@ import (
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/netns"
 	"github.com/meshcni/meshcni/internal/plugin"
+	"github.com/meshcni/meshcni/internal/podspec"
 	"github.com/meshcni/meshcni/internal/rules"
 )
 
@@ -137,9 +138,7 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 	if err := netns.Do(path, func() error { ipv6 = hasGlobalIPv6(); return nil }); err != nil {
 		return fmt.Errorf("pod %s: enter netns %s: %w (run as root on node %s)", name, path, err, pod.Spec.NodeName)
 	}
-	for _, ip := range podIPs(pod) {
-		ipv6 = ipv6 || ip.Is6()
-	}
+	ipv6 = ipv6 || podspec.HasIPv6(pod)
 
 	lockDir := entry.LockDir
 	if lockDir == "" {
@@ -169,7 +168,7 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 	fmt.Fprintln(o.Out)
 
 	// Judge it as ADD did.
-	captured, reason := plugin.Decide(pod)
+	captured, reason := podspec.Decide(pod)
 	if entry.Excluded(pod.Namespace) {
 		captured, reason = false, "namespace "+pod.Namespace+" is excluded"
 	}
@@ -184,7 +183,7 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 		fmt.Fprintln(o.Out, "Result:  OK: no ISTIO_* rules, as expected.")
 		return nil
 	}
-	spec, err := capture.FromPod(entry.Base, pod.Annotations, plugin.ProxyOf(pod), ipv6)
+	spec, err := podspec.Spec(entry.Base, pod, ipv6)
 	if err != nil {
 		return fmt.Errorf("pod %s: %v: meshcni refuses to start such a pod; fix the annotation and recreate the pod", name, err)
 	}

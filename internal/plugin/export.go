@@ -1,22 +1,13 @@
 package plugin
 
 import (
-	corev1 "k8s.io/api/core/v1"
-
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/netfilter"
-	"github.com/meshcni/meshcni/internal/podspec"
 )
 
-// This file exports the plug-in's decisions for `meshcnictl verify` and
-// `doctor`, so that they judge a pod exactly as ADD did.
-
-// Decide reports whether the plug-in captures pod, and why. The namespace
-// exclusion is separate: see Entry.Excluded.
-func Decide(pod *corev1.Pod) (bool, string) { return podspec.Decide(pod) }
-
-// ProxyOf extracts the sidecar's identity and environment from pod.
-func ProxyOf(pod *corev1.Pod) capture.Proxy { return podspec.ProxyOf(pod) }
+// This file exports the plug-in's config parsing for `meshcnictl verify`
+// and `doctor`, so that they read the entry exactly as ADD does. The pod
+// decision itself is package podspec.
 
 // Entry is a conflist entry of meshcni, parsed and checked as ADD does.
 type Entry struct {
