@@ -143,7 +143,11 @@ func (n *crashNode) state(t *testing.T) string {
 				parts = append(parts, e.Name())
 			}
 		case ".conf", ".json":
-			if _, err := libcni.ConfFromFile(p); err != nil {
+			data, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := libcni.NetworkPluginConfFromBytes(data); err != nil {
 				t.Fatalf("%s does not load: %v", e.Name(), err)
 			}
 			parts = append(parts, e.Name())
