@@ -108,9 +108,9 @@ func netnsByIP(procRoot string, dirs []string, ips []netip.Addr) (string, error)
 	if len(ips) == 0 {
 		return "", errors.New("the pod has no IP in its status yet, so its netns cannot be found by address; pass --netns")
 	}
-	host, err := netns.ID(filepath.Join(procRoot, "1", "ns", "net"))
-	if err != nil {
-		return "", fmt.Errorf("host netns: %w", err)
+	seen := map[string]bool{}
+	for _, id := range hostNetNSIDs(procRoot) {
+		seen[id] = true
 	}
 	var candidates []string
 	for _, d := range dirs {
@@ -125,7 +125,6 @@ func netnsByIP(procRoot string, dirs []string, ips []netip.Addr) (string, error)
 			candidates = append(candidates, filepath.Join(procRoot, e.Name(), "ns", "net"))
 		}
 	}
-	seen := map[string]bool{host: true}
 	var found []string
 	for _, c := range candidates {
 		id, err := netns.ID(c)
@@ -183,4 +182,17 @@ func hasGlobalIPv6() bool {
 		}
 	}
 	return false
+}
+
+// hostNetNSIDs identifies the node's own netns: init's and, where init's
+// cannot be read (a sandbox, a user namespace), our own, since verify runs
+// in the node's netns. Neither is ever a pod's.
+func hostNetNSIDs(procRoot string) []string {
+	var ids []string
+	for _, p := range []string{filepath.Join(procRoot, "1", "ns", "net"), filepath.Join(procRoot, "self", "ns", "net")} {
+		if id, err := netns.ID(p); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
@@ -252,6 +253,9 @@ func (o *VerifyOptions) findNetNS(ctx context.Context, pod *corev1.Pod) (path, h
 		if err == nil {
 			return p, "sandbox of the container runtime at " + e, nil
 		}
+		if o.RuntimeEndpoint != "" {
+			return "", "", fmt.Errorf("%w; check --runtime-endpoint, or pass --netns", err)
+		}
 		errs = append(errs, err)
 	}
 	p, err := netnsByIP(o.procRoot, o.netnsDirs, podIPs(pod))
@@ -264,11 +268,11 @@ func (o *VerifyOptions) findNetNS(ctx context.Context, pod *corev1.Pod) (path, h
 
 // refuseHostNetNS keeps verify out of the node's own netns.
 func refuseHostNetNS(path, procRoot string) error {
-	host, err := netns.ID(filepath.Join(procRoot, "1", "ns", "net"))
+	id, err := netns.ID(path)
 	if err != nil {
-		return nil // cannot tell (not root): entering will fail anyway
+		return err
 	}
-	if id, err := netns.ID(path); err == nil && id == host {
+	if slices.Contains(hostNetNSIDs(procRoot), id) {
 		return fmt.Errorf("%s is the node's own network namespace, not the pod's; pass the pod's --netns", path)
 	}
 	return nil
