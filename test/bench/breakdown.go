@@ -126,6 +126,7 @@ type procCost struct {
 	What         string
 	Runs         int
 	Execs, Forks float64 // per run, the program's own exec not counted; NaN: not traced
+	ForksNoExec  float64 // per run, children that never exec'd
 	RSS          []int64 // KiB, per run
 	Programs     string
 }
@@ -201,9 +202,13 @@ func (b *bench) procCosts(ctx context.Context, n *node, k kind, floor bool) ([]p
 	if strace, err := exec.LookPath("strace"); err != nil {
 		add.Programs = "strace not installed (apt-get install strace)"
 	} else {
-		var execs, forks int
+		var execs, forks, noExec int
 		for i, s := range sbs[:runs] {
-			out := filepath.Join(b.dir, fmt.Sprintf("strace-%s-%d.txt", k.Name, i))
+			dir := b.dir
+			if b.o.keepTraces != "" {
+				dir = b.o.keepTraces
+			}
+			out := filepath.Join(dir, fmt.Sprintf("strace-%s-%d.txt", k.Name, i))
 			wrap := []string{strace, "-f", "-qq", "-e", "trace=execve,clone,clone3,fork,vfork", "-o", out, "--"}
 			if _, err := n.addPlugin(ctx, bin, entry, s, wrap...); err != nil {
 				return nil, err
@@ -222,6 +227,7 @@ func (b *bench) procCosts(ctx context.Context, n *node, k kind, floor bool) ([]p
 			}
 			execs += sc.Execs - 1
 			forks += sc.Forks
+			noExec += sc.ForksNoExec
 			if i == 0 {
 				var progs []string
 				for _, p := range sc.Programs[1:] {
@@ -235,6 +241,7 @@ func (b *bench) procCosts(ctx context.Context, n *node, k kind, floor bool) ([]p
 		}
 		add.Execs = float64(execs) / float64(runs)
 		add.Forks = float64(forks) / float64(runs)
+		add.ForksNoExec = float64(noExec) / float64(runs)
 	}
 	if b.launcher == "" {
 		return []procCost{add}, nil

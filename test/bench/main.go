@@ -26,15 +26,16 @@ import (
 )
 
 type options struct {
-	plugin    string
-	pods      int
-	batches   []int
-	kinds     []string
-	backend   string
-	extraConf map[string]any
-	procADDs  int
-	out       string
-	timeout   time.Duration
+	plugin     string
+	pods       int
+	batches    []int
+	kinds      []string
+	backend    string
+	extraConf  map[string]any
+	procADDs   int
+	keepTraces string
+	out        string
+	timeout    time.Duration
 
 	agent      string
 	agentPods  int
@@ -73,6 +74,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.backend, "backend", "", "iptables_backend in the plug-in config (empty: leave it out, the plug-in's default)")
 	extra := fs.String("conf", "", `JSON object merged into the plug-in config, e.g. '{"log_level":"debug"}'`)
 	fs.IntVar(&o.procADDs, "proc-adds", 3, "ADDs per pod kind run under strace (execs, forks) and, as many again, under a launcher (peak RSS); 0: skip")
+	fs.StringVar(&o.keepTraces, "keep-traces", "", "write the strace logs into this existing directory, to see what each fork and exec was")
 	fs.StringVar(&o.out, "out", "", "also write the markdown report to this file")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Minute, "give up after this long")
 	fs.StringVar(&o.agent, "agent", "", "meshcni-agent binary: also measure its CPU and memory while pods churn on its node")

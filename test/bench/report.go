@@ -108,7 +108,7 @@ func (r *report) write(w io.Writer) {
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "### Processes and memory per plug-in run (plug-in alone)")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "Execs and forks: `strace -f`, the plug-in's own exec not counted; forks are clones without CLONE_THREAD. Peak RSS: ru_maxrss of the plug-in (and of its children, whichever is larger) from a small launcher, so the bench's own size does not leak in; the no-op row is that floor.")
+		fmt.Fprintln(w, "Execs and forks: `strace -f`, the plug-in's own exec not counted; forks are clones without CLONE_THREAD, in brackets those whose child never exec'd (Go 1.23+ forks once per process to probe pidfd support). Peak RSS: ru_maxrss of the plug-in (and of its children, whichever is larger) from a small launcher, so the bench's own size does not leak in; the no-op row is that floor.")
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "| run | runs | execs/run | forks/run | peak RSS KiB p50 | peak RSS KiB max | programs exec'd |")
 		fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---|")
@@ -117,7 +117,11 @@ func (r *report) write(w io.Writer) {
 			if len(c.RSS) > 0 {
 				maxRSS = slices.Max(c.RSS)
 			}
-			fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s | %s |\n", c.What, c.Runs, perRun(c.Execs), perRun(c.Forks),
+			forks := perRun(c.Forks)
+			if !math.IsNaN(c.Forks) {
+				forks += " (" + perRun(c.ForksNoExec) + ")"
+			}
+			fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s | %s |\n", c.What, c.Runs, perRun(c.Execs), forks,
 				kib(medianInt(c.RSS)), kib(maxRSS), dash(c.Programs))
 		}
 	}

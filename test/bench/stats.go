@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -130,13 +131,22 @@ func readAddLog(r io.Reader) map[string]addLine {
 // than a thread (no CLONE_THREAD).
 type straceCounts struct {
 	Execs, Forks int
+	// ForksNoExec are forked children that never exec'd (Go 1.23+
+	// probes pidfd support so once per process).
+	ForksNoExec int
 	// Programs lists each successful exec's path, in order.
 	Programs []string
 }
 
+// straceRet finds a syscall's return value: ") = 0", ")      = 0".
+var straceRet = regexp.MustCompile(`\)\s+=\s+(-?\w+)(\s|$)`)
+
 func parseStrace(r io.Reader) (straceCounts, error) {
 	var c straceCounts
-	pending := map[string]string{} // pid -> path of an unfinished execve
+	pendingExec := map[string]string{} // pid -> path of an unfinished execve
+	pendingFork := map[string]bool{}   // pid -> an unfinished process clone
+	var children []string
+	execd := map[string]bool{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
 	for sc.Scan() {
@@ -147,26 +157,49 @@ func parseStrace(r io.Reader) (straceCounts, error) {
 			pid, rest = "", line
 		}
 		rest = strings.TrimSpace(rest)
+		ret := ""
+		if m := straceRet.FindStringSubmatch(rest); m != nil {
+			ret = m[1]
+		}
 		switch {
 		case strings.HasPrefix(rest, "execve("):
 			path := quoted(rest)
 			if strings.HasSuffix(rest, "<unfinished ...>") {
-				pending[pid] = path
-			} else if strings.HasSuffix(rest, "= 0") {
+				pendingExec[pid] = path
+			} else if ret == "0" {
 				c.Execs++
 				c.Programs = append(c.Programs, path)
+				execd[pid] = true
 			}
 		case strings.HasPrefix(rest, "<... execve resumed>"):
-			if strings.HasSuffix(rest, "= 0") {
+			if ret == "0" {
 				c.Execs++
-				c.Programs = append(c.Programs, pending[pid])
+				c.Programs = append(c.Programs, pendingExec[pid])
+				execd[pid] = true
 			}
-			delete(pending, pid)
+			delete(pendingExec, pid)
 		case strings.HasPrefix(rest, "clone(") || strings.HasPrefix(rest, "clone3(") ||
 			strings.HasPrefix(rest, "fork(") || strings.HasPrefix(rest, "vfork("):
-			if !strings.Contains(rest, "CLONE_THREAD") {
-				c.Forks++
+			if strings.Contains(rest, "CLONE_THREAD") {
+				continue
 			}
+			c.Forks++
+			if strings.HasSuffix(rest, "<unfinished ...>") {
+				pendingFork[pid] = true
+			} else if ret != "" {
+				children = append(children, ret)
+			}
+		case strings.HasPrefix(rest, "<... clone resumed>") || strings.HasPrefix(rest, "<... clone3 resumed>") ||
+			strings.HasPrefix(rest, "<... fork resumed>") || strings.HasPrefix(rest, "<... vfork resumed>"):
+			if pendingFork[pid] && ret != "" {
+				children = append(children, ret)
+			}
+			delete(pendingFork, pid)
+		}
+	}
+	for _, ch := range children {
+		if !execd[ch] {
+			c.ForksNoExec++
 		}
 	}
 	return c, sc.Err()

@@ -69,10 +69,11 @@ func TestParseStrace(t *testing.T) {
 	// strace -f -qq -e trace=execve,clone,clone3,fork,vfork, abridged.
 	const out = `100 execve("/opt/cni/bin/meshcni", ["/opt/cni/bin/meshcni"], 0x7ffd /* 45 vars */) = 0
 100 clone(child_stack=0xc000, flags=CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_SYSVSEM|CLONE_THREAD|CLONE_SETTLS, tls=0xc0) = 101
+100 clone(child_stack=NULL, flags=CLONE_VM|CLONE_PIDFD|CLONE_VFORK, parent_tid=[19]) = 104
 100 clone3({flags=CLONE_VM|CLONE_VFORK|CLONE_CLEAR_SIGHAND, exit_signal=SIGCHLD, stack=0x7f, stack_size=0x9000}, 88 <unfinished ...>
 102 execve("/usr/sbin/iptables-nft-restore", ["iptables-nft-restore", "--noflush"], 0xc0 /* 46 vars */ <unfinished ...>
 100 <... clone3 resumed>) = 102
-102 <... execve resumed>) = 0
+102 <... execve resumed>)             = 0
 100 clone3({flags=CLONE_VM|CLONE_VFORK|CLONE_CLEAR_SIGHAND, exit_signal=SIGCHLD, stack=0x7f, stack_size=0x9000}, 88) = 103
 103 execve("/sbin/ip6tables-nft-restore", ["ip6tables-nft-restore"], 0xc0 /* 46 vars */) = -1 ENOENT (No such file or directory)
 103 execve("/usr/sbin/ip6tables-nft-restore", ["ip6tables-nft-restore"], 0xc0 /* 46 vars */) = 0
@@ -81,8 +82,8 @@ func TestParseStrace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Execs != 3 || got.Forks != 2 {
-		t.Errorf("execs %d forks %d, want 3 and 2", got.Execs, got.Forks)
+	if got.Execs != 3 || got.Forks != 3 || got.ForksNoExec != 1 {
+		t.Errorf("execs %d forks %d (%d without exec), want 3, 3 (1)", got.Execs, got.Forks, got.ForksNoExec)
 	}
 	want := "/opt/cni/bin/meshcni /usr/sbin/iptables-nft-restore /usr/sbin/ip6tables-nft-restore"
 	if s := strings.Join(got.Programs, " "); s != want {
