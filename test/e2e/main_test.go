@@ -115,8 +115,16 @@ func testTimeout() time.Duration {
 // meshcni agent, which installs the plug-in and its conflist entry, and
 // containerd picking that up by itself.
 func setup(ctx context.Context) error {
+	for _, s := range append(SweepStale(), sweepWorkDirs()...) {
+		fmt.Fprintln(os.Stderr, "e2e: swept an earlier run's leftovers:", s)
+	}
+	last := time.Now()
+	step := func(what string) {
+		fmt.Fprintf(os.Stderr, "e2e: setup: %s (%s)\n", what, time.Since(last).Round(time.Millisecond))
+		last = time.Now()
+	}
 	var err error
-	if env.dir, err = os.MkdirTemp("", "meshcni-e2e-work-"); err != nil {
+	if env.dir, err = os.MkdirTemp("", workDirPrefix+strconv.Itoa(os.Getpid())+"-"); err != nil {
 		return err
 	}
 	if env.plugin, err = testbed.BuildPlugin(env.dir); err != nil {
@@ -131,6 +139,7 @@ func setup(ctx context.Context) error {
 			return fmt.Errorf("build %s: %v: %s", pkg, err, b)
 		}
 	}
+	step("built meshcni, meshcni-agent, box")
 
 	if env.cluster, err = kubeharness.Start(ctx, kubeharness.Options{}); err != nil {
 		return err
@@ -153,6 +162,7 @@ func setup(ctx context.Context) error {
 		return err
 	}
 	port, _ := strconv.Atoi(u.Port())
+	step("kube-apiserver up, plug-in service account made")
 	if env.node, err = testbed.NewNode(testbed.Options{ForwardPorts: []int{port}}); err != nil {
 		return err
 	}
@@ -162,6 +172,7 @@ func setup(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("the container runtime could not start: %w", err)
 	}
+	step("containerd answers CRI in the node netns")
 	for _, img := range []Image{pauseImage, appImage, sidecarImage} {
 		tarball := filepath.Join(env.dir, filepath.Base(img.Ref)+".tar")
 		if err := writeOCIArchive(tarball, box, img); err != nil {
@@ -171,6 +182,7 @@ func setup(ctx context.Context) error {
 			return fmt.Errorf("import %s: %w: %s", img.Ref, err, out)
 		}
 	}
+	step("images built and imported")
 
 	env.calls = filepath.Join(env.dir, "cni-calls.log")
 	tap, err := writeTap()
@@ -186,7 +198,30 @@ func setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return env.rt.WaitCNIConfig(ctx, "with meshcni last", chainedLast)
+	step("meshcni-agent ready")
+	err = env.rt.WaitCNIConfig(ctx, "with meshcni last", chainedLast)
+	step("containerd loaded the chained conflist")
+	return err
+}
+
+// workDirPrefix names the suite's work dir, followed by the test process's
+// PID: a dir whose process is gone was left by a run killed with SIGKILL.
+const workDirPrefix = "meshcni-e2e-work-"
+
+func sweepWorkDirs() []string {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), workDirPrefix+"*"))
+	var swept []string
+	for _, dir := range dirs {
+		pid, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(dir), workDirPrefix), "-")
+		if _, err := strconv.Atoi(pid); err != nil {
+			continue
+		}
+		if _, err := os.Stat("/proc/" + pid); os.IsNotExist(err) {
+			_ = os.RemoveAll(dir)
+			swept = append(swept, "removed "+dir)
+		}
+	}
+	return swept
 }
 
 // chainedLast: the conflist ends with the meshcni entry.

@@ -100,6 +100,9 @@ func runSandbox(t *testing.T, pod *corev1.Pod) (*Pod, error) {
 }
 
 func removeSandbox(t *testing.T, p *Pod) {
+	if env.rt.Closing() {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if out, err := env.rt.Crictl(ctx, "rmp", "--force", p.Sandbox); err != nil && !strings.Contains(err.Error(), "not found") {

@@ -6,15 +6,19 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,8 +39,7 @@ type Runtime struct {
 	crictl     string
 	crictlConf string
 	containerd *proc
-	runExisted bool     // /run/containerd existed before we started
-	shimSocks  []string // /run/containerd/s entries before we started
+	closing    atomic.Bool
 }
 
 // RuntimeOptions are what the CRI plug-in is pointed at.
@@ -48,8 +51,21 @@ type RuntimeOptions struct {
 }
 
 // shimSocketDir is where containerd 1.6's shims put their sockets,
-// whatever the daemon's state dir (runtime/v2/shim.SocketAddress).
+// whatever the daemon's state dir: /run/containerd/s/<sha256 of
+// "<daemon address>/<namespace>/<shim id>"> (runtime/v2/shim.SocketAddress).
 const shimSocketDir = "/run/containerd/s"
+
+// shimSockets are the sockets of this containerd's shims, one per task
+// dir (a pod's shim is named after its sandbox).
+func (r *Runtime) shimSockets() []string {
+	ids, _ := os.ReadDir(filepath.Join(r.Dir, "state", "io.containerd.runtime.v2.task", "k8s.io"))
+	var socks []string
+	for _, id := range ids {
+		sum := sha256.Sum256([]byte(filepath.Join(r.Sock, "k8s.io", id.Name())))
+		socks = append(socks, filepath.Join(shimSocketDir, hex.EncodeToString(sum[:])))
+	}
+	return socks
+}
 
 // StartRuntime starts containerd inside o.NodeNS and waits for CRI.
 func StartRuntime(ctx context.Context, o RuntimeOptions) (_ *Runtime, err error) {
@@ -72,10 +88,6 @@ func StartRuntime(ctx context.Context, o RuntimeOptions) (_ *Runtime, err error)
 		Dir: dir, NodeNS: o.NodeNS, Sock: filepath.Join(dir, "containerd.sock"),
 		Cgroup: "/" + filepath.Base(dir), Log: filepath.Join(dir, "containerd.log"),
 		crictl: crictl, crictlConf: filepath.Join(dir, "crictl.yaml"),
-	}
-	if _, err := os.Stat(filepath.Dir(shimSocketDir)); err == nil {
-		r.runExisted = true
-		r.shimSocks, _ = filepath.Glob(filepath.Join(shimSocketDir, "*"))
 	}
 	defer func() {
 		if err != nil {
@@ -223,7 +235,9 @@ func (r *Runtime) LogTail(n int) string {
 // that serve this containerd, cgroups, mounts under Dir, shim sockets, and
 // Dir. It reports what it had to sweep, for the log.
 func (r *Runtime) Close() []string {
+	r.closing.Store(true)
 	var swept []string
+	socks := r.shimSockets()
 	if r.containerd != nil {
 		if !r.containerd.Exited() {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -242,17 +256,14 @@ func (r *Runtime) Close() []string {
 	}
 	swept = append(swept, r.removeCgroups()...)
 	swept = append(swept, unmountUnder(r.Dir)...)
-	if r.runExisted {
-		now, _ := filepath.Glob(filepath.Join(shimSocketDir, "*"))
-		for _, s := range now {
-			if !contains(r.shimSocks, s) {
-				_ = os.Remove(s)
-				swept = append(swept, "removed shim socket "+s)
-			}
+	for _, sock := range socks {
+		if err := os.Remove(sock); err == nil {
+			swept = append(swept, "removed shim socket "+sock)
 		}
-	} else {
-		_ = os.RemoveAll(filepath.Dir(shimSocketDir))
 	}
+	// Only if empty: another containerd's shims may use them.
+	_ = os.Remove(shimSocketDir)
+	_ = os.Remove(filepath.Dir(shimSocketDir))
 	if err := os.RemoveAll(r.Dir); err != nil {
 		swept = append(swept, "remove "+r.Dir+": "+err.Error())
 	}
@@ -348,15 +359,6 @@ func unmountUnder(dir string) []string {
 	return swept
 }
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
 // CNIConfig is the conflist the CRI plug-in has loaded for pods' eth0,
 // as `crictl info` shows it (cniconfig.Networks[].Config.Source).
 func (r *Runtime) CNIConfig(ctx context.Context) (string, error) {
@@ -398,4 +400,32 @@ func (r *Runtime) WaitCNIConfig(ctx context.Context, what string, ok func(confli
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Closing reports whether Close has begun (a signal or the watchdog):
+// tests still running then skip their own cleanup.
+func (r *Runtime) Closing() bool { return r.closing.Load() }
+
+// SweepStale removes what an earlier run killed with SIGKILL left behind:
+// a runtime dir of ours whose containerd no longer answers, its shims,
+// containers, cgroups, mounts and shim sockets. A dir younger than two
+// minutes may be a concurrent run still starting, and is left alone.
+func SweepStale() []string {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "meshcni-e2e-[0-9]*"))
+	var swept []string
+	for _, dir := range dirs {
+		fi, err := os.Stat(dir)
+		if err != nil || !fi.IsDir() || time.Since(fi.ModTime()) < 2*time.Minute {
+			continue
+		}
+		sock := filepath.Join(dir, "containerd.sock")
+		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+			_ = c.Close()
+			continue // alive: another run's
+		}
+		r := &Runtime{Dir: dir, Sock: sock, Cgroup: "/" + filepath.Base(dir)}
+		swept = append(swept, "stale "+dir)
+		swept = append(swept, r.Close()...)
+	}
+	return swept
 }
