@@ -3,11 +3,13 @@ package ctl
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"os"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/spf13/pflag"
 	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/lint"
 	"helm.sh/helm/v3/pkg/lint/support"
@@ -16,6 +18,8 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/scheme"
+
+	"github.com/meshcni/meshcni/internal/agent"
 )
 
 const deployPath = "../../deploy/meshcni.yaml"
@@ -223,7 +227,7 @@ func TestExcludedNamespaces(t *testing.T) {
 				cm = c
 			}
 		}
-		if got := cm.Data["EXCLUDE_NAMESPACES"]; got != tc.want {
+		if got := cm.Data["MESHCNI_EXCLUDE_NAMESPACES"]; got != tc.want {
 			t.Errorf("--exclude-namespaces %q: ConfigMap says %q, want %q", tc.in, got, tc.want)
 		}
 	}
@@ -286,6 +290,37 @@ func TestChartLints(t *testing.T) {
 				t.Errorf("platform %s: lint: %s", platform, msg)
 			} else {
 				t.Logf("platform %s: lint: %s", platform, msg)
+			}
+		}
+	}
+}
+
+// The DaemonSet speaks the agent's language: every arg is one of its flags
+// and every ConfigMap key one of its environment variables.
+func TestDaemonSetMatchesAgentFlags(t *testing.T) {
+	objs := decodeAll(t, render(t, Settings{}))
+	ds := daemonSet(t, objs)
+	cmd := agent.NewCommand(io.Discard)
+	if err := cmd.Flags().Parse(ds.Spec.Template.Spec.Containers[0].Args); err != nil {
+		t.Fatalf("meshcni-agent rejects the DaemonSet's args: %v", err)
+	}
+	var usage strings.Builder
+	cmd.Flags().VisitAll(func(f *pflag.Flag) { usage.WriteString(f.Usage + "\n") })
+	env := map[string]bool{}
+	for _, e := range ds.Spec.Template.Spec.Containers[0].Env {
+		env[e.Name] = true
+	}
+	if !env["NODE_NAME"] {
+		t.Error("no NODE_NAME: the agent's repair controller and taint removal stay off")
+	}
+	for _, o := range objs {
+		cm, ok := o.(*corev1.ConfigMap)
+		if !ok {
+			continue
+		}
+		for k := range cm.Data {
+			if !strings.Contains(usage.String(), "[$"+k+"]") {
+				t.Errorf("ConfigMap key %s is no meshcni-agent environment variable", k)
 			}
 		}
 	}

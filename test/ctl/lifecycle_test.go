@@ -142,8 +142,8 @@ func TestEnableStatusDisable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := cm.Data["EXCLUDE_NAMESPACES"]; got != "kube-system,istio-system,legacy-apps,meshcni-system" {
-		t.Errorf("EXCLUDE_NAMESPACES %q", got)
+	if got := cm.Data["MESHCNI_EXCLUDE_NAMESPACES"]; got != "kube-system,istio-system,legacy-apps,meshcni-system" {
+		t.Errorf("MESHCNI_EXCLUDE_NAMESPACES %q", got)
 	}
 	if getDS(t).Spec.Template.Annotations[ctl.ConfigHashAnnotation] == oldHash {
 		t.Fatal("the settings hash did not change")
