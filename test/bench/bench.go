@@ -151,6 +151,7 @@ func run(ctx context.Context, o options) (err error) {
 		}
 	}
 	rep.Took = time.Since(rep.Started)
+	rep.LoadEnd = describeMachine().LoadAvg
 	var buf bytes.Buffer
 	rep.write(&buf)
 	os.Stdout.Write(buf.Bytes())
@@ -254,6 +255,7 @@ type row struct {
 	ADDs, Fails  int
 	Lat, InProc  []time.Duration
 	Startup      []time.Duration // plug-in alone: fork to CmdAdd start
+	CPU          []time.Duration // plug-in alone: user+system per ADD
 	Wall         time.Duration
 	GETsPerADD   float64 // NaN: metrics unreadable
 	NotCaptured  int     // mesh pods the plug-in's log says it did not capture
@@ -340,7 +342,7 @@ func (b *bench) measureSet(ctx context.Context, n *node, k kind, scope string, c
 	}
 	defer releaseAll(n, sbs)
 
-	before, errBefore := b.podGETs(ctx)
+	before, errBefore := b.podRequests(ctx, "GET")
 	lat := make([]time.Duration, count)
 	runs := make([]execRun, count)
 	errs := make([]error, count)
@@ -378,7 +380,7 @@ func (b *bench) measureSet(ctx context.Context, n *node, k kind, scope string, c
 	if err := ctx.Err(); err != nil {
 		return r, err
 	}
-	after, errAfter := b.podGETs(ctx)
+	after, errAfter := b.podRequests(ctx, "GET")
 	if errBefore == nil && errAfter == nil {
 		r.GETsPerADD = (after - before) / float64(count)
 	}
@@ -394,6 +396,9 @@ func (b *bench) measureSet(ctx context.Context, n *node, k kind, scope string, c
 			continue
 		}
 		r.Lat = append(r.Lat, lat[i])
+		if scope == scopePlugin {
+			r.CPU = append(r.CPU, runs[i].CPU)
+		}
 		if l, ok := logged[s.pod.Namespace+"/"+s.pod.Name]; ok {
 			r.InProc = append(r.InProc, l.Duration)
 			if scope == scopePlugin {
@@ -423,13 +428,13 @@ func hasV6(s *sandbox) bool {
 	return false
 }
 
-// podGETs reads the API server's counter of pod GETs.
-func (b *bench) podGETs(ctx context.Context) (float64, error) {
+// podRequests reads the API server's counter of requests on pods.
+func (b *bench) podRequests(ctx context.Context, verbs ...string) (float64, error) {
 	raw, err := b.cluster.Client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
 	if err != nil {
 		return 0, err
 	}
-	return podGETs(bytes.NewReader(raw))
+	return podRequests(bytes.NewReader(raw), verbs...)
 }
 
 func (b *bench) readLog() map[string]addLine {

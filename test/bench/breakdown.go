@@ -29,6 +29,8 @@ type step struct {
 	Lat           []time.Duration
 	InProc        []time.Duration
 	Startup, Exit []time.Duration
+	CPU           []time.Duration
+	Faults        []int64
 }
 
 // breakdown times, interleaved so that drift on a noisy machine hits all
@@ -105,6 +107,8 @@ func (b *bench) breakdown(ctx context.Context, n *node, k kind) ([]step, error) 
 			}
 			steps[j].Lat = append(steps[j].Lat, r.Wall)
 			runs[j] = append(runs[j], r)
+			steps[j].CPU = append(steps[j].CPU, r.CPU)
+			steps[j].Faults = append(steps[j].Faults, r.MinFlt)
 		}
 	}
 	logged := b.readLog()

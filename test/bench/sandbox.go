@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -16,6 +18,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshcni/meshcni/test/testbed"
@@ -134,8 +137,29 @@ func (n *node) release(ctx context.Context, s *sandbox) {
 		}
 		return nil
 	})
-	_ = s.ns.Close()
-	_ = testutils.UnmountNS(s.ns)
+	if err := removeNS(s.ns); err != nil {
+		progress("warning: %v", err)
+	}
+}
+
+// removeNS closes and unmounts a netns made by testutils.NewNS. A plain
+// unmount fails with EBUSY while a concurrent fork elsewhere in the bench
+// holds a copy of the netns fd until its exec; then the mount is detached
+// instead, and the netns goes with the last such copy.
+func removeNS(n ns.NetNS) error {
+	_ = n.Close()
+	path := n.Path()
+	err := unix.Unmount(path, 0)
+	if errors.Is(err, unix.EBUSY) {
+		err = unix.Unmount(path, unix.MNT_DETACH)
+	}
+	if err != nil {
+		return fmt.Errorf("unmount netns %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove netns file %s: %w", path, err)
+	}
+	return nil
 }
 
 // execRun is one timed exec of a program from inside the node netns, as a
@@ -143,6 +167,8 @@ func (n *node) release(ctx context.Context, s *sandbox) {
 type execRun struct {
 	Start, End time.Time
 	Wall       time.Duration
+	CPU        time.Duration // user+system of the process and its reaped children
+	MinFlt     int64         // minor page faults, likewise
 	Stdout     []byte
 }
 
@@ -165,6 +191,12 @@ func (n *node) exec(ctx context.Context, argv, env []string, stdin []byte) (exec
 		err := cmd.Run()
 		r.End = time.Now()
 		r.Wall = r.End.Sub(r.Start)
+		if ps := cmd.ProcessState; ps != nil {
+			r.CPU = ps.UserTime() + ps.SystemTime()
+			if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+				r.MinFlt = ru.Minflt
+			}
+		}
 		r.Stdout = out.Bytes()
 		if err != nil {
 			return fmt.Errorf("%s: %w: %s%s", filepath.Base(argv[0]), err, bytes.TrimSpace(errb.Bytes()), bytes.TrimSpace(out.Bytes()))

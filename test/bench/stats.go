@@ -44,9 +44,10 @@ func ms(d time.Duration) string {
 	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64)
 }
 
-// podGETs sums apiserver_request_total for GETs of pods (the object, not
-// a subresource) in the API server's Prometheus text output.
-func podGETs(metrics io.Reader) (float64, error) {
+// podRequests sums apiserver_request_total for requests on pods (the
+// object, not a subresource) with one of verbs, from the API server's
+// Prometheus text output.
+func podRequests(metrics io.Reader, verbs ...string) (float64, error) {
 	var sum float64
 	sc := bufio.NewScanner(metrics)
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
@@ -60,7 +61,7 @@ func podGETs(metrics io.Reader) (float64, error) {
 			continue
 		}
 		labels := parseLabels(line[len("apiserver_request_total{"):end])
-		if labels["resource"] != "pods" || labels["verb"] != "GET" || labels["subresource"] != "" {
+		if labels["resource"] != "pods" || !slices.Contains(verbs, labels["verb"]) || labels["subresource"] != "" {
 			continue
 		}
 		v, err := strconv.ParseFloat(strings.TrimSpace(line[end+1:]), 64)

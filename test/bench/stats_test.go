@@ -40,9 +40,13 @@ apiserver_request_total{code="201",component="apiserver",dry_run="",group="",res
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="namespaces",scope="resource",subresource="",verb="GET",version="v1"} 5
 apiserver_request_total_other{resource="pods",verb="GET",subresource=""} 100
 `
-	got, err := podGETs(strings.NewReader(metrics))
+	got, err := podRequests(strings.NewReader(metrics), "GET")
 	if err != nil || got != 43 {
-		t.Fatalf("podGETs = %v, %v; want 43", got, err)
+		t.Fatalf("pod GETs = %v, %v; want 43", got, err)
+	}
+	got, err = podRequests(strings.NewReader(metrics), "GET", "POST")
+	if err != nil || got != 52 {
+		t.Fatalf("pod GETs and POSTs = %v, %v; want 52", got, err)
 	}
 }
 
