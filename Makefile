@@ -23,7 +23,7 @@ unit:
 
 # The whole suite: unit tests, then the real-kernel and real-API tests
 # (root; every topology lives in network namespaces the tests create).
-test: deps lint
+test: deps lint e2e
 	$(GO) test -count=1 -tags integration $(PKGS)
 	FUZZTIME=$(CI_FUZZTIME) hack/fuzz.sh
 
