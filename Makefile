@@ -66,9 +66,12 @@ e2e: deps
 
 # Performance (docs/performance.md): the netfilter Go benchmarks, then the
 # ADD benchmark on a simulated node against a real kube-apiserver (root;
-# about 2 minutes). BENCH_FLAGS adds flags, e.g. "--pods 100" or
-# "--agent bin/meshcni-agent"; `go run ./test/bench -h` lists them.
+# about 2 minutes). BENCH_FLAGS adds flags, e.g. "--pods 100" or, after
+# make build, "--agent bin/meshcni-agent"; `go run ./test/bench -h` lists
+# them. strace (execs and forks per ADD) is installed if missing.
 .PHONY: bench
-bench: deps build
+bench: deps
+	@command -v strace >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null; }
+	$(GO) build -o bin/ ./cmd/meshcni
 	$(GO) test -tags integration -run '^$$' -bench . ./internal/netfilter/
 	$(GO) run ./test/bench --plugin bin/meshcni $(BENCH_FLAGS)
