@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshcni/meshcni/internal/install"
 )
@@ -35,6 +36,7 @@ type Agent struct {
 	reason   string
 	stopping bool
 	health   net.Addr
+	client   kubernetes.Interface // the agent's API client, once built
 
 	// Loop state, touched only by the reconcile loop.
 	installed bool        // the entry was in place after a round
@@ -155,6 +157,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		"api_server", a.api.server, "token", o.TokenPath, "entry", string(a.entry))
 	stop := context.AfterFunc(ctx, a.beginShutdown) // not ready from the first moment
 	defer stop()
+	if o.NodeName != "" {
+		nodeCtx, stopNode := context.WithCancel(ctx)
+		nodeDone := make(chan struct{})
+		go func() { defer close(nodeDone); a.runNode(nodeCtx) }()
+		defer func() { stopNode(); <-nodeDone }()
+	}
 	a.loop(ctx)
 	a.beginShutdown()
 	if a.beforeUninstall != nil {
@@ -164,6 +172,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if o.KeepOnExit {
 		a.log.Info("shutting down; keeping the entry, binary and kubeconfig (--keep-on-exit)")
 		return nil
+	}
+	if cs := a.nodeClient(); cs != nil && o.StartupTaint {
+		// Taint first: no new mesh pod may land here once the entry is gone.
+		tctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := setTaint(tctx, cs, o.NodeName, true); err != nil {
+			a.log.Error("could not put the startup taint back before uninstalling", "node", o.NodeName, "error", err)
+		}
+		cancel()
 	}
 	if err := install.Uninstall(o.CNIConfDir, o.InstalledBinary(), o.KubeconfigPath()); err != nil {
 		a.log.Error("uninstall incomplete", "error", err)

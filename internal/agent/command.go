@@ -31,6 +31,10 @@ var envFor = map[string]string{
 	"pod-lookup-retries":  "MESHCNI_POD_LOOKUP_RETRIES",
 	"pod-lookup-interval": "MESHCNI_POD_LOOKUP_INTERVAL",
 	"api-timeout":         "MESHCNI_API_TIMEOUT",
+	"node-name":           "NODE_NAME",
+	"repair-mode":         "MESHCNI_REPAIR_MODE",
+	"startup-taint":       "MESHCNI_STARTUP_TAINT",
+	"proc-dir":            "MESHCNI_PROC_DIR",
 }
 
 // NewCommand is the meshcni-agent root command. Logs go to stderr as JSON.
@@ -84,6 +88,10 @@ func addFlags(f *pflag.FlagSet, o *Options) {
 	f.IntVar(&o.PodLookupRetries, "pod-lookup-retries", 0, "plug-in pod lookup attempts, 1-120 (0: the plug-in's default)")
 	f.DurationVar(&o.PodLookupInterval, "pod-lookup-interval", 0, "plug-in pause between lookups (0: the plug-in's default)")
 	f.DurationVar(&o.APITimeout, "api-timeout", 0, "plug-in timeout per API request (0: the plug-in's default)")
+	f.StringVar(&o.NodeName, "node-name", "", "this node's name; enables the repair controller and the startup taint (empty: off)")
+	f.StringVar(&o.RepairMode, "repair-mode", o.RepairMode, "what to do with pods that started uncaptured: repair (in place), delete, label, or off")
+	f.BoolVar(&o.StartupTaint, "startup-taint", o.StartupTaint, "remove the "+StartupTaint.Key+":NoSchedule taint from the node once ready, and put it back on uninstall")
+	f.StringVar(&o.ProcDir, "proc-dir", o.ProcDir, "the host's /proc (the agent runs with hostPID), where repair finds running pods")
 	f.VisitAll(func(fl *pflag.Flag) {
 		if env, ok := envFor[fl.Name]; ok {
 			fl.Usage += " [$" + env + "]"

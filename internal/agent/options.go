@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshcni/meshcni/internal/install"
 	"github.com/meshcni/meshcni/internal/netfilter"
+	"github.com/meshcni/meshcni/internal/repair"
 )
 
 // Options are the agent's settings, one per flag (see docs/agent.md).
@@ -50,6 +51,16 @@ type Options struct {
 	// Resync is the longest the agent sleeps without an event; zero means
 	// DefaultResync.
 	Resync time.Duration
+
+	// NodeName (from the downward API) enables the repair controller and
+	// the startup taint; empty: file installation only.
+	NodeName string
+	// RepairMode is repair, delete, label or off.
+	RepairMode string
+	// StartupTaint: remove StartupTaint once ready, re-add on uninstall.
+	StartupTaint bool
+	// ProcDir is the host's /proc (hostPID), where repair finds pods.
+	ProcDir string
 }
 
 // Defaults of the flags and of the unexported knobs.
@@ -79,6 +90,9 @@ func DefaultOptions() Options {
 		LogLevel:          "info",
 		HealthAddr:        DefaultHealthAddr,
 		PluginLogLevel:    "info",
+		RepairMode:        string(repair.InPlace),
+		StartupTaint:      true,
+		ProcDir:           "/proc",
 	}
 }
 
@@ -127,6 +141,11 @@ func (o *Options) Validate() error {
 	}
 	if o.PodLookupRetries < 0 || o.PodLookupRetries > 120 {
 		errs = append(errs, fmt.Errorf("--pod-lookup-retries %d: must be 1-120 (0: the plug-in's default)", o.PodLookupRetries))
+	}
+	if o.RepairMode != RepairOff {
+		if _, err := repair.ParseMode(o.RepairMode); err != nil {
+			errs = append(errs, fmt.Errorf("--repair-mode: %w (or off)", err))
+		}
 	}
 	if o.PodLookupInterval < 0 || o.APITimeout < 0 {
 		errs = append(errs, errors.New("--pod-lookup-interval and --api-timeout must not be negative"))

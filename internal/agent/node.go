@@ -1,0 +1,156 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/meshcni/meshcni/internal/netfilter"
+	"github.com/meshcni/meshcni/internal/plugin"
+	"github.com/meshcni/meshcni/internal/repair"
+)
+
+// StartupTaint keeps mesh pods off a node until meshcni can capture them.
+// Nodes register with it (kubelet --register-with-taints); the agent
+// removes it once installed and ready, and puts it back when it
+// uninstalls. The agent's own DaemonSet tolerates every taint.
+var StartupTaint = corev1.Taint{Key: "meshcni.io/agent-not-ready", Effect: corev1.TaintEffectNoSchedule}
+
+// RepairOff disables the repair controller.
+const RepairOff = "off"
+
+// kubeClient is the agent's own API client: the same server, CA and
+// (re-read) token as the plug-in's kubeconfig.
+func (a *Agent) kubeClient() (kubernetes.Interface, error) {
+	ca, err := a.api.caData()
+	if err != nil {
+		return nil, err
+	}
+	cfg := &rest.Config{
+		Host:            a.api.server,
+		BearerTokenFile: a.opts.TokenPath,
+		TLSClientConfig: rest.TLSClientConfig{CAData: ca},
+		UserAgent:       "meshcni-agent",
+		Timeout:         30 * time.Second,
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("API client for %s: %w", a.api.server, err)
+	}
+	return cs, nil
+}
+
+// nodeClient returns the agent's API client, nil until runNode built it.
+func (a *Agent) nodeClient() kubernetes.Interface {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.client
+}
+
+// runNode runs what needs the node's identity: the repair controller and
+// the startup taint. The client waits for the token like the plug-in's
+// kubeconfig does. Run puts the taint back before it uninstalls.
+func (a *Agent) runNode(ctx context.Context) {
+	o := &a.opts
+	var cs kubernetes.Interface
+	for {
+		var err error
+		if cs, err = a.kubeClient(); err == nil {
+			break
+		}
+		a.log.Debug("agent API client not ready yet", "error", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	a.mu.Lock()
+	a.client = cs
+	a.mu.Unlock()
+	if o.RepairMode != RepairOff {
+		go a.runRepair(ctx, cs)
+	}
+	if !o.StartupTaint {
+		return
+	}
+	// Wait for the first ready moment, then lift the taint; retry until it
+	// is gone or the agent stops.
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if ready, _ := a.Ready(); !ready {
+			continue
+		}
+		if err := setTaint(ctx, cs, o.NodeName, false); err != nil {
+			a.log.Warn("could not remove the startup taint; retrying", "node", o.NodeName, "taint", StartupTaint.Key, "error", err)
+			continue
+		}
+		a.log.Info("removed the startup taint: mesh pods may be scheduled here", "node", o.NodeName, "taint", StartupTaint.Key)
+		return
+	}
+}
+
+func (a *Agent) runRepair(ctx context.Context, cs kubernetes.Interface) {
+	o := &a.opts
+	entry, err := plugin.ParseEntry(a.entry)
+	if err != nil {
+		a.log.Error("repair controller not started: the entry does not parse", "error", err)
+		return
+	}
+	mode, _ := repair.ParseMode(o.RepairMode) // validated in Options.Validate
+	c, err := repair.New(repair.Options{
+		Client: cs, NodeName: o.NodeName, Mode: mode,
+		Finder:            repair.ProcFinder{Proc: o.ProcDir},
+		Rules:             netfilter.New(netfilter.Options{Backend: entry.Backend, LockDir: o.LockDir()}),
+		Base:              entry.Base,
+		ExcludeNamespaces: o.ExcludeNamespaces,
+		Registerer:        a.metrics.reg,
+		Log:               a.log.With("component", "repair"),
+	})
+	if err != nil {
+		a.log.Error("repair controller not started", "error", err)
+		return
+	}
+	a.log.Info("repair controller watching this node's pods", "node", o.NodeName, "mode", mode)
+	if err := c.Run(ctx); err != nil && ctx.Err() == nil {
+		a.log.Error("repair controller stopped", "error", err)
+	}
+}
+
+// setTaint adds (present) or removes the startup taint on node.
+func setTaint(ctx context.Context, cs kubernetes.Interface, node string, present bool) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		n, err := cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		has := slices.ContainsFunc(n.Spec.Taints, isStartupTaint)
+		switch {
+		case present && !has:
+			n.Spec.Taints = append(n.Spec.Taints, StartupTaint)
+		case !present && has:
+			n.Spec.Taints = slices.DeleteFunc(n.Spec.Taints, isStartupTaint)
+		default:
+			return nil
+		}
+		_, err = cs.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
+		return err
+	})
+}
+
+func isStartupTaint(t corev1.Taint) bool {
+	return t.Key == StartupTaint.Key && t.Effect == StartupTaint.Effect
+}
