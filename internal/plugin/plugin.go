@@ -84,7 +84,9 @@ func (t *target) name() string {
 }
 
 // resolve does everything but the kernel work: parse, look up, decide,
-// derive the spec. A nil pod with capture=false means "not ours".
+// derive the spec. A nil pod with capture=false means "not ours". Once the
+// config and args parse, the target comes back with errors too, so that
+// the failure is reported where the config says (the agent's socket).
 func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult bool) (*target, error) {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
@@ -102,7 +104,7 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 	if conf.PrevResult != nil {
 		res, err := current.NewResultFromResult(conf.PrevResult)
 		if err != nil {
-			return nil, types.NewError(types.ErrDecodingFailure, "meshcni: cannot read prevResult", err.Error())
+			return t, types.NewError(types.ErrDecodingFailure, "meshcni: cannot read prevResult", err.Error())
 		}
 		for _, ip := range res.IPs {
 			t.ipv6 = t.ipv6 || ip.Address.IP.To4() == nil
@@ -119,12 +121,12 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 
 	pods, err := p.podsFor(conf)
 	if err != nil {
-		return nil, err
+		return t, err
 	}
 	pod, err := podinfo.Lookup(ctx, pods, string(kargs.K8S_POD_NAMESPACE), string(kargs.K8S_POD_NAME),
 		k8stypes.UID(kargs.K8S_POD_UID), podinfo.Retry{Attempts: conf.lookupTries, Interval: conf.lookupRetry})
 	if err != nil {
-		return nil, lookupError(t.name(), err)
+		return t, lookupError(t.name(), err)
 	}
 	t.pod = pod
 	t.capture, t.reason = podspec.Decide(pod)
@@ -133,7 +135,7 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 	}
 	spec, err := podspec.Spec(conf.captureBase, pod, t.ipv6)
 	if err != nil {
-		return nil, types.NewError(types.ErrInvalidNetworkConfig,
+		return t, types.NewError(types.ErrInvalidNetworkConfig,
 			fmt.Sprintf("meshcni: pod %s: %v; fix the annotation and recreate the pod", t.name(), err), "")
 	}
 	t.spec = spec
@@ -146,7 +148,7 @@ func lookupError(pod string, err error) *types.Error {
 	switch {
 	case apierrors.IsForbidden(err):
 		return types.NewError(types.ErrInvalidNetworkConfig,
-			fmt.Sprintf("meshcni: pod %s: the plug-in's identity may not get pods; grant it get on pods (ClusterRole meshcni)", pod), err.Error())
+			fmt.Sprintf("meshcni: pod %s: the plug-in's identity may not get pods; grant it get on pods (ClusterRole meshcni-plugin)", pod), err.Error())
 	case apierrors.IsUnauthorized(err):
 		return types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("meshcni: pod %s: the API server rejected the plug-in's token; the agent refreshes it, retry", pod), err.Error())

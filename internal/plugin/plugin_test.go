@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -324,5 +326,20 @@ func TestStatus(t *testing.T) {
 	real := &Plugin{LogTo: h.p.LogTo}
 	if err := real.CmdStatus(&skel.CmdArgs{StdinData: conf}); !errors.As(err, &te) || te.Code != 50 || !strings.Contains(te.Msg, "kubeconfig") {
 		t.Fatalf("STATUS without kubeconfig: want code 50 naming it, got %v", err)
+	}
+}
+
+func TestFailedLookupIsLoggedWhereTheConfigSays(t *testing.T) {
+	h := newHarness()
+	h.pods.err = errors.New("connection refused")
+	h.p.LogTo = nil // log per config: log_file
+	logFile := filepath.Join(t.TempDir(), "meshcni.log")
+	a := cmdArgs("default", "p", "u", netconf("1.0.0", `,"log_file":"`+logFile+`"`, false))
+	if _, err := h.add(t, a); err == nil {
+		t.Fatal("ADD must fail")
+	}
+	b, err := os.ReadFile(logFile)
+	if err != nil || !strings.Contains(string(b), `"decision":"error"`) || !strings.Contains(string(b), "default/p") {
+		t.Fatalf("the failure is not in log_file: %q %v", b, err)
 	}
 }
