@@ -18,6 +18,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshcni/meshcni/test/testbed"
@@ -117,7 +118,7 @@ func (a *agentResult) write(w io.Writer) {
 		fmt.Fprintf(w, "| %s | %.1f | %d | %.2f | %.1f | %.1f | %.1f | %.1f |\n", p.Name, p.Wall.Seconds(), p.PodsCreatedDeleted, p.CPU.Seconds(), pct,
 			mib(p.RSSStart), mib(p.RSSPeak), mib(p.RSSEnd))
 	}
-	fmt.Fprintf(w, "\nPod GET/LIST/WATCH requests to the API server during the run (the agent's): %.0f.", a.Reads)
+	fmt.Fprintf(w, "\nPod GET/LIST/WATCH requests the API server completed during the run (the agent's; a watch counts when it ends): %.0f.", a.Reads)
 	if a.Reads == 0 {
 		fmt.Fprint(w, " The agent does not read pods, so churn cannot cost it anything yet.")
 	}
@@ -147,10 +148,20 @@ func (b *bench) measureAgent(ctx context.Context) (*agentResult, error) {
 	if err := copyExec(b.o.plugin, plugin); err != nil {
 		return nil, err
 	}
-	kubeconfig, token, err := b.cluster.ServiceAccountKubeconfig(ctx, "kube-system", "meshcni-agent",
-		[]rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}}}, time.Hour)
+	// The chart's ClusterRole meshcni-agent (charts/meshcni/templates/rbac.yaml).
+	kubeconfig, token, err := b.cluster.ServiceAccountKubeconfig(ctx, "kube-system", "meshcni-agent", []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "delete"}},
+		{APIGroups: []string{""}, Resources: []string{"pods/status"}, Verbs: []string{"update", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}},
+		{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+	}, time.Hour)
 	if err != nil {
 		return nil, err
+	}
+	// Its node, for the startup taint; no kubelet registers one here.
+	nodeObj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: testbed.NodeName}}
+	if _, err := b.cluster.Client.CoreV1().Nodes().Create(ctx, nodeObj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, fmt.Errorf("create node %s: %w", testbed.NodeName, err)
 	}
 	tokenPath := filepath.Join(dir, "token")
 	if err := os.WriteFile(tokenPath, []byte(token), 0o600); err != nil {
@@ -162,10 +173,10 @@ func (b *bench) measureAgent(ctx context.Context) (*agentResult, error) {
 		"--health-addr=", "--log-level=warn",
 	}
 	args = append(args, b.o.agentArgs...)
-	var stderr bytes.Buffer
+	stderr := &syncBuffer{}
 	cmd := exec.Command(b.o.agent, args...)
 	cmd.Env = append(os.Environ(), "NODE_NAME="+testbed.NodeName, "KUBERNETES_NODE_NAME="+testbed.NodeName)
-	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	cmd.Stdout, cmd.Stderr = stderr, stderr
 	// Started from the node netns, as a DaemonSet pod with hostNetwork
 	// runs in the node's.
 	if err := n.NS.Do(func(ns.NetNS) error { return cmd.Start() }); err != nil {
@@ -269,7 +280,10 @@ func (b *bench) measureAgent(ctx context.Context) (*agentResult, error) {
 		return nil, err
 	}
 	res.Reads = readsAfter - readsBefore
-	res.Note = fmt.Sprintf("Agent flags: %s.", strings.Join(args, " "))
+	res.Note = fmt.Sprintf("Agent flags: %s, NODE_NAME=%s.", strings.Join(args, " "), testbed.NodeName)
+	if lines := problemLines(stderr.String()); len(lines) > 0 {
+		res.Note += fmt.Sprintf(" The agent logged %d warnings or errors; the first: %s", len(lines), oneLine(lines[0]))
+	}
 	return res, nil
 }
 
@@ -342,6 +356,36 @@ func newSampler(pid int) *sampler {
 func (s *sampler) resetPeak()  { s.mu.Lock(); s.max = 0; s.mu.Unlock() }
 func (s *sampler) peak() int64 { s.mu.Lock(); defer s.mu.Unlock(); return s.max }
 func (s *sampler) stop()       { close(s.done); s.wg.Wait() }
+
+// problemLines are the agent's WARN and ERROR log lines (JSON or text).
+func problemLines(log string) []string {
+	var out []string
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, `"level":"WARN"`) || strings.Contains(l, `"level":"ERROR"`) ||
+			strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// syncBuffer is a bytes.Buffer safe for the agent's writes and our reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
 
 func copyExec(src, dst string) error {
 	b, err := os.ReadFile(src)
