@@ -215,7 +215,13 @@ func (n *node) pluginStdin(entry map[string]any, prev *current.Result) ([]byte, 
 	}
 	conf["name"], conf["cniVersion"] = n.list.Name, n.list.CNIVersion
 	if prev != nil {
-		conf["prevResult"] = prev
+		// In the list's version, as libcni hands it on; current.Result
+		// would otherwise claim the library's newest version.
+		res, err := prev.GetAsVersion(n.list.CNIVersion)
+		if err != nil {
+			return nil, fmt.Errorf("prevResult as CNI %s: %w", n.list.CNIVersion, err)
+		}
+		conf["prevResult"] = res
 	}
 	return json.Marshal(conf)
 }
