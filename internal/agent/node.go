@@ -2,12 +2,15 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
@@ -111,10 +114,16 @@ func (a *Agent) runRepair(ctx context.Context, cs kubernetes.Interface) {
 		return
 	}
 	mode, _ := repair.ParseMode(o.RepairMode) // validated in Options.Validate
+	// The agent's image carries no iptables: use the node's, through the
+	// host's root as seen from the host PID namespace.
+	hostRoot := ""
+	if !netfilter.HasLocalIPTables() {
+		hostRoot = filepath.Join(o.ProcDir, "1", "root")
+	}
 	c, err := repair.New(repair.Options{
 		Client: cs, NodeName: o.NodeName, Mode: mode,
 		Finder:            repair.ProcFinder{Proc: o.ProcDir},
-		Rules:             netfilter.New(netfilter.Options{Backend: entry.Backend, LockDir: o.LockDir()}),
+		Rules:             netfilter.New(netfilter.Options{Backend: entry.Backend, LockDir: o.LockDir(), HostRoot: hostRoot}),
 		Base:              entry.Base,
 		ExcludeNamespaces: o.ExcludeNamespaces,
 		Registerer:        a.metrics.reg,
@@ -130,23 +139,37 @@ func (a *Agent) runRepair(ctx context.Context, cs kubernetes.Interface) {
 	}
 }
 
-// setTaint adds (present) or removes the startup taint on node.
+// setTaint adds (present) or removes the startup taint on node. A merge
+// patch of the whole list with the read resourceVersion: the agent's role
+// may patch nodes, and a concurrent change to the taints is a conflict,
+// retried, never overwritten.
 func setTaint(ctx context.Context, cs kubernetes.Interface, node string, present bool) error {
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		n, err := cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
-		has := slices.ContainsFunc(n.Spec.Taints, isStartupTaint)
+		taints := n.Spec.Taints
+		has := slices.ContainsFunc(taints, isStartupTaint)
 		switch {
 		case present && !has:
-			n.Spec.Taints = append(n.Spec.Taints, StartupTaint)
+			taints = append(taints, StartupTaint)
 		case !present && has:
-			n.Spec.Taints = slices.DeleteFunc(n.Spec.Taints, isStartupTaint)
+			taints = slices.DeleteFunc(taints, isStartupTaint)
 		default:
 			return nil
 		}
-		_, err = cs.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
+		if taints == nil {
+			taints = []corev1.Taint{}
+		}
+		patch, err := json.Marshal(map[string]any{
+			"metadata": map[string]any{"resourceVersion": n.ResourceVersion},
+			"spec":     map[string]any{"taints": taints},
+		})
+		if err != nil {
+			return err
+		}
+		_, err = cs.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{})
 		return err
 	})
 }

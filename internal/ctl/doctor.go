@@ -311,7 +311,7 @@ func (o *DoctorOptions) kubeconfigCheck(ctx context.Context, path string) Check 
 // backendCheck says which iptables backend pods get, from the entry and
 // the node's iptables link, without running any iptables command.
 func (o *DoctorOptions) backendCheck(entry *plugin.Entry) Check {
-	node := netfilter.SystemDefault()
+	node := netfilter.SystemDefault("")
 	link := "iptables not found"
 	if p, err := o.lookPath("iptables"); err == nil {
 		link = p

@@ -167,8 +167,8 @@ func TestObjectsDecodeAndShape(t *testing.T) {
 				t.Errorf("privileged %v, want %v", got, tc.privileged)
 			}
 			if !tc.privileged {
-				if caps := c.SecurityContext.Capabilities; caps == nil || !slices.Equal(caps.Add, []corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}) {
-					t.Errorf("capabilities %+v: want NET_ADMIN and SYS_ADMIN", caps)
+				if caps := c.SecurityContext.Capabilities; caps == nil || !slices.Equal(caps.Add, []corev1.Capability{"NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "SYS_CHROOT"}) {
+					t.Errorf("capabilities %+v: want NET_ADMIN, SYS_ADMIN, SYS_PTRACE (/proc/1/root) and SYS_CHROOT", caps)
 				}
 			}
 			// The run dir holds files the conflist names by node path.

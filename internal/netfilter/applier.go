@@ -44,7 +44,10 @@ type Options struct {
 	// LockDir holds the per-netns xtables lock files (legacy only), so
 	// that pods don't queue on the host's global /run/xtables.lock.
 	LockDir string
-	// Run executes commands; nil means ExecRunner.
+	// HostRoot, when set, runs the iptables of that root file system
+	// (chrooted, see HostRootRunner) instead of this one's.
+	HostRoot string
+	// Run executes commands; nil means ExecRunner (or HostRootRunner).
 	Run Runner
 }
 
@@ -59,6 +62,9 @@ var _ Interface = (*Applier)(nil)
 func New(opts Options) *Applier {
 	if opts.Run == nil {
 		opts.Run = ExecRunner
+		if opts.HostRoot != "" {
+			opts.Run = HostRootRunner(opts.HostRoot)
+		}
 	}
 	if opts.LockDir == "" {
 		opts.LockDir = filepath.Join(os.TempDir(), "meshcni-xtables")
@@ -108,7 +114,7 @@ func (s *session) detect() (Backend, error) {
 			}
 		}
 	}
-	return SystemDefault(), nil
+	return SystemDefault(s.a.opts.HostRoot), nil
 }
 
 func (s *session) run(stdin, name string, args ...string) (string, error) {

@@ -86,3 +86,23 @@ func TestApplyIsIdempotentAndChecks(t *testing.T) {
 		}
 	})
 }
+
+// The agent's image has no iptables: it runs the node's through a chroot
+// into the host's root. "/" stands in for /proc/1/root here.
+func TestHostRootRunner(t *testing.T) {
+	ctx := context.Background()
+	n := newNS(t)
+	a := New(Options{Backend: NFT, LockDir: t.TempDir(), HostRoot: "/"})
+	if err := a.Apply(ctx, n.Path(), capture.Default()); err != nil {
+		t.Fatalf("apply through the host root: %v", err)
+	}
+	if err := a.Check(ctx, n.Path(), capture.Default()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := HostRootRunner(t.TempDir())(ctx, nil, "", "iptables-restore"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("a root without iptables must say so, got %v", err)
+	}
+	if got := SystemDefault("/"); got != SystemDefault("") {
+		t.Fatalf("SystemDefault(/) = %s, SystemDefault() = %s", got, SystemDefault(""))
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // Backend is the iptables implementation a node uses.
@@ -45,13 +46,42 @@ func lookPath(name string) (string, error) {
 	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
+	return lookIn("/", name)
+}
+
+// lookIn finds name in the search dirs below root; the returned path is
+// relative to root (what a process chrooted there would exec).
+func lookIn(root, name string) (string, error) {
 	for _, d := range searchDirs {
 		p := filepath.Join(d, name)
-		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+		if st, err := os.Stat(filepath.Join(root, p)); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("%s not found in PATH or %s: install iptables on the node", name, strings.Join(searchDirs, ", "))
+	return "", fmt.Errorf("%s not found in PATH or %s under %s: install iptables on the node", name, strings.Join(searchDirs, ", "), root)
+}
+
+// HostRootRunner runs the binaries of another root file system, chrooted
+// there, in the caller's network namespace. The agent's image carries no
+// iptables; with hostPID it runs the node's own through /proc/1/root, so
+// the rules it writes are the node's version and backend.
+func HostRootRunner(root string) Runner {
+	return func(ctx context.Context, env []string, stdin string, name string, args ...string) (string, error) {
+		path, err := lookIn(root, name)
+		if err != nil {
+			return "", err
+		}
+		cmd := exec.CommandContext(ctx, path, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root}
+		cmd.Dir = "/"
+		return run(cmd, env, stdin, name, args)
+	}
+}
+
+// HasLocalIPTables reports whether this file system has iptables-restore.
+func HasLocalIPTables() bool {
+	_, err := lookPath("iptables-restore")
+	return err == nil
 }
 
 // ExecRunner runs real binaries, in the caller's (locked) network namespace.
@@ -60,7 +90,10 @@ func ExecRunner(ctx context.Context, env []string, stdin string, name string, ar
 	if err != nil {
 		return "", err
 	}
-	cmd := exec.CommandContext(ctx, path, args...)
+	return run(exec.CommandContext(ctx, path, args...), env, stdin, name, args)
+}
+
+func run(cmd *exec.Cmd, env []string, stdin, name string, args []string) (string, error) {
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
@@ -95,14 +128,29 @@ func binary(b Backend, ipv6 bool, tool string) string {
 	return name + "-" + string(b) + "-" + tool
 }
 
-// SystemDefault is the backend the node's `iptables` command uses, read
-// from where the alternatives link points; no command is run.
-func SystemDefault() Backend {
-	p, err := lookPath("iptables")
+// SystemDefault is the backend the node's `iptables` command uses (below
+// root; "" or "/" for this file system), read from where the alternatives
+// link points; no command is run.
+func SystemDefault(root string) Backend {
+	if root == "" {
+		root = "/"
+	}
+	p, err := lookIn(root, "iptables")
 	if err != nil {
 		return NFT
 	}
-	if target, err := filepath.EvalSymlinks(p); err == nil && strings.Contains(target, "legacy") {
+	// Resolve link by link inside root: absolute targets are root's.
+	for i := 0; i < 8; i++ {
+		target, err := os.Readlink(filepath.Join(root, p))
+		if err != nil {
+			break
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(p), target)
+		}
+		p = target
+	}
+	if strings.Contains(p, "legacy") {
 		return Legacy
 	}
 	return NFT

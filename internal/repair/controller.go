@@ -213,7 +213,9 @@ func (c *Controller) act(ctx context.Context, pod *corev1.Pod) error {
 			"meshcni deleted the pod: it started before its traffic could be captured; its controller recreates it")
 	case Label:
 		patch := fmt.Sprintf(`{"metadata":{"labels":{%q:"true"}}}`, LabelKey)
-		if _, err := c.opts.Client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		// Through the status subresource, as Istio does: the agent's role
+		// may patch pods/status but not pods.
+		if _, err := c.opts.Client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
 			return fmt.Errorf("label pod %s: %w", key, err)
 		}
 		c.recorder.Eventf(pod, corev1.EventTypeWarning, "Uncaptured",

@@ -21,7 +21,7 @@ import (
 )
 
 // The startup taint comes off only once the agent is ready, and is back
-// before the agent uninstalls; the agent needs only get/update on nodes.
+// before the agent uninstalls; the agent needs only get/patch on nodes.
 func TestStartupTaint(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
@@ -42,7 +42,7 @@ func TestStartupTaint(t *testing.T) {
 	t.Cleanup(func() { _ = cluster.Client.CoreV1().Nodes().Delete(ctx, nodeName, metav1.DeleteOptions{}) })
 	_, token, err := cluster.ServiceAccountKubeconfig(ctx, "kube-system", "meshcni-agent-taint", []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
-		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "update"}},
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}},
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 	}, time.Hour)
 	if err != nil {
