@@ -241,9 +241,12 @@ func TestKilledDuringInstall(t *testing.T) {
 			cmd := n.start(t, agent, stderr)
 			deadline := time.Now().Add(10 * time.Second)
 			for {
+				// Read the log before the state: a state read before the
+				// line appeared may predate the install.
+				installed := strings.Contains(stderr.String(), `"msg":"meshcni is installed; watching"`)
 				s := n.state(t)
 				// The log line also proves the agent handles SIGTERM by now.
-				if strings.Contains(stderr.String(), `"msg":"meshcni is installed; watching"`) {
+				if installed {
 					if s != converged[layout.name] {
 						t.Fatalf("installed as %q, want %q", s, converged[layout.name])
 					}
