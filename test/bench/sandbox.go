@@ -107,7 +107,10 @@ func (n *node) prepare(ctx context.Context, pod *corev1.Pod, primary bool) (_ *s
 		s.prev, err = current.NewResultFromResult(res)
 		return err
 	})
-	return s, err
+	if err != nil {
+		return nil, err // released above
+	}
+	return s, nil
 }
 
 // addChain runs the node's whole conflist for s and times only that.
