@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/rules"
+	"github.com/meshcni/meshcni/test/testbed"
 )
 
 func newNS(t *testing.T) ns.NetNS {
@@ -21,10 +22,7 @@ func newNS(t *testing.T) ns.NetNS {
 	if err != nil {
 		t.Fatalf("create netns: %v", err)
 	}
-	t.Cleanup(func() {
-		n.Close()
-		_ = testutils.UnmountNS(n)
-	})
+	t.Cleanup(func() { testbed.CloseNS(n) })
 	return n
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 
 	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/test/testbed"
 )
 
 // countingRunner counts the commands an Apply forks.
@@ -61,7 +62,4 @@ func BenchmarkApplyNewPod(b *testing.B) {
 	}
 }
 
-func closeNS(n ns.NetNS) {
-	_ = n.Close()
-	_ = testutils.UnmountNS(n)
-}
+func closeNS(n ns.NetNS) { testbed.CloseNS(n) }

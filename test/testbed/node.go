@@ -21,6 +21,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // DebianPlugins is where Debian's containernetworking-plugins live.
@@ -218,10 +219,7 @@ func (n *Node) Close() {
 		_ = n.DelPod(context.Background(), p)
 	}
 	n.StopForwarding()
-	if n.NS != nil {
-		_ = n.NS.Close()
-		_ = testutils.UnmountNS(n.NS)
-	}
+	CloseNS(n.NS)
 	_ = os.RemoveAll(n.Dir)
 }
 
@@ -242,3 +240,19 @@ func copyFile(src, dst string) error {
 }
 
 var errNoPod = errors.New("pod not attached")
+
+// CloseNS closes and removes a namespace a test created. A concurrent
+// fork elsewhere in the process may briefly hold the netns file open (the
+// window before close-on-exec), which makes a plain unmount fail with
+// EBUSY; a lazy unmount then removes the mount point anyway, so nothing
+// is left behind.
+func CloseNS(n ns.NetNS) {
+	if n == nil {
+		return
+	}
+	_ = n.Close()
+	if err := testutils.UnmountNS(n); err != nil {
+		_ = unix.Unmount(n.Path(), unix.MNT_DETACH)
+		_ = os.Remove(n.Path())
+	}
+}

@@ -87,8 +87,7 @@ func (n *Node) AddPod(ctx context.Context, namespace, name, uid string) (*Pod, e
 		return err
 	})
 	if err != nil {
-		_ = podNS.Close()
-		_ = testutils.UnmountNS(podNS)
+		CloseNS(podNS)
 		return nil, err
 	}
 	n.mu.Lock()
@@ -127,8 +126,7 @@ func (n *Node) DelPod(ctx context.Context, p *Pod) error {
 	n.pods = append(n.pods[:idx], n.pods[idx+1:]...)
 	n.mu.Unlock()
 	err := n.NS.Do(func(ns.NetNS) error { return n.cni.DelNetworkList(ctx, p.list, p.rt()) })
-	_ = p.NS.Close()
-	_ = testutils.UnmountNS(p.NS)
+	CloseNS(p.NS)
 	return err
 }
 
@@ -150,7 +148,12 @@ func (n *Node) AddChainedAgain(ctx context.Context, p *Pod) ([]byte, error) {
 		return nil, err
 	}
 	conf["name"], conf["cniVersion"] = p.list.Name, p.list.CNIVersion
-	conf["prevResult"] = p.Result
+	// The prevResult speaks the list's version, as a runtime's would.
+	prev, err := p.Result.GetAsVersion(p.list.CNIVersion)
+	if err != nil {
+		return nil, err
+	}
+	conf["prevResult"] = prev
 	stdin, err := json.Marshal(conf)
 	if err != nil {
 		return nil, err
