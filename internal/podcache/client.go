@@ -1,0 +1,81 @@
+package podcache
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// maxBody bounds a pod answer (the API server's own limit on an object
+// is 1.5 MiB in etcd).
+const maxBody = 4 << 20
+
+// Client asks the agent's socket. One plug-in process asks once, so it
+// keeps no connection open.
+type Client struct {
+	hc *http.Client
+}
+
+// NewClient returns a client for the socket at path. Bound each call with
+// its context: the plug-in must fall back to the API quickly.
+func NewClient(path string) *Client {
+	return &Client{hc: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		DisableKeepAlives: true,
+	}}}
+}
+
+// Pod returns the pod namespace/name with UID uid, or an error:
+// ErrNotFound, ErrStale, ErrNotSynced, or whatever kept the agent from
+// answering. A pod is returned only if its namespace, name and UID are
+// the ones asked for.
+func (c *Client) Pod(ctx context.Context, namespace, name string, uid types.UID) (*corev1.Pod, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+requestPath(namespace, name, uid), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", ContentTypeProtobuf)
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("pod cache: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return nil, fmt.Errorf("pod cache: read answer: %w", err)
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound:
+		return nil, ErrNotFound
+	case http.StatusConflict:
+		return nil, fmt.Errorf("%w (%s)", ErrStale, strings.TrimSpace(string(body)))
+	case http.StatusServiceUnavailable:
+		return nil, ErrNotSynced
+	default:
+		return nil, fmt.Errorf("pod cache: %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	pod := &corev1.Pod{}
+	if resp.Header.Get("Content-Type") == ContentTypeProtobuf {
+		err = pod.Unmarshal(body)
+	} else {
+		err = json.Unmarshal(body, pod)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pod cache: decode pod: %w", err)
+	}
+	if pod.Namespace != namespace || pod.Name != name || (uid != "" && pod.UID != uid) {
+		return nil, fmt.Errorf("%w: asked for %s/%s %s, got %s/%s %s", ErrStale, namespace, name, uid, pod.Namespace, pod.Name, pod.UID)
+	}
+	return pod, nil
+}
