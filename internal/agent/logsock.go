@@ -14,6 +14,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 // The plug-in dials the log socket once per invocation, writes one slog
@@ -69,11 +72,22 @@ func (s *logSocket) close() {
 	}
 }
 
+// rejectedWarnEvery bounds how often refused connections are logged: a
+// local process that keeps connecting must not flood the agent's log.
+const rejectedWarnEvery = 10 * time.Second
+
 // serveLog re-logs every line the plug-in sends until l is closed, and
-// waits for the connections in flight.
+// waits for the connections in flight. Only local root may write: the
+// plug-in runs as root, and the file mode (0600) is the first guard, the
+// peer's credentials (SO_PEERCRED, taken at connect) the second, so that
+// a socket file made reachable by mistake (a hostPath mounted into some
+// pod, a chmod) still lets no one forge the plug-in's decisions.
 func (a *Agent) serveLog(l *net.UnixListener) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	rejected := a.rejectedCounter()
+	var lastWarn time.Time
+	var quiet int // refusals since the last warning
 	for {
 		c, err := l.AcceptUnix()
 		if err != nil {
@@ -82,6 +96,22 @@ func (a *Agent) serveLog(l *net.UnixListener) {
 			}
 			return
 		}
+		if cred, err := peerCred(c); err != nil || cred.Uid != 0 {
+			_ = c.Close()
+			rejected.Inc()
+			quiet++
+			if now := time.Now(); now.Sub(lastWarn) >= rejectedWarnEvery {
+				attrs := []any{"refused", quiet}
+				if err != nil {
+					attrs = append(attrs, "error", err)
+				} else {
+					attrs = append(attrs, "uid", cred.Uid, "pid", cred.Pid)
+				}
+				a.log.Warn("log socket: refused a connection from a process that is not root", attrs...)
+				lastWarn, quiet = now, 0
+			}
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -89,6 +119,43 @@ func (a *Agent) serveLog(l *net.UnixListener) {
 			a.readLog(c)
 		}()
 	}
+}
+
+// peerCred returns the credentials of the process that connected c, as
+// the kernel recorded them at connect time, in the agent's user namespace.
+func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("peer credentials: %w", err)
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, fmt.Errorf("peer credentials: %w", err)
+	}
+	if credErr != nil {
+		return nil, fmt.Errorf("peer credentials: %w", credErr)
+	}
+	return cred, nil
+}
+
+// rejectedCounter registers meshcni_agent_log_rejected_total in the
+// agent's registry (once; Run serves the socket once).
+func (a *Agent) rejectedCounter() prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "meshcni_agent_log_rejected_total",
+		Help: "Connections to the plug-in log socket refused because the peer was not root (SO_PEERCRED)."})
+	if err := a.metrics.reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(prometheus.Counter); ok {
+				return existing
+			}
+		}
+		a.log.Warn("log socket: cannot register the refused-connections counter", "error", err)
+	}
+	return c
 }
 
 func (a *Agent) readLog(c net.Conn) {
