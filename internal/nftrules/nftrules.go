@@ -1,0 +1,386 @@
+// Package nftrules turns a capture spec into a native nftables ruleset. It
+// does not restate Istio's logic: it takes the iptables rules of package
+// rules, in their order, and translates each into nft syntax, so that both
+// backends capture the same traffic by construction. It is pure: no exec,
+// no netns.
+//
+// Each address family gets its own table, "ip meshcni" and "ip6 meshcni",
+// just as iptables and ip6tables each get their ruleset: an IPv4-only spec
+// leaves IPv6 alone without any family guard, and a versioned rule (one
+// address per family) stays one rule. Within a table, each iptables
+// built-in chain becomes a base chain at the same hook and priority
+// (nat_output: type nat hook output priority -100), and each ISTIO_* chain
+// a regular chain of Istio's name in lower case (istio_output), prefixed
+// with its iptables table where Istio uses the name in two tables
+// (mangle_istio_inbound, raw_istio_output_dns).
+package nftrules
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"sigs.k8s.io/knftables"
+
+	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/rules"
+)
+
+// TableName is the name of meshcni's table in both families. The tables
+// are meshcni's alone: everything in them is ours, nothing outside is.
+const TableName = "meshcni"
+
+// NFTFamily is the nft family of an IP family: ip or ip6.
+func NFTFamily(f rules.Family) knftables.Family {
+	if f == rules.IPv6 {
+		return knftables.IPv6Family
+	}
+	return knftables.IPv4Family
+}
+
+// Chain is one chain of a table. Base chains have a hook; regular ones
+// are only jumped to.
+type Chain struct {
+	Name     string
+	Type     knftables.BaseChainType
+	Hook     knftables.BaseChainHook
+	Priority knftables.BaseChainPriority
+	Rules    []string
+}
+
+// IsBase reports whether the chain is attached to a hook.
+func (c Chain) IsBase() bool { return c.Hook != "" }
+
+// Table is one family's table: chains in creation order.
+type Table struct {
+	Family rules.Family
+	Chains []Chain
+}
+
+// base is where an iptables built-in chain hooks in, as an nft base chain.
+type base struct {
+	name     string
+	typ      knftables.BaseChainType
+	hook     knftables.BaseChainHook
+	priority knftables.BaseChainPriority
+}
+
+// baseChains maps (iptables table, built-in chain) to its nft base chain.
+// mangle OUTPUT is a route chain: a mark set there re-routes the packet,
+// which TPROXY's policy routing relies on, as iptables' mangle does.
+var baseChains = map[[2]string]base{
+	{"raw", "PREROUTING"}:    {"raw_prerouting", knftables.FilterType, knftables.PreroutingHook, knftables.RawPriority},
+	{"raw", "OUTPUT"}:        {"raw_output", knftables.FilterType, knftables.OutputHook, knftables.RawPriority},
+	{"mangle", "PREROUTING"}: {"mangle_prerouting", knftables.FilterType, knftables.PreroutingHook, knftables.ManglePriority},
+	{"mangle", "OUTPUT"}:     {"mangle_output", knftables.RouteType, knftables.OutputHook, knftables.ManglePriority},
+	{"nat", "PREROUTING"}:    {"nat_prerouting", knftables.NATType, knftables.PreroutingHook, knftables.DNATPriority},
+	{"nat", "OUTPUT"}:        {"nat_output", knftables.NATType, knftables.OutputHook, knftables.DNATPriority},
+}
+
+// ChainName is the nft name of iptables chain chain of table table.
+func ChainName(table, chain string) string {
+	if b, ok := baseChains[[2]string{table, chain}]; ok {
+		return b.name
+	}
+	name := strings.ToLower(chain)
+	// Istio reuses these two names outside nat; one nft table holds all.
+	if table != "nat" && (chain == rules.ChainInbound || chain == rules.ChainOutputDNS) {
+		return table + "_" + name
+	}
+	return name
+}
+
+// Build returns one table per family of spec (IPv6 only when spec.IPv6),
+// holding the translation of rules.Build(spec), rule for rule.
+func Build(spec capture.Spec) ([]Table, error) {
+	var out []Table
+	for _, rs := range rules.Build(spec) {
+		t, err := translateSet(rs)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", rs.Family, err)
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func translateSet(rs rules.Ruleset) (Table, error) {
+	// Replay the iptables order: -A appends, -I N inserts before the Nth
+	// rule. One iptables rule may take two nft rules, so order whole units.
+	units := map[string][][]string{}
+	var order []string // chains as iptables sees them: "table/CHAIN"
+	for _, r := range rs.Rules {
+		if _, ok := baseChains[[2]string{r.Table, r.Chain}]; !ok && !strings.HasPrefix(r.Chain, "ISTIO_") {
+			return Table{}, fmt.Errorf("no nft chain for %s %s", r.Table, r.Chain)
+		}
+		nft, err := translate(rs.Family, r)
+		if err != nil {
+			return Table{}, fmt.Errorf("%s: %w", r, err)
+		}
+		key := r.Table + "/" + r.Chain
+		if !slices.Contains(order, key) {
+			order = append(order, key)
+		}
+		u := units[key]
+		if r.Pos > 0 && r.Pos-1 < len(u) {
+			u = slices.Insert(u, r.Pos-1, nft)
+		} else {
+			u = append(u, nft)
+		}
+		units[key] = u
+	}
+
+	t := Table{Family: rs.Family}
+	add := func(table, chain string) {
+		c := Chain{Name: ChainName(table, chain)}
+		if b, ok := baseChains[[2]string{table, chain}]; ok {
+			c.Type, c.Hook, c.Priority = b.typ, b.hook, b.priority
+		}
+		for _, u := range units[table+"/"+chain] {
+			c.Rules = append(c.Rules, u...)
+		}
+		t.Chains = append(t.Chains, c)
+	}
+	// Per iptables table: its base chains at their hooks, then Istio's
+	// chains in the order rules.Ruleset.Chains gives (jump targets too).
+	istio := rs.Chains()
+	for _, table := range rs.UsedTables() {
+		for _, chain := range []string{"PREROUTING", "OUTPUT"} {
+			if slices.Contains(order, table+"/"+chain) {
+				add(table, chain)
+			}
+		}
+		for _, chain := range istio[table] {
+			add(table, chain)
+		}
+	}
+	return t, nil
+}
+
+// translate turns one iptables rule into nft rules (usually one). The
+// vocabulary of package rules is small and closed; anything else is a bug
+// there, reported rather than guessed.
+func translate(f rules.Family, r rules.Rule) ([]string, error) {
+	ip := "ip"
+	if f == rules.IPv6 {
+		ip = "ip6"
+	}
+	args := r.Args
+	j := slices.Index(args, "-j")
+	if j < 0 || j+1 >= len(args) {
+		return nil, fmt.Errorf("no target")
+	}
+	match, target, targetArgs := args[:j], args[j+1], args[j+2:]
+
+	var (
+		exprs     []string
+		proto     string
+		protoAt   = -1
+		portMatch bool
+		module    string
+		neg       bool
+	)
+	for i := 0; i < len(match); i++ {
+		opt := match[i]
+		if opt == "!" {
+			neg = true
+			continue
+		}
+		if i+1 >= len(match) {
+			return nil, fmt.Errorf("%s without a value", opt)
+		}
+		i++
+		v := match[i]
+		op := ""
+		if neg {
+			op = "!= "
+		}
+		neg = false
+		switch opt {
+		case "-p":
+			if op != "" {
+				return nil, fmt.Errorf("negated protocol")
+			}
+			proto, protoAt = v, len(exprs)
+			exprs = append(exprs, "meta l4proto "+v)
+		case "-s", "-d":
+			field := "saddr"
+			if opt == "-d" {
+				field = "daddr"
+			}
+			a, err := address(v)
+			if err != nil {
+				return nil, err
+			}
+			exprs = append(exprs, ip+" "+field+" "+op+a)
+		case "-i", "-o":
+			field := "iifname"
+			if opt == "-o" {
+				field = "oifname"
+			}
+			exprs = append(exprs, field+" "+op+ifname(v))
+		case "--dport", "--sport", "--dports":
+			if proto == "" {
+				return nil, fmt.Errorf("%s without -p", opt)
+			}
+			port := v
+			if opt == "--dports" {
+				port = "{ " + strings.ReplaceAll(v, ",", ", ") + " }"
+			}
+			field := "dport"
+			if opt == "--sport" {
+				field = "sport"
+			}
+			exprs = append(exprs, proto+" "+field+" "+op+port)
+			portMatch = true
+		case "-m":
+			module = v
+		case "--uid-owner":
+			exprs = append(exprs, "meta skuid "+op+v)
+		case "--gid-owner":
+			exprs = append(exprs, "meta skgid "+op+v)
+		case "--ctstate":
+			exprs = append(exprs, "ct state "+op+strings.ToLower(v))
+		case "--mark":
+			switch module {
+			case "mark":
+				exprs = append(exprs, "meta mark "+op+v)
+			case "connmark":
+				exprs = append(exprs, "ct mark "+op+v)
+			default:
+				return nil, fmt.Errorf("--mark of module %q", module)
+			}
+		default:
+			return nil, fmt.Errorf("unknown match %s", opt)
+		}
+	}
+	// A port match implies its protocol: nft lists the rule without the
+	// protocol match, so neither do we.
+	if portMatch && protoAt >= 0 {
+		exprs = slices.Delete(exprs, protoAt, protoAt+1)
+	}
+	rule := func(stmts ...string) string { return strings.Join(append(slices.Clone(exprs), stmts...), " ") }
+
+	opt := func(name string) (string, bool) {
+		i := slices.Index(targetArgs, name)
+		if i < 0 || i+1 >= len(targetArgs) {
+			return "", false
+		}
+		return targetArgs[i+1], true
+	}
+	switch {
+	case target == "RETURN" || target == "ACCEPT" || target == "DROP":
+		return []string{rule(strings.ToLower(target))}, nil
+	case strings.HasPrefix(target, "ISTIO_"):
+		return []string{rule("jump " + ChainName(r.Table, target))}, nil
+	case target == "REDIRECT":
+		port, ok := opt("--to-ports")
+		if !ok {
+			port, ok = opt("--to-port")
+		}
+		if !ok {
+			return nil, fmt.Errorf("REDIRECT without a port")
+		}
+		return []string{rule("redirect to :" + port)}, nil
+	case target == "TPROXY":
+		port, ok1 := opt("--on-port")
+		mark, ok2 := opt("--tproxy-mark")
+		value, mask, _ := strings.Cut(mark, "/")
+		if !ok1 || !ok2 || (mask != "" && mask != "0xffffffff") {
+			return nil, fmt.Errorf("TPROXY needs --on-port and a full --tproxy-mark")
+		}
+		// iptables' TPROXY marks and accepts the packet, and drops it when
+		// no transparent socket listens; nft's tproxy only skips the rest
+		// of its rule then, so the drop is a rule of its own.
+		return []string{rule("tproxy to :"+port, "meta mark set "+value, "accept"), rule("drop")}, nil
+	case target == "MARK":
+		v, ok := opt("--set-mark")
+		if !ok {
+			return nil, fmt.Errorf("MARK without --set-mark")
+		}
+		return []string{rule("meta mark set " + v)}, nil
+	case target == "CONNMARK" && slices.Equal(targetArgs, []string{"--save-mark"}):
+		return []string{rule("ct mark set meta mark")}, nil
+	case target == "CONNMARK" && slices.Equal(targetArgs, []string{"--restore-mark"}):
+		return []string{rule("meta mark set ct mark")}, nil
+	case target == "CT":
+		zone, ok := opt("--zone")
+		if !ok {
+			return nil, fmt.Errorf("CT without --zone")
+		}
+		return []string{rule("ct zone set " + zone)}, nil
+	}
+	return nil, fmt.Errorf("unknown target %s %s", target, strings.Join(targetArgs, " "))
+}
+
+// address renders an iptables address or prefix as nft lists it: a
+// single address without its /32 or /128.
+func address(s string) (string, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return "", fmt.Errorf("address %q: %w", s, err)
+		}
+		return a.String(), nil
+	}
+	if p.IsSingleIP() {
+		return p.Addr().String(), nil
+	}
+	return p.Masked().String(), nil
+}
+
+// ifname quotes an interface name for nft. iptables' wildcard "eth+" is
+// nft's "eth*"; a literal trailing "*" is escaped. capture already
+// rejects quotes, backslashes and whitespace in names.
+func ifname(name string) string {
+	switch {
+	case strings.HasSuffix(name, "+"):
+		name = strings.TrimSuffix(name, "+") + "*"
+	case strings.HasSuffix(name, "*"):
+		name = strings.TrimSuffix(name, "*") + `\*`
+	}
+	return `"` + name + `"`
+}
+
+// newTransaction returns an empty transaction whose objects name their
+// own family and table (there are two tables).
+func newTransaction() *knftables.Transaction {
+	return knftables.NewFake("", "").NewTransaction()
+}
+
+// Transaction returns the nft commands that program ts, as one atomic
+// transaction: per table, add it (a no-op when present), flush it, then
+// add its chains and rules. Applying it twice leaves the same rules.
+func Transaction(ts []Table) *knftables.Transaction {
+	tx := newTransaction()
+	for _, t := range ts {
+		fam := NFTFamily(t.Family)
+		tx.Add(&knftables.Table{Family: fam, Name: TableName})
+		tx.Flush(&knftables.Table{Family: fam, Name: TableName})
+		for _, c := range t.Chains {
+			ch := &knftables.Chain{Family: fam, Table: TableName, Name: c.Name}
+			if c.IsBase() {
+				ch.Type, ch.Hook, ch.Priority = &c.Type, &c.Hook, &c.Priority
+			}
+			tx.Add(ch)
+		}
+		for _, c := range t.Chains {
+			for _, r := range c.Rules {
+				tx.Add(&knftables.Rule{Family: fam, Table: TableName, Chain: c.Name, Rule: r})
+			}
+		}
+	}
+	return tx
+}
+
+// Delete returns the transaction that deletes meshcni's table of each of
+// the given families; each must exist (nft 1.0.6 has no "destroy").
+func Delete(fams ...rules.Family) *knftables.Transaction {
+	tx := newTransaction()
+	for _, f := range fams {
+		tx.Delete(&knftables.Table{Family: NFTFamily(f), Name: TableName})
+	}
+	return tx
+}
