@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -30,6 +31,9 @@ type Config struct {
 	APITimeout        string `json:"api_timeout"`
 	PodLookupRetries  *int   `json:"pod_lookup_retries"`
 	PodLookupInterval string `json:"pod_lookup_interval"`
+	// PodCacheSocket is the agent's Unix socket serving its watch of the
+	// node's pods; asked before the API.
+	PodCacheSocket string `json:"pod_cache_socket"`
 
 	IptablesBackend string `json:"iptables_backend"`
 	LockDir         string `json:"lock_dir"`
@@ -57,6 +61,10 @@ const (
 	defaultAPITimeout     = 5 * time.Second
 	defaultLookupRetries  = 10
 	defaultLookupInterval = 500 * time.Millisecond
+	// podCacheTimeout bounds the question to the agent's pod cache; past
+	// it the plug-in asks the API. The agent waits up to
+	// podcache.DefaultWait for a pod its watch has not shown yet.
+	podCacheTimeout = 200 * time.Millisecond
 )
 
 // configError is a CNI error 7 naming what to fix.
@@ -94,6 +102,9 @@ func parseConfig(stdin []byte) (*Config, error) {
 	}
 	if conf.backend, err = netfilter.ParseBackend(conf.IptablesBackend); err != nil {
 		return nil, configError("iptables_backend: %v", err)
+	}
+	if conf.PodCacheSocket != "" && !filepath.IsAbs(conf.PodCacheSocket) {
+		return nil, configError("pod_cache_socket %q: must be an absolute path", conf.PodCacheSocket)
 	}
 	switch strings.ToLower(conf.LogLevel) {
 	case "", "debug", "info", "warn", "error":

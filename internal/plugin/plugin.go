@@ -16,7 +16,6 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	k8stypes "k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/netfilter"
@@ -32,6 +31,9 @@ type Plugin struct {
 	// Pods returns a pod getter for the config; nil builds a client-go
 	// client from the config's kubeconfig.
 	Pods func(*Config) (PodSource, error)
+	// Cache returns the client of the agent's pod cache at a socket; nil
+	// means podcache.NewClient.
+	Cache func(socket string) PodCache
 	// LogTo overrides where log lines go (tests); nil means per config.
 	LogTo *slog.Logger
 }
@@ -77,6 +79,10 @@ type target struct {
 	capture bool
 	reason  string
 	spec    capture.Spec
+	// source says who answered the lookup: "cache" or "api"; cacheMiss
+	// why the cache did not, when it was asked.
+	source    string
+	cacheMiss string
 }
 
 func (t *target) name() string {
@@ -119,14 +125,9 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 		return t, nil
 	}
 
-	pods, err := p.podsFor(conf)
+	pod, err := p.lookup(ctx, t)
 	if err != nil {
 		return t, err
-	}
-	pod, err := podinfo.Lookup(ctx, pods, string(kargs.K8S_POD_NAMESPACE), string(kargs.K8S_POD_NAME),
-		k8stypes.UID(kargs.K8S_POD_UID), podinfo.Retry{Attempts: conf.lookupTries, Interval: conf.lookupRetry})
-	if err != nil {
-		return t, lookupError(t.name(), err)
 	}
 	t.pod = pod
 	t.capture, t.reason = podspec.Decide(pod)
@@ -278,6 +279,12 @@ func (p *Plugin) report(cmd string, args *skel.CmdArgs, t *target, err error, st
 	attrs := []any{"container", shortID(args.ContainerID), "netns", args.Netns, "duration", time.Since(start).Round(time.Microsecond).String()}
 	if t != nil {
 		attrs = append(attrs, "pod", t.name())
+		if t.source != "" {
+			attrs = append(attrs, "pod_source", t.source)
+		}
+		if t.cacheMiss != "" {
+			attrs = append(attrs, "cache_miss", t.cacheMiss)
+		}
 	}
 	switch {
 	case err != nil:

@@ -1,0 +1,77 @@
+package plugin
+
+import (
+	"context"
+
+	corev1 "k8s.io/api/core/v1"
+	k8stypes "k8s.io/apimachinery/pkg/types"
+
+	"github.com/meshcni/meshcni/internal/podcache"
+	"github.com/meshcni/meshcni/internal/podinfo"
+)
+
+// PodCache is the agent's watch of the node's pods (podcache.Client).
+type PodCache interface {
+	Pod(ctx context.Context, namespace, name string, uid k8stypes.UID) (*corev1.Pod, error)
+}
+
+// Where a pod came from, in the decision line's pod_source.
+const (
+	sourceCache = "cache"
+	sourceAPI   = "api"
+)
+
+func (p *Plugin) cacheFor(socket string) PodCache {
+	if p.Cache != nil {
+		return p.Cache(socket)
+	}
+	return podcache.NewClient(socket)
+}
+
+// lookup finds t's pod. With pod_cache_socket set and the sandbox's UID
+// known, it asks the agent's cache first and takes only a pod with that
+// UID: no API request, no kubeconfig read. Every other outcome (not
+// found, another UID, not synced, no socket, timeout) is a miss, and the
+// API decides, with the usual retries; so the cache can save a request
+// but never change a decision the API would make, and never lets a pod
+// start uncaptured because it did not know it.
+func (p *Plugin) lookup(ctx context.Context, t *target) (*corev1.Pod, error) {
+	ns, name, uid := string(t.args.K8S_POD_NAMESPACE), string(t.args.K8S_POD_NAME), k8stypes.UID(t.args.K8S_POD_UID)
+	if t.conf.PodCacheSocket != "" {
+		pod, miss := p.fromCache(ctx, t.conf.PodCacheSocket, ns, name, uid)
+		if pod != nil {
+			t.source = sourceCache
+			return pod, nil
+		}
+		t.cacheMiss = miss
+	}
+	t.source = sourceAPI
+	pods, err := p.podsFor(t.conf)
+	if err != nil {
+		return nil, err
+	}
+	pod, err := podinfo.Lookup(ctx, pods, ns, name, uid, podinfo.Retry{Attempts: t.conf.lookupTries, Interval: t.conf.lookupRetry})
+	if err != nil {
+		return nil, lookupError(t.name(), err)
+	}
+	return pod, nil
+}
+
+// fromCache returns the cached pod, or nil and why not.
+func (p *Plugin) fromCache(ctx context.Context, socket, ns, name string, uid k8stypes.UID) (*corev1.Pod, string) {
+	if uid == "" {
+		// Without the sandbox's UID a cached pod could be an older one of
+		// that name; only the API can tell.
+		return nil, "no K8S_POD_UID"
+	}
+	ctx, cancel := context.WithTimeout(ctx, podCacheTimeout)
+	defer cancel()
+	pod, err := p.cacheFor(socket).Pod(ctx, ns, name, uid)
+	switch {
+	case err != nil:
+		return nil, err.Error()
+	case pod == nil || pod.Namespace != ns || pod.Name != name || pod.UID != uid:
+		return nil, "the cache answered with another pod"
+	}
+	return pod, ""
+}
