@@ -1,6 +1,7 @@
 // Package netfilter programs a capture spec into a network namespace with
-// iptables-restore, one atomic restore per address family, and reads it
-// back for CHECK and verify. Rule text comes from package rules.
+// iptables-restore, one atomic restore per address family, or with one
+// atomic nft transaction (the nftables backend), and reads it back for
+// CHECK and verify. Rule text comes from packages rules and nftrules.
 package netfilter
 
 import (
@@ -102,10 +103,14 @@ func (a *Applier) enter(ctx context.Context, path string, fn func(*session) erro
 }
 
 // detect picks the backend: forced, else whichever already holds tables
-// in this netns, else the node's. Both are looked at without a fork.
+// in this netns (meshcni's nftables table first), else the node's
+// iptables. All are looked at without a fork.
 func (s *session) detect() (Backend, error) {
 	if s.a.opts.Backend != Auto {
 		return s.a.opts.Backend, nil
+	}
+	if ours, _, err := nftState(); err == nil && len(ours) > 0 {
+		return Nftables, nil
 	}
 	for _, b := range []Backend{Legacy, NFT} {
 		for _, f := range []rules.Family{rules.IPv4, rules.IPv6} {
@@ -160,6 +165,9 @@ func (a *Applier) Apply(ctx context.Context, path string, spec capture.Spec) err
 	}
 	sets := rules.Build(spec)
 	return a.enter(ctx, path, func(s *session) error {
+		if s.backend == Nftables {
+			return s.nftApply(spec)
+		}
 		var applied []rules.Ruleset
 		rollback := func() {
 			for _, done := range applied {
@@ -239,6 +247,9 @@ func (s *session) undo(rs rules.Ruleset) {
 // Check implements Interface.
 func (a *Applier) Check(ctx context.Context, path string, spec capture.Spec) error {
 	return a.enter(ctx, path, func(s *session) error {
+		if s.backend == Nftables {
+			return s.nftCheck(spec)
+		}
 		for _, rs := range rules.Build(spec) {
 			all, err := s.save(rs.Family)
 			if err != nil {
@@ -262,6 +273,9 @@ func (a *Applier) Check(ctx context.Context, path string, spec capture.Spec) err
 // Remove implements Interface.
 func (a *Applier) Remove(ctx context.Context, path string) error {
 	return a.enter(ctx, path, func(s *session) error {
+		if s.backend == Nftables {
+			return s.nftRemove()
+		}
 		for _, f := range []rules.Family{rules.IPv4, rules.IPv6} {
 			all, err := s.save(f)
 			if err != nil {
@@ -279,13 +293,19 @@ func (a *Applier) Remove(ctx context.Context, path string) error {
 
 // Save returns the netns's full iptables-save output for one family, for
 // `meshcnictl verify` and debugging, without the timestamped comments, so
-// that two saves of the same rules compare equal.
+// that two saves of the same rules compare equal. With the nftables
+// backend it is `nft list table ip meshcni` (ip6 for IPv6), or "" when
+// the netns has no such table.
 func (a *Applier) Save(ctx context.Context, path string, f rules.Family) (string, Backend, error) {
 	var out string
 	var backend Backend
 	err := a.enter(ctx, path, func(s *session) error {
 		backend = s.backend
 		var err error
+		if s.backend == Nftables {
+			out, err = s.nftSave(f)
+			return err
+		}
 		out, err = s.a.opts.Run(s.ctx, s.env, "", binary(s.backend, f == rules.IPv6, "save"))
 		return err
 	})

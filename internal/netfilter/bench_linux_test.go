@@ -36,7 +36,7 @@ func BenchmarkApplyNewPod(b *testing.B) {
 			return s
 		}},
 	} {
-		for _, backend := range []Backend{Legacy, NFT} {
+		for _, backend := range []Backend{Legacy, NFT, Nftables} {
 			b.Run(tc.name+"/"+string(backend), func(b *testing.B) {
 				var execs atomic.Int64
 				a := New(Options{Backend: backend, LockDir: b.TempDir(), Run: countingRunner(&execs)})

@@ -11,17 +11,22 @@ import (
 	"syscall"
 )
 
-// Backend is the iptables implementation a node uses.
+// Backend is how a node programs pods: one of the two iptables
+// implementations, or native nftables.
 type Backend string
 
 const (
 	Legacy Backend = "legacy"
-	NFT    Backend = "nft"
+	// NFT is iptables-nft: iptables rules, stored by the kernel's nftables.
+	NFT Backend = "nft"
+	// Nftables is meshcni's own nftables tables, "ip meshcni" and "ip6
+	// meshcni", programmed with the nft command (package nftrules).
+	Nftables Backend = "nftables"
 	// Auto lets existing rules decide, then the system's `iptables`.
 	Auto Backend = ""
 )
 
-// ParseBackend accepts legacy, nft, or auto/empty.
+// ParseBackend accepts legacy, nft, nftables, or auto/empty.
 func ParseBackend(s string) (Backend, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "", "auto":
@@ -30,8 +35,10 @@ func ParseBackend(s string) (Backend, error) {
 		return Legacy, nil
 	case "nft":
 		return NFT, nil
+	case "nftables":
+		return Nftables, nil
 	}
-	return "", fmt.Errorf("iptables backend %q: must be legacy, nft or auto", s)
+	return "", fmt.Errorf("iptables backend %q: must be legacy, nft (iptables-nft), nftables (native) or auto", s)
 }
 
 // Runner runs one command with stdin and returns its stdout. It is the
@@ -58,7 +65,11 @@ func lookIn(root, name string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("%s not found in PATH or %s under %s: install iptables on the node", name, strings.Join(searchDirs, ", "), root)
+	pkg := "iptables"
+	if name == "nft" {
+		pkg = "nftables"
+	}
+	return "", fmt.Errorf("%s not found in PATH or %s under %s: install %s on the node", name, strings.Join(searchDirs, ", "), root, pkg)
 }
 
 // HostRootRunner runs the binaries of another root file system, chrooted
@@ -112,6 +123,8 @@ func explain(stderr string) string {
 		return msg + " (TPROXY needs the xt_TPROXY kernel module on the node)"
 	case strings.Contains(msg, "Chain already exists"):
 		return msg + " (ISTIO_* chains already exist in this netns, programmed by someone else)"
+	case strings.Contains(msg, "tproxy") && strings.Contains(msg, "No such file"):
+		return msg + " (nftables TPROXY needs the nft_tproxy kernel module on the node)"
 	case strings.Contains(msg, "Permission denied") || strings.Contains(msg, "Operation not permitted"):
 		return msg + " (needs CAP_NET_ADMIN in the pod's network namespace)"
 	}

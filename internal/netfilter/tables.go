@@ -7,12 +7,14 @@ import (
 
 	"github.com/google/nftables"
 
+	"github.com/meshcni/meshcni/internal/nftrules"
 	"github.com/meshcni/meshcni/internal/rules"
 )
 
 // hasTables reports whether the current thread's netns holds any iptables
 // table of family f for backend b. It costs a /proc read (legacy) or one
-// netlink dump (nft), instead of an iptables-save fork.
+// netlink dump (nft), instead of an iptables-save fork. meshcni's own
+// nftables table is not an iptables table.
 func hasTables(b Backend, f rules.Family) (bool, error) {
 	if b == Legacy {
 		name := "ip_tables_names"
@@ -41,5 +43,49 @@ func hasTables(b Backend, f rules.Family) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("list nftables tables: %w", err)
 	}
-	return len(tables) > 0, nil
+	for _, t := range tables {
+		if t.Name != nftrules.TableName {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// nftState reads, over netlink and without a fork, which families hold
+// meshcni's nftables table in the current thread's netns, and the
+// iptables-nft ISTIO_* chains that would capture alongside it.
+func nftState() (ours []rules.Family, istio []string, err error) {
+	conn, err := nftables.New()
+	if err != nil {
+		return nil, nil, fmt.Errorf("open nftables netlink: %w", err)
+	}
+	defer conn.CloseLasting()
+	tables, err := conn.ListTables()
+	if err != nil {
+		return nil, nil, fmt.Errorf("list nftables tables: %w", err)
+	}
+	others := false
+	for _, t := range tables {
+		switch {
+		case t.Name != nftrules.TableName:
+			others = true
+		case t.Family == nftables.TableFamilyIPv4:
+			ours = append(ours, rules.IPv4)
+		case t.Family == nftables.TableFamilyIPv6:
+			ours = append(ours, rules.IPv6)
+		}
+	}
+	if !others {
+		return ours, nil, nil
+	}
+	chains, err := conn.ListChains()
+	if err != nil {
+		return nil, nil, fmt.Errorf("list nftables chains: %w", err)
+	}
+	for _, c := range chains {
+		if c.Table.Name != nftrules.TableName && strings.HasPrefix(c.Name, "ISTIO_") {
+			istio = append(istio, c.Table.Name+"/"+c.Name)
+		}
+	}
+	return ours, istio, nil
 }
