@@ -2,6 +2,7 @@ package capture
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -80,7 +81,7 @@ type AnnotationError struct {
 }
 
 func (e *AnnotationError) Error() string {
-	return fmt.Sprintf("annotation %s=%q: %v", e.Key, e.Value, e.Err)
+	return fmt.Sprintf("annotation %s=%s: %v", e.Key, quote(e.Value), e.Err)
 }
 
 func (e *AnnotationError) Unwrap() error { return e.Err }
@@ -102,11 +103,20 @@ func FromPod(base Spec, annotations map[string]string, proxy Proxy, ipv6 bool) (
 	// The proxy's own ports stay reachable whatever the annotation says.
 	s.ExcludeInboundPorts = mergePorts(s.ExcludeInboundPorts, ProxyPorts)
 
-	if proxy.UID != nil && *proxy.UID != 0 {
-		s.ProxyUIDs = []uint32{uint32(*proxy.UID)}
-	}
-	if proxy.GID != nil && *proxy.GID != 0 {
-		s.ProxyGIDs = []uint32{uint32(*proxy.GID)}
+	for _, id := range []struct {
+		field string
+		v     *int64
+		dst   *[]uint32
+	}{{"runAsUser", proxy.UID, &s.ProxyUIDs}, {"runAsGroup", proxy.GID, &s.ProxyGIDs}} {
+		if id.v == nil || *id.v == 0 {
+			continue
+		}
+		// What the API server admits; anything else would wrap around
+		// in uint32 (-1 became 4294967295, 2^32+1337 became 1337).
+		if *id.v < 0 || *id.v > math.MaxInt32 {
+			return Spec{}, fmt.Errorf("istio-proxy %s %d: must be 0-%d", id.field, *id.v, math.MaxInt32)
+		}
+		*id.dst = []uint32{uint32(*id.v)}
 	}
 	for _, e := range []struct {
 		name string
@@ -118,7 +128,7 @@ func FromPod(base Spec, annotations map[string]string, proxy Proxy, ipv6 bool) (
 		}
 		b, err := strconv.ParseBool(strings.TrimSpace(v))
 		if err != nil {
-			return Spec{}, fmt.Errorf("istio-proxy env %s=%q: must be true or false", e.name, v)
+			return Spec{}, fmt.Errorf("istio-proxy env %s=%s: must be true or false", e.name, quote(v))
 		}
 		*e.dst = *e.dst || b
 	}

@@ -5,11 +5,33 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // maxListItems bounds every comma-separated list. A pod annotation is user
 // input: a huge list would become a huge ruleset in every restore.
 const maxListItems = 256
+
+// maxQuoted bounds how much of a rejected value an error message repeats,
+// quoted. An annotation value may be 256 KiB; quoting it whole (twice: the
+// annotation, then the item) made a message the agent's log socket drops
+// (64 KiB per line) and that the runtime copies into every event.
+const maxQuoted = 80
+
+// quote is %q for error messages: the longest prefix of s whose quoted
+// form fits maxQuoted, cut on a rune boundary, then how long s really was.
+func quote(s string) string {
+	if len(s)+2 <= maxQuoted { // never quote a huge value whole
+		if q := strconv.Quote(s); len(q) <= maxQuoted {
+			return q
+		}
+	}
+	cut := min(len(s), maxQuoted)
+	for cut > 0 && ((cut < len(s) && !utf8.RuneStart(s[cut])) || len(strconv.Quote(s[:cut])) > maxQuoted) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + fmt.Sprintf("...(%d bytes)", len(s))
+}
 
 func splitList(s string) []string {
 	var out []string
@@ -32,7 +54,7 @@ func checkLen(items []string) error {
 func ParsePort(s string) (uint16, error) {
 	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 16)
 	if err != nil || n == 0 {
-		return 0, fmt.Errorf("port %q: must be a number 1-65535", s)
+		return 0, fmt.Errorf("port %s: must be a number 1-65535", quote(s))
 	}
 	return uint16(n), nil
 }
@@ -80,7 +102,7 @@ func ParseCIDRList(s string) ([]netip.Prefix, error) {
 		if err != nil {
 			a, aerr := netip.ParseAddr(it)
 			if aerr != nil || a.Zone() != "" {
-				return nil, fmt.Errorf("CIDR %q: not an address or prefix like 10.0.0.0/8", it)
+				return nil, fmt.Errorf("CIDR %s: not an address or prefix like 10.0.0.0/8", quote(it))
 			}
 			p = netip.PrefixFrom(a, a.BitLen())
 		}
@@ -108,7 +130,7 @@ func ParseIDList(s string) ([]uint32, error) {
 	for _, it := range items {
 		n, err := strconv.ParseUint(it, 10, 32)
 		if err != nil {
-			return nil, fmt.Errorf("id %q: must be a number 0-4294967295", it)
+			return nil, fmt.Errorf("id %s: must be a number 0-4294967295", quote(it))
 		}
 		out = append(out, uint32(n))
 	}
@@ -133,7 +155,7 @@ func ParseInterfaces(s string) ([]string, error) {
 // and refuses a leading '-' or '!', which iptables would read as an option.
 func validInterface(name string) error {
 	if name == "" || len(name) > 15 || name == "." || name == ".." {
-		return fmt.Errorf("interface %q: must be 1-15 characters", name)
+		return fmt.Errorf("interface %s: must be 1-15 characters", quote(name))
 	}
 	for _, r := range name {
 		if r <= ' ' || r > '~' || r == '/' || r == ':' || r == '"' || r == '\'' || r == '\\' {
@@ -152,7 +174,7 @@ func ParseMode(s string) (Mode, error) {
 	case Redirect, TProxy:
 		return m, nil
 	}
-	return "", fmt.Errorf("interception mode %q: must be REDIRECT or TPROXY", s)
+	return "", fmt.Errorf("interception mode %s: must be REDIRECT or TPROXY", quote(s))
 }
 
 func joinPorts(ps []uint16) string {
