@@ -49,7 +49,7 @@ func saveBoth(t *testing.T, a *netfilter.Applier, path string) string {
 func TestInitCommand(t *testing.T) {
 	requireRoot(t)
 	bin := binaries(t).iptables
-	for _, backend := range []netfilter.Backend{netfilter.Legacy, netfilter.NFT} {
+	for _, backend := range backends {
 		t.Run(string(backend), func(t *testing.T) {
 			a := netfilter.New(netfilter.Options{Backend: backend, LockDir: t.TempDir()})
 			tp := newTopology(t)
@@ -138,7 +138,7 @@ func TestValidation(t *testing.T) {
 	bin := binaries(t).iptables
 	args := append([]string{"--run-validation", "--skip-rule-apply", "--probe-timeout", "2s"}, istioInitArgs...)
 
-	for _, backend := range []netfilter.Backend{netfilter.Legacy, netfilter.NFT} {
+	for _, backend := range backends {
 		t.Run(string(backend)+"/rules-in-place", func(t *testing.T) {
 			tp := newTopology(t)
 			a := netfilter.New(netfilter.Options{Backend: backend, LockDir: t.TempDir()})

@@ -213,11 +213,16 @@ var redirectCases = []struct {
 	}},
 }
 
+// backends are the ways a node may program pods: the two iptables
+// implementations and meshcni's native nftables tables. Every socket
+// proof runs against each.
+var backends = []netfilter.Backend{netfilter.Legacy, netfilter.NFT, netfilter.Nftables}
+
 // TestRedirect applies each case in a pod netns, with each backend, and
 // proves with real sockets where connections land.
 func TestRedirect(t *testing.T) {
 	requireRoot(t)
-	for _, backend := range []netfilter.Backend{netfilter.Legacy, netfilter.NFT} {
+	for _, backend := range backends {
 		t.Run(string(backend), func(t *testing.T) {
 			a := netfilter.New(netfilter.Options{Backend: backend, LockDir: t.TempDir()})
 			for _, tc := range redirectCases {
@@ -254,5 +259,34 @@ func TestNoRulesNoRedirect(t *testing.T) {
 		{from: fromApp, udp: true, to: hostPort(peer4, 53), want: "peer:53/udp"},
 	} {
 		p.run(t, tp, servers)
+	}
+}
+
+// TestTProxyWithoutListenerDrops: iptables' TPROXY drops a new inbound
+// connection when no transparent socket listens on the capture port, so
+// it never reaches the app behind the proxy's back. nft's tproxy alone
+// would let it through; the nftables backend must drop it too.
+func TestTProxyWithoutListenerDrops(t *testing.T) {
+	requireRoot(t)
+	spec := capture.Default()
+	spec.Mode = capture.TProxy
+	for _, backend := range backends {
+		t.Run(string(backend), func(t *testing.T) {
+			tp := newTopology(t)
+			app := newServer("pod:9080")
+			app.listenTCP(t, tp.pod, "0.0.0.0:9080", false)
+			a := netfilter.New(netfilter.Options{Backend: backend, LockDir: t.TempDir()})
+			if err := a.Apply(context.Background(), tp.pod.Path(), spec); err != nil {
+				t.Fatalf("apply: %v", err)
+			}
+			if landed, err := dialTCP(tp.peer, hostPort(pod4, 9080)); err == nil {
+				t.Fatalf("connection landed on %q with no proxy listening; want it dropped", landed)
+			}
+			select {
+			case l := <-app.got:
+				t.Fatalf("the app got a connection past the proxy: %+v", l)
+			default:
+			}
+		})
 	}
 }
