@@ -173,6 +173,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("shutting down; keeping the entry, binary and kubeconfig (--keep-on-exit)")
 		return nil
 	}
+	if cs := a.nodeClient(); cs != nil {
+		uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		upgrade, why := a.upgrading(uctx, cs)
+		cancel()
+		if upgrade {
+			a.log.Info("shutting down for an upgrade or restart; keeping the install for the next agent", "why", why)
+			return nil
+		}
+		a.log.Info("shutting down for good; uninstalling", "why", why)
+	}
 	if cs := a.nodeClient(); cs != nil && o.StartupTaint {
 		// Taint first: no new mesh pod may land here once the entry is gone.
 		tctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -35,6 +35,8 @@ var envFor = map[string]string{
 	"repair-mode":         "MESHCNI_REPAIR_MODE",
 	"startup-taint":       "MESHCNI_STARTUP_TAINT",
 	"proc-dir":            "MESHCNI_PROC_DIR",
+	"pod-name":            "POD_NAME",
+	"pod-namespace":       "POD_NAMESPACE",
 }
 
 // NewCommand is the meshcni-agent root command. Logs go to stderr as JSON.
@@ -92,6 +94,8 @@ func addFlags(f *pflag.FlagSet, o *Options) {
 	f.StringVar(&o.RepairMode, "repair-mode", o.RepairMode, "what to do with pods that started uncaptured: repair (in place), delete, label, or off")
 	f.BoolVar(&o.StartupTaint, "startup-taint", o.StartupTaint, "remove the "+StartupTaint.Key+":NoSchedule taint from the node once ready, and put it back on uninstall")
 	f.StringVar(&o.ProcDir, "proc-dir", o.ProcDir, "the host's /proc (the agent runs with hostPID), where repair finds running pods")
+	f.StringVar(&o.PodName, "pod-name", "", "this agent's pod; with --pod-namespace, a stop while its DaemonSet remains (an upgrade) keeps the install")
+	f.StringVar(&o.PodNamespace, "pod-namespace", "", "this agent's namespace (see --pod-name)")
 	f.VisitAll(func(fl *pflag.Flag) {
 		if env, ok := envFor[fl.Name]; ok {
 			fl.Usage += " [$" + env + "]"

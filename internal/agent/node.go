@@ -177,3 +177,33 @@ func setTaint(ctx context.Context, cs kubernetes.Interface, node string, present
 func isStartupTaint(t corev1.Taint) bool {
 	return t.Key == StartupTaint.Key && t.Effect == StartupTaint.Effect
 }
+
+// upgrading reports whether this agent is stopping for an upgrade or a
+// restart rather than an uninstall: its DaemonSet still exists and is not
+// being deleted. Then the next agent pod takes over the install and
+// removing it would leave the node without meshcni in between. Any doubt
+// (no pod identity, API errors) means uninstall, the documented default.
+func (a *Agent) upgrading(ctx context.Context, cs kubernetes.Interface) (bool, string) {
+	o := &a.opts
+	if o.PodName == "" || o.PodNamespace == "" {
+		return false, "no pod identity (POD_NAME, POD_NAMESPACE)"
+	}
+	pod, err := cs.CoreV1().Pods(o.PodNamespace).Get(ctx, o.PodName, metav1.GetOptions{})
+	if err != nil {
+		return false, "cannot read own pod: " + err.Error()
+	}
+	owner := metav1.GetControllerOf(pod)
+	if owner == nil || owner.Kind != "DaemonSet" {
+		return false, "not run by a DaemonSet"
+	}
+	ds, err := cs.AppsV1().DaemonSets(o.PodNamespace).Get(ctx, owner.Name, metav1.GetOptions{})
+	switch {
+	case err != nil:
+		return false, "DaemonSet " + owner.Name + ": " + err.Error()
+	case ds.DeletionTimestamp != nil:
+		return false, "DaemonSet " + owner.Name + " is being deleted"
+	case ds.UID != owner.UID:
+		return false, "DaemonSet " + owner.Name + " was replaced"
+	}
+	return true, "DaemonSet " + owner.Name + " remains"
+}

@@ -61,6 +61,10 @@ type Options struct {
 	StartupTaint bool
 	// ProcDir is the host's /proc (hostPID), where repair finds pods.
 	ProcDir string
+	// PodName and PodNamespace (downward API) let the agent tell an
+	// upgrade (its DaemonSet remains: keep the install) from an uninstall.
+	PodName      string
+	PodNamespace string
 }
 
 // Defaults of the flags and of the unexported knobs.
