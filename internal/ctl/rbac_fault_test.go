@@ -1,0 +1,123 @@
+package ctl
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+)
+
+// wantRoles is the whole of meshcni's RBAC, rule for rule: the
+// ClusterRoles (which every install has) and the namespaced Roles (which
+// an install may have; none other). Widening any of them must be a
+// deliberate edit here, next to the reason.
+var wantRoles = map[string]struct {
+	cluster  bool
+	required bool
+	rules    []string // "group/resource: verbs", sorted
+}{
+	// The plug-in gets one pod by name per ADD and CHECK; nothing else.
+	"ClusterRole/meshcni-plugin": {true, true, []string{"/pods: get"}},
+	// The agent: repair controller (watch its node's pods, delete them,
+	// label them through status), events, the startup taint on its node.
+	"ClusterRole/meshcni-agent": {true, true, []string{
+		"/events: create patch",
+		"/nodes: get patch",
+		"/pods: get list watch delete",
+		"/pods/status: update patch",
+		"events.k8s.io/events: create patch",
+	}},
+	// A stopping agent reads its own DaemonSet (upgrade or uninstall).
+	"Role/meshcni-agent": {false, false, []string{"apps/daemonsets: get"}},
+}
+
+// flatten renders rules as "group/resource: verbs" lines, sorted, one per
+// group and resource; resourceNames and nonResourceURLs are called out.
+func flatten(rules []rbacv1.PolicyRule) []string {
+	var out []string
+	for _, r := range rules {
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				line := fmt.Sprintf("%s/%s: %s", g, res, strings.Join(r.Verbs, " "))
+				if len(r.ResourceNames) > 0 {
+					line += " names=" + strings.Join(r.ResourceNames, ",")
+				}
+				out = append(out, line)
+			}
+		}
+		for _, u := range r.NonResourceURLs {
+			out = append(out, "nonResourceURL "+u+": "+strings.Join(r.Verbs, " "))
+		}
+		if len(r.APIGroups) == 0 && len(r.NonResourceURLs) == 0 {
+			out = append(out, fmt.Sprintf("rule without groups: %+v", r))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// The RBAC of every platform's render is exactly wantRoles; every binding
+// binds a meshcni role to the meshcni service account of the same name in
+// the release namespace, and nothing else.
+func TestRBACIsExactlyMinimal(t *testing.T) {
+	for _, platform := range append([]string{""}, Platforms...) {
+		t.Run("platform="+platform, func(t *testing.T) {
+			seen := map[string]bool{}
+			check := func(kind, name string, rules []rbacv1.PolicyRule, cluster bool) {
+				key := kind + "/" + name
+				seen[key] = true
+				want, ok := wantRoles[key]
+				if !ok {
+					t.Errorf("%s: not a role meshcni should have (rules %v)", key, flatten(rules))
+					return
+				}
+				want.rules = slices.Sorted(slices.Values(want.rules))
+				if got := flatten(rules); !slices.Equal(got, want.rules) {
+					t.Errorf("%s rules:\n got  %q\n want %q", key, got, want.rules)
+				}
+				for _, r := range rules {
+					if slices.Contains(r.Verbs, "*") || slices.Contains(r.Resources, "*") || slices.Contains(r.APIGroups, "*") ||
+						slices.ContainsFunc(r.Verbs, func(v string) bool { return v == "escalate" || v == "bind" || v == "impersonate" }) {
+						t.Errorf("%s: rule %+v is a wildcard or an escalation", key, r)
+					}
+				}
+			}
+			for _, o := range decodeAll(t, render(t, Settings{Platform: platform})) {
+				switch r := o.(type) {
+				case *rbacv1.ClusterRole:
+					if r.AggregationRule != nil {
+						t.Errorf("ClusterRole %s aggregates other roles", r.Name)
+					}
+					check("ClusterRole", r.Name, r.Rules, true)
+				case *rbacv1.Role:
+					if r.Namespace != DefaultNamespace {
+						t.Errorf("Role %s in namespace %q, want %s", r.Name, r.Namespace, DefaultNamespace)
+					}
+					check("Role", r.Name, r.Rules, false)
+				case *rbacv1.ClusterRoleBinding:
+					checkBinding(t, "ClusterRoleBinding/"+r.Name, r.Name, r.RoleRef, r.Subjects, "ClusterRole")
+				case *rbacv1.RoleBinding:
+					checkBinding(t, "RoleBinding/"+r.Name, r.Name, r.RoleRef, r.Subjects, "Role")
+				}
+			}
+			for key, want := range wantRoles {
+				if want.required && !seen[key] {
+					t.Errorf("%s is missing from the render", key)
+				}
+			}
+		})
+	}
+}
+
+func checkBinding(t *testing.T, key, name string, ref rbacv1.RoleRef, subjects []rbacv1.Subject, kind string) {
+	t.Helper()
+	if ref.Kind != kind || ref.Name != name || ref.APIGroup != rbacv1.GroupName {
+		t.Errorf("%s binds %s %s: want its own %s %s", key, ref.Kind, ref.Name, kind, name)
+	}
+	if len(subjects) != 1 || subjects[0].Kind != rbacv1.ServiceAccountKind || subjects[0].Name != name || subjects[0].Namespace != DefaultNamespace {
+		t.Errorf("%s subjects %+v: want only ServiceAccount %s/%s", key, subjects, DefaultNamespace, name)
+	}
+}
