@@ -27,45 +27,48 @@ const (
 	connIdle = 10 * time.Second
 )
 
-// logSocket is the listening socket and the file it made.
-type logSocket struct {
+// unixSocket is a listening socket of the agent and the file it made.
+type unixSocket struct {
 	l    *net.UnixListener
 	path string
 	fi   fs.FileInfo
 }
 
-// listenLog opens the Unix socket the plug-in sends its log lines to,
-// mode 0600 (only root, as the plug-in runs, may write). A socket file a
-// killed agent left behind is replaced.
-func listenLog(path string) (*logSocket, error) {
+// listenLog opens the Unix socket the plug-in sends its log lines to.
+func listenLog(path string) (*unixSocket, error) { return listenUnix("log socket", path) }
+
+// listenUnix opens a Unix socket for the plug-in, mode 0600 (only root,
+// as the plug-in runs, may connect). A socket file a killed agent left
+// behind is replaced. what names it in errors.
+func listenUnix(what, path string) (*unixSocket, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("log socket %s: a %v is in the way", path, fi.Mode().Type())
+			return nil, fmt.Errorf("%s %s: a %v is in the way", what, path, fi.Mode().Type())
 		}
 		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("log socket %s: remove stale socket: %w", path, err)
+			return nil, fmt.Errorf("%s %s: remove stale socket: %w", what, path, err)
 		}
 	}
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
-		return nil, fmt.Errorf("log socket: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	l.SetUnlinkOnClose(false)
-	s := &logSocket{l: l, path: path}
+	s := &unixSocket{l: l, path: path}
 	if err := os.Chmod(path, 0o600); err != nil {
 		s.close()
-		return nil, fmt.Errorf("log socket: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	if s.fi, err = os.Lstat(path); err != nil {
 		s.close()
-		return nil, fmt.Errorf("log socket: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return s, nil
 }
 
 // close stops listening and removes the socket file unless another agent
 // (an upgrade's new one) has already put its own there.
-func (s *logSocket) close() {
+func (s *unixSocket) close() {
 	_ = s.l.Close()
 	if fi, err := os.Lstat(s.path); err == nil && s.fi != nil && os.SameFile(fi, s.fi) {
 		_ = os.Remove(s.path)

@@ -78,6 +78,8 @@ func (a *Agent) runNode(ctx context.Context) {
 	a.mu.Lock()
 	a.client = cs
 	a.mu.Unlock()
+	cacheDone := a.startPodCache(ctx, cs)
+	defer func() { <-cacheDone }() // Run waits until the socket is gone
 	if o.RepairMode != RepairOff {
 		go a.runRepair(ctx, cs)
 	}

@@ -184,6 +184,9 @@ func (o *Options) Entry() (json.RawMessage, error) {
 	if o.APITimeout > 0 {
 		e["api_timeout"] = o.APITimeout.String()
 	}
+	if o.NodeName != "" {
+		e["pod_cache_socket"] = o.PodCacheSocketPath()
+	}
 	b, err := json.Marshal(e)
 	if err != nil {
 		return nil, fmt.Errorf("build meshcni entry: %w", err)

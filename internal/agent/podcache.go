@@ -1,0 +1,137 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	listerv1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/meshcni/meshcni/internal/podcache"
+)
+
+// PodCacheSocketPath is where the agent serves its watch of the node's
+// pods to the plug-in (with --node-name).
+func (o *Options) PodCacheSocketPath() string { return filepath.Join(o.RunDir, "pods.sock") }
+
+// nodePods is a podcache.Store over an informer on this node's pods.
+type nodePods struct {
+	pods   listerv1.PodLister
+	synced cache.InformerSynced
+}
+
+func (s *nodePods) Pod(namespace, name string) *corev1.Pod {
+	p, err := s.pods.Pods(namespace).Get(name)
+	if err != nil {
+		return nil
+	}
+	return p
+}
+
+func (s *nodePods) Synced() bool { return s.synced() }
+
+// watchNodePods starts an informer on the pods bound to node; it stops
+// when ctx ends. The objects are kept without managedFields, which the
+// plug-in never reads and which are a large part of a pod.
+func watchNodePods(ctx context.Context, cs kubernetes.Interface, node string) (*nodePods, <-chan struct{}) {
+	factory := informers.NewSharedInformerFactoryWithOptions(cs, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + node }),
+		informers.WithTransform(func(obj any) (any, error) {
+			if p, ok := obj.(*corev1.Pod); ok {
+				p.ManagedFields = nil
+			}
+			return obj, nil
+		}))
+	inf := factory.Core().V1().Pods()
+	s := &nodePods{pods: inf.Lister(), synced: inf.Informer().HasSynced}
+	factory.Start(ctx.Done())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		<-ctx.Done()
+		factory.Shutdown()
+	}()
+	return s, done
+}
+
+// startPodCache serves this node's pods on PodCacheSocketPath until ctx
+// ends; the returned channel closes once the socket is gone. Without the
+// socket the plug-in asks the API, so a failure here is logged, not
+// fatal.
+func (a *Agent) startPodCache(ctx context.Context, cs kubernetes.Interface) <-chan struct{} {
+	done := make(chan struct{})
+	path := a.opts.PodCacheSocketPath()
+	sock, err := listenUnix("pod cache socket", path)
+	if err != nil {
+		a.log.Error("pod cache not served; the plug-in asks the API for every pod", "error", err)
+		close(done)
+		return done
+	}
+	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshcni_agent_pod_cache_lookups_total",
+		Help: "Pod lookups on the agent's cache, by result (hit; not_found, stale, not_synced: the plug-in asked the API; refused: the peer was not root)."},
+		[]string{"result"})
+	for _, r := range []string{podcache.ResultHit, podcache.ResultNotFound, podcache.ResultStale, podcache.ResultNotSynced, resultRefused} {
+		lookups.WithLabelValues(r)
+	}
+	if err := a.metrics.reg.Register(lookups); err != nil {
+		a.log.Warn("pod cache metrics not registered", "error", err)
+	}
+	store, watchDone := watchNodePods(ctx, cs, a.opts.NodeName)
+	srv := &http.Server{
+		Handler:           &podcache.Handler{Store: store, Observe: func(r string) { lookups.WithLabelValues(r).Inc() }},
+		ReadHeaderTimeout: time.Second,
+		WriteTimeout:      5 * time.Second,
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if err := srv.Serve(rootOnly{sock.l, func() { lookups.WithLabelValues(resultRefused).Inc() }}); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("pod cache socket stopped serving", "error", err)
+		}
+	}()
+	go func() {
+		defer close(done)
+		if cache.WaitForCacheSync(ctx.Done(), store.synced) {
+			a.log.Info("serving this node's pods to the plug-in", "socket", path, "node", a.opts.NodeName)
+		}
+		<-ctx.Done()
+		_ = srv.Close()
+		<-served
+		sock.close()
+		<-watchDone
+	}()
+	return done
+}
+
+const resultRefused = "refused"
+
+// rootOnly accepts only connections from root (SO_PEERCRED), as the log
+// socket does: the pods of the node are for the plug-in, even if the
+// socket file is made reachable by mistake.
+type rootOnly struct {
+	*net.UnixListener
+	refused func()
+}
+
+func (l rootOnly) Accept() (net.Conn, error) {
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			return nil, err
+		}
+		if cred, err := peerCred(c); err == nil && cred.Uid == 0 {
+			return c, nil
+		}
+		_ = c.Close()
+		l.refused()
+	}
+}
