@@ -21,6 +21,7 @@ import (
 	"github.com/meshcni/meshcni/internal/install"
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/netns"
+	"github.com/meshcni/meshcni/internal/nftrules"
 	"github.com/meshcni/meshcni/internal/plugin"
 	"github.com/meshcni/meshcni/internal/podspec"
 	"github.com/meshcni/meshcni/internal/rules"
@@ -53,13 +54,15 @@ func NewCmdVerify(flags *genericclioptions.ConfigFlags, streams genericiooptions
 	o := NewVerifyOptions(flags, streams)
 	cmd := &cobra.Command{
 		Use:   "verify POD [-n NAMESPACE]",
-		Short: "On the pod's node (as root): print its NAT table and check it against its annotations",
+		Short: "On the pod's node (as root): print its capture rules and check them against its annotations",
 		Long: `Finds the pod through the API and its network namespace through the
 container runtime (CRI), by --netns, or by looking for the namespace that
 holds the pod's IP. Prints the NAT table as "iptables -t nat -L -n -v
---line-numbers -x" would inside it, then checks that the rules are exactly
-what the pod's annotations demand, or, for a pod meshcni does not capture,
-that it has no ISTIO_* rules. Exits non-zero on a mismatch.`,
+--line-numbers -x" would inside it, or, for a pod programmed by the
+nftables backend, meshcni's tables as "nft list table ip meshcni" (and
+ip6) would. Then checks that the rules are exactly what the pod's
+annotations demand, or, for a pod meshcni does not capture, that it has
+no capture rules. Exits non-zero on a mismatch.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := o.Complete(args); err != nil {
@@ -148,7 +151,31 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 		}
 		defer os.RemoveAll(lockDir)
 	}
-	nf := netfilter.New(netfilter.Options{Backend: entry.Backend, LockDir: lockDir})
+	// Judge it as ADD did.
+	captured, reason := podspec.Decide(pod)
+	if entry.Excluded(pod.Namespace) {
+		captured, reason = false, "namespace "+pod.Namespace+" is excluded"
+	}
+
+	// Read the rules the way they were written: meshcni's nftables tables
+	// when the netns has them, whatever the entry says now. Without them,
+	// an nftables entry still reads iptables when the netns holds ISTIO_*
+	// rules (a pod from before the node switched, or istio-init's), and
+	// for an uncaptured pod, where only stray rules would be.
+	backend := entry.Backend
+	nftProgrammed, err := netfilter.NftablesIn(path)
+	if err != nil {
+		return fmt.Errorf("pod %s: look for its nftables tables: %w", name, err)
+	}
+	if nftProgrammed {
+		backend = netfilter.Nftables
+	} else if backend == netfilter.Nftables {
+		save, _, err := netfilter.New(netfilter.Options{LockDir: lockDir}).Save(ctx, path, rules.IPv4)
+		if !captured || (err == nil && strings.Contains(save, "ISTIO_")) {
+			backend = netfilter.Auto
+		}
+	}
+	nf := netfilter.New(netfilter.Options{Backend: backend, LockDir: lockDir})
 	families := []rules.Family{rules.IPv4}
 	if ipv6 {
 		families = append(families, rules.IPv6)
@@ -160,6 +187,14 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 			return fmt.Errorf("pod %s: read its %s rules: %w", name, f, err)
 		}
 		saves = append(saves, save)
+		if backend == netfilter.Nftables {
+			cmdline := "nft list table " + string(nftrules.NFTFamily(f)) + " " + nftrules.TableName
+			if save == "" {
+				save = "(no such table)\n"
+			}
+			fmt.Fprintf(o.Out, "\n# %s   (nftables backend, in %s)\n%s", cmdline, path, save)
+			continue
+		}
 		listing, cmdline, err := listNAT(ctx, path, backend, f, lockDir)
 		if err != nil {
 			return fmt.Errorf("pod %s: list its %s NAT table: %w", name, f, err)
@@ -168,13 +203,12 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 	}
 	fmt.Fprintln(o.Out)
 
-	// Judge it as ADD did.
-	captured, reason := podspec.Decide(pod)
-	if entry.Excluded(pod.Namespace) {
-		captured, reason = false, "namespace "+pod.Namespace+" is excluded"
-	}
 	if !captured {
 		fmt.Fprintf(o.Out, "Expect:  not captured (%s)\n", reason)
+		if nftProgrammed {
+			return fmt.Errorf("pod %s: %w: meshcni does not capture it (%s), yet its netns holds meshcni's nftables tables (above): the pod was created before the exclusion, or they were added by hand; recreate the pod (kubectl -n %s delete pod %s)",
+				name, ErrVerifyMismatch, reason, pod.Namespace, pod.Name)
+		}
 		for _, s := range saves {
 			if strings.Contains(s, "ISTIO_") {
 				return fmt.Errorf("pod %s: %w: meshcni does not capture it (%s), yet its netns holds ISTIO_* rules (above): something else programmed them, e.g. an istio-init container or a pod created before the exclusion; recreate the pod (kubectl -n %s delete pod %s)",

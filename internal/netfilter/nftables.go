@@ -100,6 +100,18 @@ func (s *session) nftSave(f rules.Family) (string, error) {
 	return s.nft("", "list", "table", string(nftrules.NFTFamily(f)), nftrules.TableName)
 }
 
+// NftablesIn reports whether the netns at path holds meshcni's nftables
+// tables (those of the nftables backend). It reads netlink; no fork.
+func NftablesIn(path string) (bool, error) {
+	var ours []rules.Family
+	err := netns.Do(path, func() error {
+		var err error
+		ours, _, err = nftState()
+		return err
+	})
+	return len(ours) > 0, err
+}
+
 // nftCompare compares meshcni's tables in the netns (present: their
 // families) with want, both as the kernel lists them: want is programmed
 // into a scratch netns and listed there, since nft normalizes what it

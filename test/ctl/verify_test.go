@@ -50,18 +50,26 @@ func pluginKubeconfig(t *testing.T, name string) string {
 
 // newNode is a simulated node whose chain ends in meshcni. Its pod subnet
 // is this package's own, so that a search by IP finds only its pods.
-func newNode(t *testing.T) *testbed.Node {
+func newNode(t *testing.T) *testbed.Node { return newNodeWith(t, "10.251.77.0/24", nil) }
+
+// newNodeWith is newNode with another pod subnet and extra plug-in
+// settings.
+func newNodeWith(t *testing.T, subnet string, conf map[string]any) *testbed.Node {
 	t.Helper()
 	u, err := url.Parse(cluster.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	port, _ := strconv.Atoi(u.Port())
+	pc := map[string]any{"type": "meshcni", "kubeconfig": pluginKubeconfig(t, "meshcni-verify"),
+		"exclude_namespaces": []string{"kube-system", "istio-system"}, "pod_lookup_retries": 3, "pod_lookup_interval": "200ms"}
+	for k, v := range conf {
+		pc[k] = v
+	}
 	n, err := testbed.NewNode(testbed.Options{
 		PluginBinary: pluginBin,
-		PluginConf: map[string]any{"type": "meshcni", "kubeconfig": pluginKubeconfig(t, "meshcni-verify"),
-			"exclude_namespaces": []string{"kube-system", "istio-system"}, "pod_lookup_retries": 3, "pod_lookup_interval": "200ms"},
-		Subnet4:      "10.251.77.0/24",
+		PluginConf:   pc,
+		Subnet4:      subnet,
 		ForwardPorts: []int{port},
 	})
 	if err != nil {
@@ -219,6 +227,83 @@ func TestVerify(t *testing.T) {
 		}
 		// (The refusal of the node's own netns is a unit test: this test
 		// never lets a command near the host's rules.)
+	})
+}
+
+// TestVerifyNftables: on a node whose plug-in uses the native nftables
+// backend, verify shows meshcni's nft tables and judges them.
+func TestVerifyNftables(t *testing.T) {
+	requireRoot(t)
+	n := newNodeWith(t, "10.251.78.0/24", map[string]any{"iptables_backend": "nftables"})
+	pp := addPod(t, n, testbed.MeshPod("bookinfo-nft", "productpage", 9080))
+	plain := addPod(t, n, kubeharness.NewPod("bookinfo-nft", "plain", testbed.NodeName))
+
+	t.Run("captured pod matches", func(t *testing.T) {
+		out, err := verify(n, "bookinfo-nft", "productpage", "--netns", pp.NS.Path())
+		if err != nil {
+			t.Fatalf("verify: %v\n%s", err, out)
+		}
+		t.Logf("meshcnictl verify productpage -n bookinfo-nft:\n%s", out)
+		for _, want := range []string{
+			"# nft list table ip meshcni   (nftables backend", "table ip meshcni {", "chain istio_output {",
+			"type nat hook output priority -100; policy accept;", "meta l4proto tcp redirect to :15001",
+			"Expect:  captured (sidecar istio-proxy present): mode REDIRECT", "Result:  OK: the rules match",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+		if strings.Contains(out, "iptables") {
+			t.Errorf("an nftables pod shown through iptables:\n%s", out)
+		}
+	})
+
+	t.Run("plain pod has no rules", func(t *testing.T) {
+		out, err := verify(n, "bookinfo-nft", "plain", "--netns", plain.NS.Path())
+		if err != nil || !strings.Contains(out, "Result:  OK: no ISTIO_* rules") {
+			t.Fatalf("err %v\n%s", err, out)
+		}
+	})
+
+	t.Run("tampered rules are reported", func(t *testing.T) {
+		err := netns.Do(pp.NS.Path(), func() error {
+			_, err := netfilter.ExecRunner(context.Background(), nil, "", "nft", "flush", "chain", "ip", "meshcni", "istio_redirect")
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := verify(n, "bookinfo-nft", "productpage", "--netns", pp.NS.Path())
+		if !errors.Is(err, ctl.ErrVerifyMismatch) {
+			t.Fatalf("verify after flushing a chain: err %v, want a mismatch\n%s", err, out)
+		}
+		for _, want := range []string{"missing 1 rules", "ip istio_redirect: meta l4proto tcp redirect to :15001", "kubectl -n bookinfo-nft delete pod productpage"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error lacks %q: %v", want, err)
+			}
+		}
+	})
+
+	t.Run("tables on an uncaptured pod are reported", func(t *testing.T) {
+		a := netfilter.New(netfilter.Options{Backend: netfilter.Nftables, LockDir: t.TempDir()})
+		if err := a.Apply(context.Background(), plain.NS.Path(), capture.Default()); err != nil {
+			t.Fatal(err)
+		}
+		out, err := verify(n, "bookinfo-nft", "plain", "--netns", plain.NS.Path())
+		if !errors.Is(err, ctl.ErrVerifyMismatch) || !strings.Contains(err.Error(), "yet its netns holds meshcni's nftables tables") {
+			t.Fatalf("err %v\n%s", err, out)
+		}
+	})
+
+	// A node that switched backends: the pod's nft tables are read as
+	// such, whatever the entry says now.
+	t.Run("read as programmed", func(t *testing.T) {
+		old := newNode(t)
+		p := addPod(t, old, testbed.MeshPod("bookinfo-nft", "reviews", 9080))
+		out, err := verify(n, "bookinfo-nft", "reviews", "--netns", p.NS.Path())
+		if err != nil || !strings.Contains(out, "-t nat -L -n -v") {
+			t.Fatalf("an iptables pod on an nftables node: err %v\n%s", err, out)
+		}
 	})
 }
 
