@@ -3,10 +3,12 @@ package podcache
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -47,6 +49,10 @@ func (c *Client) Pod(ctx context.Context, namespace, name string, uid types.UID)
 	req.Header.Set("Accept", ContentTypeProtobuf)
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		var ue *url.Error // the URL is ours, not news
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return nil, fmt.Errorf("pod cache: %w", err)
 	}
 	defer resp.Body.Close()
@@ -59,7 +65,7 @@ func (c *Client) Pod(ctx context.Context, namespace, name string, uid types.UID)
 	case http.StatusNotFound:
 		return nil, ErrNotFound
 	case http.StatusConflict:
-		return nil, fmt.Errorf("%w (%s)", ErrStale, strings.TrimSpace(string(body)))
+		return nil, fmt.Errorf("%w%s", ErrStale, strings.TrimPrefix(strings.TrimSpace(string(body)), ErrStale.Error()))
 	case http.StatusServiceUnavailable:
 		return nil, ErrNotSynced
 	default:
