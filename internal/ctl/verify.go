@@ -188,7 +188,7 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 		}
 		saves = append(saves, save)
 		if backend == netfilter.Nftables {
-			cmdline := "nft list table " + string(nftrules.NFTFamily(f)) + " " + nftrules.TableName
+			cmdline := "nft list table " + nftrules.NFTFamily(f) + " " + nftrules.TableName
 			if save == "" {
 				save = "(no such table)\n"
 			}

@@ -12,8 +12,8 @@ import (
 )
 
 // The nftables backend: meshcni's own tables, "ip meshcni" and "ip6
-// meshcni", written by one `nft -f -` per Apply (knftables renders the
-// transaction; the Runner runs it, so that the agent's HostRootRunner and
+// meshcni", written by one `nft -f -` per Apply (package nftrules renders
+// the script; the Runner runs it, so that the agent's HostRootRunner and
 // the tests' counting runner apply). Which tables exist is read over
 // netlink, so a new pod costs exactly one exec.
 
@@ -47,13 +47,13 @@ func (s *session) nftApply(spec capture.Spec) error {
 		if !same {
 			return fmt.Errorf("%w (nftables): %s", ErrConflict, why)
 		}
-	} else if _, err := s.nft(nftrules.Transaction(tables).String()); err != nil {
+	} else if _, err := s.nft(nftrules.Script(tables)); err != nil {
 		// One transaction: on failure the kernel kept nothing of it.
 		return fmt.Errorf("program nftables rules: %w", err)
 	}
 	if err := programRoutes(spec); err != nil {
 		if len(ours) == 0 {
-			_, _ = s.nft(nftrules.Delete(tableFamilies(tables)...).String())
+			_, _ = s.nft(nftrules.DeleteScript(tableFamilies(tables)...))
 		}
 		return err
 	}
@@ -85,7 +85,7 @@ func (s *session) nftRemove() error {
 		return err
 	}
 	if len(ours) > 0 {
-		if _, err := s.nft(nftrules.Delete(ours...).String()); err != nil {
+		if _, err := s.nft(nftrules.DeleteScript(ours...)); err != nil {
 			return fmt.Errorf("remove nftables rules: %w", err)
 		}
 	}
@@ -97,7 +97,7 @@ func (s *session) nftSave(f rules.Family) (string, error) {
 	if err != nil || !slices.Contains(ours, f) {
 		return "", err
 	}
-	return s.nft("", "list", "table", string(nftrules.NFTFamily(f)), nftrules.TableName)
+	return s.nft("", "list", "table", nftrules.NFTFamily(f), nftrules.TableName)
 }
 
 // NftablesIn reports whether the netns at path holds meshcni's nftables
@@ -127,7 +127,7 @@ func (s *session) nftCompare(want []nftrules.Table, present []rules.Family) (sam
 	}
 	var canon []string
 	err = netns.Scratch(func() error {
-		if _, err := s.nft(nftrules.Transaction(want).String()); err != nil {
+		if _, err := s.nft(nftrules.Script(want)); err != nil {
 			return fmt.Errorf("render nftables rules: %w", err)
 		}
 		out, err := s.nft("", "list", "ruleset")

@@ -5,6 +5,8 @@ package netfilter
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -131,5 +133,41 @@ func TestNftablesRefusesOverIPTables(t *testing.T) {
 	}
 	if out, _, _ := a.Save(ctx, n.Path(), rules.IPv4); out != "" {
 		t.Fatalf("refused apply left a table:\n%s", out)
+	}
+}
+
+// Every nftrules golden loads into a real kernel, and loads again over
+// itself (the add-flush-add shape), leaving the same listing.
+func TestNftablesGoldensLoad(t *testing.T) {
+	paths, err := filepath.Glob("../nftrules/testdata/*.golden")
+	if err != nil || len(paths) == 0 {
+		t.Fatalf("no goldens: %v", err)
+	}
+	for _, p := range paths {
+		script, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := newNS(t)
+		var lists []string
+		err = n.Do(func(ns.NetNS) error {
+			for i := 0; i < 2; i++ {
+				if _, err := ExecRunner(context.Background(), nil, string(script), "nft", "-f", "-"); err != nil {
+					return err
+				}
+				out, err := ExecRunner(context.Background(), nil, "", "nft", "list", "ruleset")
+				if err != nil {
+					return err
+				}
+				lists = append(lists, out)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", filepath.Base(p), err)
+		}
+		if lists[0] != lists[1] || !strings.Contains(lists[0], "table ip meshcni") {
+			t.Fatalf("%s: reloading changed the ruleset:\n%s\n---\n%s", filepath.Base(p), lists[0], lists[1])
+		}
 	}
 }

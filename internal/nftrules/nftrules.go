@@ -13,6 +13,12 @@
 // a regular chain of Istio's name in lower case (istio_output), prefixed
 // with its iptables table where Istio uses the name in two tables
 // (mangle_istio_inbound, raw_istio_output_dns).
+//
+// The output is nft's own command language, run by one `nft -f -`. It is
+// the text sigs.k8s.io/knftables renders for the same objects (a test
+// holds it to that, and runs it through knftables' Fake), but knftables is
+// not linked into the plug-in: its package init compiles regexps that
+// cost every plug-in exec about 0.25 ms, whatever the backend.
 package nftrules
 
 import (
@@ -20,8 +26,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-
-	"sigs.k8s.io/knftables"
 
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/rules"
@@ -32,20 +36,29 @@ import (
 const TableName = "meshcni"
 
 // NFTFamily is the nft family of an IP family: ip or ip6.
-func NFTFamily(f rules.Family) knftables.Family {
+func NFTFamily(f rules.Family) string {
 	if f == rules.IPv6 {
-		return knftables.IPv6Family
+		return "ip6"
 	}
-	return knftables.IPv4Family
+	return "ip"
 }
+
+// Base chain priorities, as nft names them in the ip and ip6 families.
+const (
+	PriorityRaw    = -300
+	PriorityMangle = -150
+	PriorityDstNAT = -100
+)
 
 // Chain is one chain of a table. Base chains have a hook; regular ones
 // are only jumped to.
 type Chain struct {
-	Name     string
-	Type     knftables.BaseChainType
-	Hook     knftables.BaseChainHook
-	Priority knftables.BaseChainPriority
+	Name string
+	// Type ("filter", "route", "nat"), Hook ("prerouting", "output") and
+	// Priority are set for base chains.
+	Type     string
+	Hook     string
+	Priority int
 	Rules    []string
 }
 
@@ -60,22 +73,20 @@ type Table struct {
 
 // base is where an iptables built-in chain hooks in, as an nft base chain.
 type base struct {
-	name     string
-	typ      knftables.BaseChainType
-	hook     knftables.BaseChainHook
-	priority knftables.BaseChainPriority
+	name, typ, hook string
+	priority        int
 }
 
 // baseChains maps (iptables table, built-in chain) to its nft base chain.
 // mangle OUTPUT is a route chain: a mark set there re-routes the packet,
 // which TPROXY's policy routing relies on, as iptables' mangle does.
 var baseChains = map[[2]string]base{
-	{"raw", "PREROUTING"}:    {"raw_prerouting", knftables.FilterType, knftables.PreroutingHook, knftables.RawPriority},
-	{"raw", "OUTPUT"}:        {"raw_output", knftables.FilterType, knftables.OutputHook, knftables.RawPriority},
-	{"mangle", "PREROUTING"}: {"mangle_prerouting", knftables.FilterType, knftables.PreroutingHook, knftables.ManglePriority},
-	{"mangle", "OUTPUT"}:     {"mangle_output", knftables.RouteType, knftables.OutputHook, knftables.ManglePriority},
-	{"nat", "PREROUTING"}:    {"nat_prerouting", knftables.NATType, knftables.PreroutingHook, knftables.DNATPriority},
-	{"nat", "OUTPUT"}:        {"nat_output", knftables.NATType, knftables.OutputHook, knftables.DNATPriority},
+	{"raw", "PREROUTING"}:    {"raw_prerouting", "filter", "prerouting", PriorityRaw},
+	{"raw", "OUTPUT"}:        {"raw_output", "filter", "output", PriorityRaw},
+	{"mangle", "PREROUTING"}: {"mangle_prerouting", "filter", "prerouting", PriorityMangle},
+	{"mangle", "OUTPUT"}:     {"mangle_output", "route", "output", PriorityMangle},
+	{"nat", "PREROUTING"}:    {"nat_prerouting", "nat", "prerouting", PriorityDstNAT},
+	{"nat", "OUTPUT"}:        {"nat_output", "nat", "output", PriorityDstNAT},
 }
 
 // ChainName is the nft name of iptables chain chain of table table.
@@ -344,43 +355,38 @@ func ifname(name string) string {
 	return `"` + name + `"`
 }
 
-// newTransaction returns an empty transaction whose objects name their
-// own family and table (there are two tables).
-func newTransaction() *knftables.Transaction {
-	return knftables.NewFake("", "").NewTransaction()
-}
-
-// Transaction returns the nft commands that program ts, as one atomic
+// Script returns the nft commands that program ts, as one atomic
 // transaction: per table, add it (a no-op when present), flush it, then
-// add its chains and rules. Applying it twice leaves the same rules.
-func Transaction(ts []Table) *knftables.Transaction {
-	tx := newTransaction()
+// add its chains and rules. Running it twice leaves the same rules.
+func Script(ts []Table) string {
+	var b strings.Builder
 	for _, t := range ts {
-		fam := NFTFamily(t.Family)
-		tx.Add(&knftables.Table{Family: fam, Name: TableName})
-		tx.Flush(&knftables.Table{Family: fam, Name: TableName})
+		table := NFTFamily(t.Family) + " " + TableName
+		b.WriteString("add table " + table + "\n")
+		b.WriteString("flush table " + table + "\n")
 		for _, c := range t.Chains {
-			ch := &knftables.Chain{Family: fam, Table: TableName, Name: c.Name}
+			b.WriteString("add chain " + table + " " + c.Name)
 			if c.IsBase() {
-				ch.Type, ch.Hook, ch.Priority = &c.Type, &c.Hook, &c.Priority
+				fmt.Fprintf(&b, " { type %s hook %s priority %d ; }", c.Type, c.Hook, c.Priority)
 			}
-			tx.Add(ch)
+			b.WriteString("\n")
 		}
 		for _, c := range t.Chains {
 			for _, r := range c.Rules {
-				tx.Add(&knftables.Rule{Family: fam, Table: TableName, Chain: c.Name, Rule: r})
+				b.WriteString("add rule " + table + " " + c.Name + " " + r + "\n")
 			}
 		}
 	}
-	return tx
+	return b.String()
 }
 
-// Delete returns the transaction that deletes meshcni's table of each of
-// the given families; each must exist (nft 1.0.6 has no "destroy").
-func Delete(fams ...rules.Family) *knftables.Transaction {
-	tx := newTransaction()
+// DeleteScript returns the nft commands that delete meshcni's table of
+// each of the given families; each must exist (nft 1.0.6 has no
+// "destroy").
+func DeleteScript(fams ...rules.Family) string {
+	var b strings.Builder
 	for _, f := range fams {
-		tx.Delete(&knftables.Table{Family: NFTFamily(f), Name: TableName})
+		b.WriteString("delete table " + NFTFamily(f) + " " + TableName + "\n")
 	}
-	return tx
+	return b.String()
 }

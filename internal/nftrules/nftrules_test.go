@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -100,7 +101,7 @@ func TestBuildGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := Transaction(ts).String()
+			got := Script(ts)
 			path := filepath.Join("testdata", tc.name+".golden")
 			if *refresh {
 				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
@@ -165,27 +166,65 @@ func TestRuleForRule(t *testing.T) {
 	}
 }
 
-// TestTransactionIsConsistent runs every case through knftables' Fake,
-// which rejects jumps to missing chains and malformed objects, twice: the
-// second run (same spec over the table) must leave the same contents.
-func TestTransactionIsConsistent(t *testing.T) {
+// knftablesTx is Script's transaction built with knftables' objects: the
+// reference for the text, and the input of its Fake.
+func knftablesTx(ts []Table) *knftables.Transaction {
+	tx := knftables.NewFake("", "").NewTransaction()
+	for _, t := range ts {
+		fam := knftables.Family(NFTFamily(t.Family))
+		tx.Add(&knftables.Table{Family: fam, Name: TableName})
+		tx.Flush(&knftables.Table{Family: fam, Name: TableName})
+		for _, c := range t.Chains {
+			ch := &knftables.Chain{Family: fam, Table: TableName, Name: c.Name}
+			if c.IsBase() {
+				typ, hook := knftables.BaseChainType(c.Type), knftables.BaseChainHook(c.Hook)
+				prio := knftables.BaseChainPriority(strconv.Itoa(c.Priority))
+				ch.Type, ch.Hook, ch.Priority = &typ, &hook, &prio
+			}
+			tx.Add(ch)
+		}
+		for _, c := range t.Chains {
+			for _, r := range c.Rules {
+				tx.Add(&knftables.Rule{Family: fam, Table: TableName, Chain: c.Name, Rule: r})
+			}
+		}
+	}
+	return tx
+}
+
+// TestScriptIsKnftables: Script renders what knftables renders for the
+// same objects, and knftables' Fake, which rejects jumps to missing
+// chains and malformed objects, takes it; a second run (the same spec over
+// the table) leaves the same contents, and the delete leaves nothing.
+func TestScriptIsKnftables(t *testing.T) {
 	for _, tc := range goldenCases {
 		ts, err := Build(specOf(t, tc.mod))
 		if err != nil {
 			t.Fatal(err)
 		}
+		tx := knftablesTx(ts)
+		if want := tx.String(); Script(ts) != want {
+			t.Fatalf("%s: Script differs from knftables:\n%s", tc.name, lineDiff(want, Script(ts)))
+		}
 		fake := knftables.NewFake("", "")
-		if err := fake.Run(context.Background(), Transaction(ts)); err != nil {
+		if err := fake.Run(context.Background(), tx); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		first := fake.Dump()
-		if err := fake.Run(context.Background(), Transaction(ts)); err != nil {
+		if err := fake.Run(context.Background(), knftablesTx(ts)); err != nil {
 			t.Fatalf("%s: rerun: %v", tc.name, err)
 		}
 		if second := fake.Dump(); second != first {
 			t.Fatalf("%s: rerun changed the tables:\n%s", tc.name, lineDiff(first, second))
 		}
-		if err := fake.Run(context.Background(), Delete(families(ts)...)); err != nil {
+		del := fake.NewTransaction()
+		for _, f := range families(ts) {
+			del.Delete(&knftables.Table{Family: knftables.Family(NFTFamily(f)), Name: TableName})
+		}
+		if del.String() != DeleteScript(families(ts)...) {
+			t.Fatalf("DeleteScript %q, knftables %q", DeleteScript(families(ts)...), del.String())
+		}
+		if err := fake.Run(context.Background(), del); err != nil {
 			t.Fatalf("%s: delete: %v", tc.name, err)
 		}
 		if d := fake.Dump(); d != "" {
@@ -210,7 +249,7 @@ func TestIPv4OnlyHasNoIPv6Table(t *testing.T) {
 	if len(ts) != 1 || ts[0].Family != rules.IPv4 {
 		t.Fatalf("an IPv4-only spec must program only ip meshcni, got %d tables", len(ts))
 	}
-	if tx := Transaction(ts).String(); strings.Contains(tx, "ip6") {
+	if tx := Script(ts); strings.Contains(tx, "ip6") {
 		t.Fatalf("IPv6 in an IPv4-only transaction:\n%s", tx)
 	}
 }
