@@ -53,7 +53,7 @@ func pod(ns, name, uid string) *corev1.Pod {
 
 // serve runs h on a Unix socket (short path: sun_path holds 108 bytes)
 // and returns the socket's path.
-func serve(t *testing.T, h http.Handler) string {
+func serve(t testing.TB, h http.Handler) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "podcache-")
 	if err != nil {
@@ -225,6 +225,22 @@ func TestPlainHTTP(t *testing.T) {
 	for _, path := range []string{"/v1/pods/bookinfo", "/v1/pods//reviews", "/v1/pods/a/b/c", "/pods/a/b"} {
 		if code, _, body := get(path); code != http.StatusBadRequest {
 			t.Errorf("GET %s = %d %s, want 400", path, code, body)
+		}
+	}
+}
+
+// BenchmarkLookup is one warm round trip: connect, ask, decode.
+func BenchmarkLookup(b *testing.B) {
+	store := &fakeStore{pods: map[string]*corev1.Pod{}, synced: true}
+	p := pod("bookinfo", "reviews", "uid-1")
+	p.Spec.InitContainers = []corev1.Container{{Name: "istio-validation", Args: make([]string, 20)}}
+	store.put(p)
+	sock := serve(b, &Handler{Store: store})
+	c := NewClient(sock)
+	ctx := context.Background()
+	for b.Loop() {
+		if _, err := c.Pod(ctx, "bookinfo", "reviews", "uid-1"); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
