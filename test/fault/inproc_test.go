@@ -1,0 +1,119 @@
+//go:build integration
+
+package fault
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	k8stypes "k8s.io/apimachinery/pkg/types"
+
+	"github.com/meshcni/meshcni/internal/netfilter"
+	"github.com/meshcni/meshcni/internal/plugin"
+	"github.com/meshcni/meshcni/test/testbed"
+)
+
+// The in-process plug-in: real netfilter.Applier in real netns, pods from
+// memory (the API has its own faults, in api_test.go).
+
+// memPods serves pods from a map.
+type memPods struct {
+	mu    sync.Mutex
+	pods  map[string]*corev1.Pod
+	calls atomic.Int64
+}
+
+func (m *memPods) GetPod(_ context.Context, namespace, name string) (*corev1.Pod, error) {
+	m.calls.Add(1)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p, ok := m.pods[namespace+"/"+name]; ok {
+		return p.DeepCopy(), nil
+	}
+	return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, name)
+}
+
+func (m *memPods) Ready(context.Context) error { return nil }
+
+func (m *memPods) add(p *corev1.Pod) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.pods[p.Namespace+"/"+p.Name] = p
+}
+
+// richMeshPod captures DNS and drops INVALID packets, so that its rules
+// span three tables (mangle, nat, raw): a legacy restore commits them one
+// by one, which is what a failure half-way can leave behind.
+func richMeshPod(namespace, name string) *corev1.Pod {
+	p := testbed.MeshPod(namespace, name, 9080)
+	p.UID = k8stypes.UID("uid-" + name)
+	p.Spec.Containers[1].Env = []corev1.EnvVar{{Name: "ISTIO_META_DNS_CAPTURE", Value: "true"}, {Name: "INVALID_DROP", Value: "true"}}
+	return p
+}
+
+// inproc is a plug-in with a real Applier.
+type inproc struct {
+	p       *plugin.Plugin
+	pods    *memPods
+	lockDir string
+	log     *bytes.Buffer
+}
+
+// newInproc builds the plug-in over backend b; run (nil: the real
+// binaries) is always behind the guard.
+func newInproc(t testing.TB, b netfilter.Backend, run netfilter.Runner) *inproc {
+	t.Helper()
+	if run == nil {
+		run = netfilter.ExecRunner
+	}
+	ip := &inproc{pods: &memPods{pods: map[string]*corev1.Pod{}}, lockDir: t.TempDir(), log: &bytes.Buffer{}}
+	ip.p = &plugin.Plugin{
+		Rules: netfilter.New(netfilter.Options{Backend: b, LockDir: ip.lockDir, Run: guard(run, nil)}),
+		Pods:  func(*plugin.Config) (plugin.PodSource, error) { return ip.pods, nil },
+		LogTo: slog.New(slog.NewJSONHandler(ip.log, nil)),
+	}
+	return ip
+}
+
+// args are a runtime's CNI arguments for pod in the netns at path.
+func (ip *inproc) args(t testing.TB, pod *corev1.Pod, path string, ipv6 bool) *skel.CmdArgs {
+	return &skel.CmdArgs{
+		ContainerID: "c-" + pod.Name, Netns: path, IfName: "eth0",
+		Args:      k8sArgs(pod.Namespace, pod.Name, string(pod.UID)),
+		StdinData: netconf(t, path, ipv6, map[string]any{"lock_dir": ip.lockDir}),
+	}
+}
+
+// add runs ADD; a failure comes back as the CNI error it would print.
+func (ip *inproc) add(a *skel.CmdArgs) (*types.Error, error) {
+	_, err := captureStdout(func() error { return ip.p.CmdAdd(a) })
+	return cniError(err)
+}
+
+func (ip *inproc) check(a *skel.CmdArgs) (*types.Error, error) { return cniError(ip.p.CmdCheck(a)) }
+
+func (ip *inproc) del(a *skel.CmdArgs) (*types.Error, error) { return cniError(ip.p.CmdDel(a)) }
+
+// cniError splits a command's result: a CNI error, or something else
+// (which the plug-in must never return).
+func cniError(err error) (*types.Error, error) {
+	if err == nil {
+		return nil, nil
+	}
+	if te, ok := err.(*types.Error); ok {
+		return te, nil
+	}
+	return nil, fmt.Errorf("not a CNI error (skel would print code 999 with no advice): %T %v", err, err)
+}
+
+var backends = []netfilter.Backend{netfilter.Legacy, netfilter.NFT, netfilter.Nftables}
