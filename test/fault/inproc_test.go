@@ -67,6 +67,24 @@ type inproc struct {
 	pods    *memPods
 	lockDir string
 	log     *bytes.Buffer
+
+	mu  sync.Mutex
+	ran map[string][]string // netns ID -> commands run there
+}
+
+func (ip *inproc) record(netnsID, name string) {
+	ip.mu.Lock()
+	defer ip.mu.Unlock()
+	ip.ran[netnsID] = append(ip.ran[netnsID], name)
+}
+
+// commands returns what ran where, and forgets it.
+func (ip *inproc) commands() map[string][]string {
+	ip.mu.Lock()
+	defer ip.mu.Unlock()
+	r := ip.ran
+	ip.ran = map[string][]string{}
+	return r
 }
 
 // newInproc builds the plug-in over backend b; run (nil: the real
@@ -76,9 +94,9 @@ func newInproc(t testing.TB, b netfilter.Backend, run netfilter.Runner) *inproc 
 	if run == nil {
 		run = netfilter.ExecRunner
 	}
-	ip := &inproc{pods: &memPods{pods: map[string]*corev1.Pod{}}, lockDir: t.TempDir(), log: &bytes.Buffer{}}
+	ip := &inproc{pods: &memPods{pods: map[string]*corev1.Pod{}}, lockDir: t.TempDir(), log: &bytes.Buffer{}, ran: map[string][]string{}}
 	ip.p = &plugin.Plugin{
-		Rules: netfilter.New(netfilter.Options{Backend: b, LockDir: ip.lockDir, Run: guard(run, nil)}),
+		Rules: netfilter.New(netfilter.Options{Backend: b, LockDir: ip.lockDir, Run: guard(run, ip.record)}),
 		Pods:  func(*plugin.Config) (plugin.PodSource, error) { return ip.pods, nil },
 		LogTo: slog.New(slog.NewJSONHandler(ip.log, nil)),
 	}

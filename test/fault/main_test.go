@@ -223,6 +223,13 @@ type invocation struct {
 // process's namespaces; it enters the pod netns by path itself.
 func runPlugin(t testing.TB, command, netnsPath, cniArgs string, conf []byte) invocation {
 	t.Helper()
+	return runPluginIn(t, "", command, netnsPath, cniArgs, conf)
+}
+
+// runPluginIn runs it from inside the netns at within ("": this one), as
+// a runtime living in a node netns would.
+func runPluginIn(t testing.TB, within, command, netnsPath, cniArgs string, conf []byte) invocation {
+	t.Helper()
 	if command != "DEL" && !strings.HasPrefix(netnsPath, "/var/run/netns/") && !strings.HasPrefix(netnsPath, "/run/netns/") {
 		t.Fatalf("fault guard: %s is not a netns this test created", netnsPath)
 	}
@@ -235,14 +242,25 @@ func runPlugin(t testing.TB, command, netnsPath, cniArgs string, conf []byte) in
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
-	runErr := cmd.Run()
+	runErr := netns.Do(within, cmd.Start) // the child starts in within
+	if runErr == nil {
+		runErr = cmd.Wait()
+	}
 	inv := invocation{stdout: stdout.Bytes(), stderr: stderr.String(), elapsed: time.Since(start)}
 	var exit *exec.ExitError
 	switch {
 	case runErr == nil:
 	case errors.As(runErr, &exit):
-		inv.err = &types.Error{}
-		if err := json.Unmarshal(inv.stdout, inv.err); err != nil {
+		// The error is the last JSON document: skel prints a result and
+		// then an error when it rejects the netns after the ADD ran.
+		dec := json.NewDecoder(bytes.NewReader(inv.stdout))
+		for dec.More() {
+			inv.err = &types.Error{}
+			if err := dec.Decode(inv.err); err != nil {
+				t.Fatalf("%s failed without a CNI error on stdout: %v\nstdout %s\nstderr %s", command, runErr, inv.stdout, inv.stderr)
+			}
+		}
+		if inv.err == nil || inv.err.Code == 0 {
 			t.Fatalf("%s failed without a CNI error on stdout: %v\nstdout %s\nstderr %s", command, runErr, inv.stdout, inv.stderr)
 		}
 	default:
