@@ -84,7 +84,7 @@ func TestBadNetnsPaths(t *testing.T) {
 			ip.pods.add(pod)
 			for _, tc := range []struct {
 				name, path, want string
-				code              uint // for ADD
+				code             uint // for ADD
 			}{
 				{"gone", goneNS(t), "network namespace is gone", types.ErrInvalidNetNS},
 				{"regular file", file, "is not a network namespace", 0},
@@ -286,4 +286,3 @@ func apiPort(t testing.TB) int {
 func kubeconfigFile(path string) error {
 	return kubeharness.WriteKubeconfig(path, cluster.URL, cluster.CAData, pluginToken)
 }
-
