@@ -48,7 +48,12 @@ func (s *session) nftApply(spec capture.Spec) error {
 			return fmt.Errorf("%w (nftables): %s", ErrConflict, why)
 		}
 	} else if _, err := s.nft(nftrules.Script(tables)); err != nil {
-		// One transaction: on failure the kernel kept nothing of it.
+		// One transaction: a rejected one leaves nothing. But nft may
+		// have committed and then failed (killed on its way out): what is
+		// there now was not there before, so it goes.
+		if now, _, serr := nftState(); serr == nil && len(now) > 0 {
+			_, _ = s.nft(nftrules.DeleteScript(now...))
+		}
 		return fmt.Errorf("program nftables rules: %w", err)
 	}
 	if err := programRoutes(spec); err != nil {
