@@ -82,6 +82,13 @@ type session struct {
 }
 
 func (a *Applier) enter(ctx context.Context, path string, fn func(*session) error) error {
+	// A pod's netns, never the caller's own (the node's): "" is the way to
+	// ask for the current one, in init mode.
+	if path != "" {
+		if err := netns.CheckTarget(path); err != nil {
+			return err
+		}
+	}
 	id, err := netns.ID(path)
 	if err != nil {
 		return err

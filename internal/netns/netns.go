@@ -12,9 +12,42 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrGone is returned when the netns path no longer exists: the sandbox
-// was torn down. DEL treats it as success.
-var ErrGone = errors.New("network namespace is gone")
+var (
+	// ErrGone is returned when the netns path no longer exists: the
+	// sandbox was torn down. DEL treats it as success.
+	ErrGone = errors.New("network namespace is gone")
+	// ErrNotNetNS: the path exists but is not a network namespace.
+	ErrNotNetNS = errors.New("is not a network namespace")
+	// ErrOwn: the path is the caller's own netns — the node's, for the
+	// plug-in and the agent. Programming it would capture the node.
+	ErrOwn = errors.New("is the caller's own network namespace (the node's), not a pod's")
+)
+
+// IsInvalid reports whether err means the netns path itself is wrong:
+// gone, not a netns, or the caller's own (CNI error 8).
+func IsInvalid(err error) bool {
+	return errors.Is(err, ErrGone) || errors.Is(err, ErrNotNetNS) || errors.Is(err, ErrOwn)
+}
+
+// CheckTarget refuses a path that is not some other network namespace
+// than the caller's own, before anything is done in it.
+func CheckTarget(path string) error {
+	id, err := ID(path)
+	if err != nil {
+		return err
+	}
+	if err := isNetNS(path); err != nil {
+		return err
+	}
+	own, err := ID("")
+	if err != nil {
+		return err
+	}
+	if id == own {
+		return fmt.Errorf("%s %w", path, ErrOwn)
+	}
+	return nil
+}
 
 // Do runs fn inside the netns at path; an empty path means the current
 // one (init-container mode). The OS thread is locked for fn's duration,
@@ -30,7 +63,7 @@ func Do(path string, fn func() error) error {
 	}
 	var notNS ns.NSPathNotNSErr
 	if errors.As(err, &notNS) {
-		return fmt.Errorf("%s is not a network namespace: %w", path, err)
+		return fmt.Errorf("%s %w: %v", path, ErrNotNetNS, err)
 	}
 	return err
 }
@@ -66,4 +99,31 @@ func Scratch(fn func() error) error {
 		errc <- fn()
 	}()
 	return <-errc
+}
+
+// nsGetNSType is NS_GET_NSTYPE (_IO(0xb7, 0x3)), not in x/sys/unix.
+const nsGetNSType = 0xb703
+
+// isNetNS checks that path is a namespace file, of a network namespace.
+func isNetNS(path string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", path, err)
+	}
+	if st.Type != unix.NSFS_MAGIC {
+		return fmt.Errorf("%s %w", path, ErrNotNetNS)
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	typ, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), nsGetNSType, 0)
+	if errno != 0 {
+		return fmt.Errorf("namespace type of %s: %w", path, errno)
+	}
+	if typ != unix.CLONE_NEWNET {
+		return fmt.Errorf("%s %w (another kind of namespace)", path, ErrNotNetNS)
+	}
+	return nil
 }

@@ -194,7 +194,7 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 func applyError(pod, path string, err error) *types.Error {
 	code := types.ErrInternal
 	switch {
-	case errors.Is(err, netns.ErrGone):
+	case netns.IsInvalid(err):
 		code = types.ErrInvalidNetNS
 	case errors.Is(err, netfilter.ErrConflict):
 		code = types.ErrInvalidNetworkConfig
@@ -208,7 +208,9 @@ func (p *Plugin) CmdCheck(args *skel.CmdArgs) error {
 	ctx := context.Background()
 	t, err := p.resolve(ctx, args, true)
 	if err == nil && t.capture {
-		if err = p.rulesFor(t.conf).Check(ctx, args.Netns, t.spec); err != nil {
+		if err = p.rulesFor(t.conf).Check(ctx, args.Netns, t.spec); netns.IsInvalid(err) {
+			err = types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("meshcni: pod %s: cannot check %s", t.name(), args.Netns), err.Error())
+		} else if err != nil {
 			err = types.NewError(types.ErrInternal, fmt.Sprintf("meshcni: pod %s: redirection is not as its spec demands", t.name()), err.Error())
 		}
 	}
@@ -216,26 +218,13 @@ func (p *Plugin) CmdCheck(args *skel.CmdArgs) error {
 	return err
 }
 
-// CmdDel succeeds whatever state the netns is in: the rules die with it.
-// If the netns lives on (a runtime retrying ADD), the rules are removed
-// so that the next ADD starts clean.
+// CmdDel changes nothing: the rules live in the pod's netns and die with
+// it. DEL removing "whatever rules the netns holds" would, given another
+// pod's netns by a confused runtime, uncapture that pod; and a repeated
+// ADD in the same netns is idempotent anyway.
 func (p *Plugin) CmdDel(args *skel.CmdArgs) error {
-	conf, err := parseConfig(args.StdinData)
-	if err != nil {
-		return err
-	}
-	if args.Netns == "" {
-		return nil
-	}
-	if _, err := os.Stat(args.Netns); err != nil {
-		return nil
-	}
-	if err := p.rulesFor(conf).Remove(context.Background(), args.Netns); err != nil && !errors.Is(err, netns.ErrGone) {
-		log, done := p.logger(conf)
-		defer done()
-		log.Warn("DEL: could not remove rules; they go with the netns", "netns", args.Netns, "error", err)
-	}
-	return nil
+	_, err := parseConfig(args.StdinData)
+	return err
 }
 
 // CmdStatus reports whether meshcni can capture pods now: a usable

@@ -142,7 +142,6 @@ func TestBadNetnsPaths(t *testing.T) {
 // wrong with it, not 999 for a file or directory, nor CHECK's "not as its
 // spec demands".
 func TestBadNetnsPathCodes(t *testing.T) {
-	knownBug(t, "only a missing netns maps to code 8: a path that is not a netns gets 999 on ADD (plugin.applyError checks netns.ErrGone only; netns.Do should wrap NSPathNotNSErr in a sentinel such as netns.ErrNotNetNS that applyError maps to ErrInvalidNetNS), and CHECK wraps every netns error in 999 \"redirection is not as its spec demands\" (CmdCheck should map netns errors the way applyError does)")
 	ip := newInproc(t, netfilter.NFT, nil)
 	pod := richMeshPod("fault-netns", "codes")
 	ip.pods.add(pod)
@@ -207,7 +206,6 @@ func scratch(cmds []string) bool {
 // DEL for pod A given pod B's netns removes B's capture: the plug-in has
 // no way to tell whose rules they are.
 func TestDelOfAnotherPodsNetns(t *testing.T) {
-	knownBug(t, "DEL removes whatever capture rules the netns holds: given another pod's netns it uncaptures that pod (a running mesh pod then bypasses its sidecar). Style guide pitfall 4: tag the rules with the container ID (an iptables comment, or the nftables table's comment) at ADD and have DEL (and CHECK) act only on rules carrying their own container ID")
 	ip := newInproc(t, netfilter.NFT, nil)
 	b := newNS(t)
 	podB := richMeshPod("fault-netns", "b")
@@ -235,7 +233,6 @@ func TestDelOfAnotherPodsNetns(t *testing.T) {
 // plug-in binary runs. skel does refuse the plug-in's own netns, with
 // code 8, but only after the plug-in's ADD or DEL has run.
 func TestOwnNetnsIsRefused(t *testing.T) {
-	knownBug(t, "ADD programs and DEL cleans the plug-in's own network namespace when CNI_NETNS names it: skel (cni v1.3.0 pluginMain) checks ns.CheckNetNS only after calling Add/Del, so the exit code is 8 but the node's netns was already changed. Fix: CmdAdd/CmdDel/CmdCheck call ns.CheckNetNS(args.Netns) first and return code 8 before any side effect (or netfilter.Applier.enter refuses a target whose netns.ID equals /proc/self/ns/net's)")
 	node, err := testbed.NewNode(testbed.Options{ForwardPorts: []int{apiPort(t)}})
 	if err != nil {
 		t.Fatal(err)
