@@ -85,7 +85,7 @@ func addFlags(f *pflag.FlagSet, o *Options) {
 	f.StringVar(&o.LogLevel, "log-level", o.LogLevel, "agent log level: debug, info, warn, error")
 	f.BoolVar(&o.KeepOnExit, "keep-on-exit", false, "on SIGTERM keep the entry, binary and kubeconfig (for upgrades)")
 	f.StringVar(&o.HealthAddr, "health-addr", o.HealthAddr, "address for /healthz, /readyz and /metrics (empty: off)")
-	f.StringVar(&o.IptablesBackend, "iptables-backend", "", "plug-in iptables backend: legacy, nft or auto (default auto)")
+	f.StringVar(&o.IptablesBackend, "iptables-backend", "", "plug-in backend: legacy (iptables-legacy), nft (iptables-nft), nftables (native nft) or auto (default auto)")
 	f.StringVar(&o.PluginLogLevel, "plugin-log-level", o.PluginLogLevel, "plug-in log level: debug, info, warn, error")
 	f.IntVar(&o.PodLookupRetries, "pod-lookup-retries", 0, "plug-in pod lookup attempts, 1-120 (0: the plug-in's default)")
 	f.DurationVar(&o.PodLookupInterval, "pod-lookup-interval", 0, "plug-in pause between lookups (0: the plug-in's default)")

@@ -324,16 +324,13 @@ func (o *DoctorOptions) backendCheck(entry *plugin.Entry) Check {
 		backend, why = entry.Backend, "forced by the entry's iptables_backend"
 	}
 	var missing []string
-	for _, b := range []string{"iptables", "ip6tables"} {
-		for _, tool := range []string{"restore", "save"} {
-			name := b + "-" + string(backend) + "-" + tool
-			if _, err := o.lookPath(name); err != nil {
-				missing = append(missing, name)
-			}
+	for _, name := range netfilter.Commands(backend) {
+		if _, err := o.lookPath(name); err != nil {
+			missing = append(missing, name)
 		}
 	}
 	if len(missing) > 0 {
-		return Check{Name: "iptables", Result: Fail, Detail: fmt.Sprintf("backend %s (%s), but %s not found in %s: install the iptables package on the node",
+		return Check{Name: "iptables", Result: Fail, Detail: fmt.Sprintf("backend %s (%s), but %s not found in %s: install the iptables (or, for nftables, the nftables) package on the node",
 			backend, why, strings.Join(missing, ", "), strings.Join(o.searchDirs, ":"))}
 	}
 	return Check{Name: "iptables", Result: Pass, Detail: fmt.Sprintf("backend %s (%s)", backend, why)}

@@ -80,7 +80,7 @@ func (o *options) flagSet() *pflag.FlagSet {
 	s(&o.probePort, "iptables-probe-port", "", "15002", "port the validation probe connects to")
 	fs.DurationVar(&o.probeTimeout, "probe-timeout", 5*time.Second, "how long validation waits for a redirected probe")
 	s(&o.netns, "network-namespace", "", "", "path of the network namespace to program (default: the current one)")
-	s(&o.backend, "iptables-backend", "", "auto", "iptables backend: legacy, nft or auto; also $MESHCNI_IPTABLES_BACKEND")
+	s(&o.backend, "iptables-backend", "", "auto", "backend: legacy (iptables-legacy), nft (iptables-nft), nftables (native nft) or auto; also $MESHCNI_IPTABLES_BACKEND")
 
 	var ignoreS string
 	var ignoreB bool

@@ -141,6 +141,20 @@ func binary(b Backend, ipv6 bool, tool string) string {
 	return name + "-" + string(b) + "-" + tool
 }
 
+// Commands lists what a backend runs on the node, for `meshcnictl doctor`.
+func Commands(b Backend) []string {
+	if b == Nftables {
+		return []string{"nft"}
+	}
+	var out []string
+	for _, v6 := range []bool{false, true} {
+		for _, tool := range []string{"restore", "save"} {
+			out = append(out, binary(b, v6, tool))
+		}
+	}
+	return out
+}
+
 // SystemDefault is the backend the node's `iptables` command uses (below
 // root; "" or "/" for this file system), read from where the alternatives
 // link points; no command is run.
