@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/meshcni/meshcni/internal/golden"
 )
 
 const testEntry = `{"type":"meshcni","name":"meshcni","kubeconfig":"/var/run/meshcni/kubeconfig",` +
@@ -158,7 +159,7 @@ func TestInsertRemove(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			compareGolden(t, got, tc.name)
+			golden.Compare(t, tc.name, string(got))
 			assertLoads(t, wantPath, entry)
 
 			// Mode kept; a wrapped .conf's mode goes to the conflist.

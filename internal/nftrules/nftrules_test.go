@@ -2,11 +2,6 @@ package nftrules
 
 import (
 	"context"
-	"flag"
-	"net/netip"
-	"os"
-	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,133 +9,28 @@ import (
 	"sigs.k8s.io/knftables"
 
 	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/capture/capturetest"
+	"github.com/meshcni/meshcni/internal/golden"
 	"github.com/meshcni/meshcni/internal/rules"
 )
 
-var refresh = flag.Bool("refresh-golden", os.Getenv("REFRESH_GOLDEN") == "true", "rewrite golden files")
-
-func prefixes(s ...string) []netip.Prefix {
-	var out []netip.Prefix
-	for _, p := range s {
-		out = append(out, netip.MustParsePrefix(p))
-	}
-	return out
-}
-
-// goldenCases are internal/rules' cases, name for name (a test checks),
-// so that each nft golden sits next to the iptables rules it translates.
-var goldenCases = []struct {
-	name string
-	mod  func(*capture.Spec)
-}{
-	{"defaults", func(*capture.Spec) {}},
-	{"inbound-ports-include", func(s *capture.Spec) { s.InboundPorts = capture.Ports{List: []uint16{32000, 31000}} }},
-	{"inbound-ports-wildcard", func(s *capture.Spec) { s.InboundPorts = capture.Ports{All: true} }},
-	{"inbound-ports-none", func(s *capture.Spec) { s.InboundPorts = capture.Ports{} }},
-	{"inbound-ports-exclude", func(s *capture.Spec) { s.ExcludeInboundPorts = []uint16{7777, 15020, 15021, 15090} }},
-	{"outbound-cidrs", func(s *capture.Spec) {
-		s.OutboundCIDRs = capture.CIDRs{List: prefixes("10.0.0.0/8", "172.16.0.0/12")}
-		s.ExcludeOutboundCIDRs = prefixes("10.96.0.1/32")
-	}},
-	{"outbound-cidrs-loopback", func(s *capture.Spec) { s.OutboundCIDRs = capture.CIDRs{List: prefixes("127.0.0.1/32")} }},
-	{"outbound-cidrs-none", func(s *capture.Spec) { s.OutboundCIDRs = capture.CIDRs{} }},
-	{"outbound-ports", func(s *capture.Spec) {
-		s.OutboundCIDRs = capture.CIDRs{}
-		s.OutboundPorts = []uint16{32000, 31000}
-		s.ExcludeOutboundPorts = []uint16{3306, 5432}
-	}},
-	{"uid-gid", func(s *capture.Spec) { s.ProxyUIDs = []uint32{1337, 1338}; s.ProxyGIDs = []uint32{1339} }},
-	{"tproxy", func(s *capture.Spec) { s.Mode = capture.TProxy }},
-	{"tproxy-ports-exclude-nic", func(s *capture.Spec) {
-		s.Mode = capture.TProxy
-		s.InboundPorts = capture.Ports{List: []uint16{80, 8080}}
-		s.ExcludeInterfaces = []string{"not-istio-nic"}
-	}},
-	{"dns-capture-all", func(s *capture.Spec) { s.RedirectDNS = true; s.CaptureAllDNS = true }},
-	{"dns-servers", func(s *capture.Spec) {
-		s.RedirectDNS = true
-		s.IPv6 = true
-		s.DNSServers = []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fd00::a")}
-	}},
-	{"dns-no-servers", func(s *capture.Spec) { s.RedirectDNS = true }},
-	{"reroute-interfaces", func(s *capture.Spec) { s.RerouteInterfaces = []string{"eth1", "eth2"} }},
-	{"reroute-interfaces-cidrs", func(s *capture.Spec) {
-		s.RerouteInterfaces = []string{"eth1"}
-		s.OutboundCIDRs = capture.CIDRs{List: prefixes("10.0.0.0/8")}
-	}},
-	{"exclude-interface", func(s *capture.Spec) { s.ExcludeInterfaces = []string{"net1"} }},
-	{"drop-invalid", func(s *capture.Spec) { s.DropInvalid = true }},
-	{"ipv6", func(s *capture.Spec) {
-		s.IPv6 = true
-		s.OutboundCIDRs = capture.CIDRs{List: prefixes("10.0.0.0/8", "fd00::/8")}
-		s.ExcludeOutboundCIDRs = prefixes("10.96.0.1/32", "fd00::1/128")
-	}},
-	{"dual-stack-tproxy-dns", func(s *capture.Spec) {
-		s.IPv6 = true
-		s.Mode = capture.TProxy
-		s.RedirectDNS = true
-		s.CaptureAllDNS = true
-	}},
-	{"host-loopback", func(s *capture.Spec) { s.HostLoopback = netip.MustParsePrefix("127.0.0.0/8") }},
-}
-
-func specOf(t testing.TB, mod func(*capture.Spec)) capture.Spec {
-	t.Helper()
-	s := capture.Default()
-	mod(&s)
-	if err := s.Validate(); err != nil {
-		t.Fatalf("case spec invalid: %v", err)
-	}
-	return s
-}
-
 func TestBuildGolden(t *testing.T) {
-	for _, tc := range goldenCases {
-		t.Run(tc.name, func(t *testing.T) {
-			ts, err := Build(specOf(t, tc.mod))
+	for _, tc := range capturetest.Cases {
+		t.Run(tc.Name, func(t *testing.T) {
+			ts, err := Build(tc.Spec(t))
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := Script(ts)
-			path := filepath.Join("testdata", tc.name+".golden")
-			if *refresh {
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run with REFRESH_GOLDEN=true to create)", err)
-			}
-			if got != string(want) {
-				t.Errorf("rules differ from %s (REFRESH_GOLDEN=true rewrites it):\n%s", path, lineDiff(string(want), got))
-			}
+			golden.Compare(t, tc.Name, Script(ts))
 		})
-	}
-}
-
-// TestSameCasesAsRules keeps the two golden sets side by side.
-func TestSameCasesAsRules(t *testing.T) {
-	theirs, err := filepath.Glob("../rules/testdata/*.golden")
-	if err != nil || len(theirs) == 0 {
-		t.Fatalf("no iptables goldens: %v", err)
-	}
-	var names []string
-	for _, tc := range goldenCases {
-		names = append(names, tc.name)
-	}
-	for _, p := range theirs {
-		if n := strings.TrimSuffix(filepath.Base(p), ".golden"); !slices.Contains(names, n) {
-			t.Errorf("internal/rules has case %q, nftrules does not", n)
-		}
 	}
 }
 
 // TestRuleForRule: every iptables rule becomes exactly one nft rule in the
 // chain of the same name, except TPROXY, which needs its drop rule too.
 func TestRuleForRule(t *testing.T) {
-	for _, tc := range goldenCases {
-		spec := specOf(t, tc.mod)
+	for _, tc := range capturetest.Cases {
+		spec := tc.Spec(t)
 		ts, err := Build(spec)
 		if err != nil {
 			t.Fatal(err)
@@ -155,12 +45,12 @@ func TestRuleForRule(t *testing.T) {
 			}
 			for _, c := range ts[i].Chains {
 				if len(c.Rules) != want[c.Name] {
-					t.Errorf("%s %s chain %s: %d nft rules for %d iptables rules", tc.name, rs.Family, c.Name, len(c.Rules), want[c.Name])
+					t.Errorf("%s %s chain %s: %d nft rules for %d iptables rules", tc.Name, rs.Family, c.Name, len(c.Rules), want[c.Name])
 				}
 				delete(want, c.Name)
 			}
 			for c := range want {
-				t.Errorf("%s %s: no nft chain %s", tc.name, rs.Family, c)
+				t.Errorf("%s %s: no nft chain %s", tc.Name, rs.Family, c)
 			}
 		}
 	}
@@ -197,25 +87,25 @@ func knftablesTx(ts []Table) *knftables.Transaction {
 // chains and malformed objects, takes it; a second run (the same spec over
 // the table) leaves the same contents, and the delete leaves nothing.
 func TestScriptIsKnftables(t *testing.T) {
-	for _, tc := range goldenCases {
-		ts, err := Build(specOf(t, tc.mod))
+	for _, tc := range capturetest.Cases {
+		ts, err := Build(tc.Spec(t))
 		if err != nil {
 			t.Fatal(err)
 		}
 		tx := knftablesTx(ts)
 		if want := tx.String(); Script(ts) != want {
-			t.Fatalf("%s: Script differs from knftables:\n%s", tc.name, lineDiff(want, Script(ts)))
+			t.Fatalf("%s: Script differs from knftables:\n%s", tc.Name, golden.LineDiff(want, Script(ts)))
 		}
 		fake := knftables.NewFake("", "")
 		if err := fake.Run(context.Background(), tx); err != nil {
-			t.Fatalf("%s: %v", tc.name, err)
+			t.Fatalf("%s: %v", tc.Name, err)
 		}
 		first := fake.Dump()
 		if err := fake.Run(context.Background(), knftablesTx(ts)); err != nil {
-			t.Fatalf("%s: rerun: %v", tc.name, err)
+			t.Fatalf("%s: rerun: %v", tc.Name, err)
 		}
 		if second := fake.Dump(); second != first {
-			t.Fatalf("%s: rerun changed the tables:\n%s", tc.name, lineDiff(first, second))
+			t.Fatalf("%s: rerun changed the tables:\n%s", tc.Name, golden.LineDiff(first, second))
 		}
 		del := fake.NewTransaction()
 		for _, f := range families(ts) {
@@ -225,10 +115,10 @@ func TestScriptIsKnftables(t *testing.T) {
 			t.Fatalf("DeleteScript %q, knftables %q", DeleteScript(families(ts)...), del.String())
 		}
 		if err := fake.Run(context.Background(), del); err != nil {
-			t.Fatalf("%s: delete: %v", tc.name, err)
+			t.Fatalf("%s: delete: %v", tc.Name, err)
 		}
 		if d := fake.Dump(); d != "" {
-			t.Fatalf("%s: left after delete:\n%s", tc.name, d)
+			t.Fatalf("%s: left after delete:\n%s", tc.Name, d)
 		}
 	}
 }
@@ -284,22 +174,4 @@ func TestNames(t *testing.T) {
 			t.Errorf("ChainName(%s, %s) = %s, want %s", tc.table, tc.chain, got, tc.want)
 		}
 	}
-}
-
-func lineDiff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	var b strings.Builder
-	for i := 0; i < len(w) || i < len(g); i++ {
-		var wl, gl string
-		if i < len(w) {
-			wl = w[i]
-		}
-		if i < len(g) {
-			gl = g[i]
-		}
-		if wl != gl {
-			b.WriteString("  want: " + wl + "\n  got:  " + gl + "\n")
-		}
-	}
-	return b.String()
 }
