@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -38,21 +37,7 @@ var (
 	pluginBin string
 )
 
-func TestMain(m *testing.M) { os.Exit(run(m)) }
-
-func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "meshcni-agent-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if pluginBin, err = testbed.BuildPlugin(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return kubeharness.RunTests(m, kubeharness.Options{}, &cluster)
-}
+func TestMain(m *testing.M) { os.Exit(testbed.Main(m, &pluginBin, &cluster, nil)) }
 
 // The agent, in process, installs into a testbed node's CNI dirs with a
 // kubeconfig built from a token file it watches; pods added through the

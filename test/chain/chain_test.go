@@ -17,7 +17,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshcni/meshcni/internal/netfilter"
@@ -32,35 +31,11 @@ var (
 	kubeconfig string
 )
 
-func TestMain(m *testing.M) { os.Exit(run(m)) }
-
-func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "meshcni-chain-")
-	if err != nil {
-		panic(err)
-	}
-	defer os.RemoveAll(dir)
-	if pluginBin, err = testbed.BuildPlugin(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if cluster, err = kubeharness.Start(context.Background(), kubeharness.Options{}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer cluster.Stop()
-	// The plug-in's identity may only get pods, as in production.
-	kubeconfig, _, err = cluster.ServiceAccountKubeconfig(context.Background(), "kube-system", "meshcni",
-		[]rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}}, time.Hour)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	code := m.Run()
-	if code != 0 {
-		fmt.Fprintln(os.Stderr, cluster.LogTail(20))
-	}
-	return code
+func TestMain(m *testing.M) {
+	os.Exit(testbed.Main(m, &pluginBin, &cluster, func(c *kubeharness.Cluster) (err error) {
+		kubeconfig, _, err = testbed.PluginKubeconfig(context.Background(), c)
+		return err
+	}))
 }
 
 func apiPort(t testing.TB) int {

@@ -9,7 +9,6 @@ package ctl
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -27,20 +26,15 @@ var (
 	cacheDir  string
 )
 
-func TestMain(m *testing.M) { os.Exit(run(m)) }
-
-func run(m *testing.M) int {
+func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "meshcni-ctl-")
 	if err != nil {
 		panic(err)
 	}
-	defer os.RemoveAll(dir)
 	cacheDir = dir + "/kube-cache"
-	if pluginBin, err = testbed.BuildPlugin(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return kubeharness.RunTests(m, kubeharness.Options{}, &cluster)
+	code := testbed.Main(m, &pluginBin, &cluster, nil)
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // meshcnictl runs the command line as a user would, with the admin

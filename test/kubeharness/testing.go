@@ -38,7 +38,9 @@ func StartT(t testing.TB, opts Options) *Cluster {
 //
 // If the cluster does not start, it prints why and returns 1 without
 // running any test.
-func RunTests(m *testing.M, opts Options, cluster **Cluster) int {
+//
+// m is usually the *testing.M; a wrapper may run setup before its tests.
+func RunTests(m Runner, opts Options, cluster **Cluster) int {
 	if !flag.Parsed() {
 		flag.Parse() // for testing.Verbose; m.Run would do it anyway
 	}
@@ -64,3 +66,6 @@ func RunTests(m *testing.M, opts Options, cluster **Cluster) int {
 	}
 	return code
 }
+
+// Runner is what RunTests runs: a *testing.M, or a wrapper around one.
+type Runner interface{ Run() int }

@@ -12,7 +12,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -41,21 +40,7 @@ var (
 	pluginBin string
 )
 
-func TestMain(m *testing.M) { os.Exit(run(m)) }
-
-func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "meshcni-podcache-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if pluginBin, err = testbed.BuildPlugin(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return kubeharness.RunTests(m, kubeharness.Options{}, &cluster)
-}
+func TestMain(m *testing.M) { os.Exit(testbed.Main(m, &pluginBin, &cluster, nil)) }
 
 // env is a testbed node whose conflist the agent runs, and the agent.
 type env struct {
