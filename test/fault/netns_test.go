@@ -84,12 +84,12 @@ func TestBadNetnsPaths(t *testing.T) {
 			ip.pods.add(pod)
 			for _, tc := range []struct {
 				name, path, want string
-				code             uint // for ADD
+				code             uint
 			}{
 				{"gone", goneNS(t), "network namespace is gone", types.ErrInvalidNetNS},
-				{"regular file", file, "is not a network namespace", 0},
-				{"directory", t.TempDir(), "is not a network namespace", 0},
-				{"an IPC namespace", "/proc/self/ns/ipc", "", 0},
+				{"regular file", file, "is not a network namespace", types.ErrInvalidNetNS},
+				{"directory", t.TempDir(), "is not a network namespace", types.ErrInvalidNetNS},
+				{"an IPC namespace", "/proc/self/ns/ipc", "is not a network namespace", types.ErrInvalidNetNS},
 			} {
 				t.Run(tc.name, func(t *testing.T) {
 					fileBefore, _ := os.ReadFile(file)
@@ -112,8 +112,8 @@ func TestBadNetnsPaths(t *testing.T) {
 						if !strings.Contains(text, tc.path) || !strings.Contains(text, tc.want) {
 							t.Errorf("%s error %q: want the path and %q", cmd, text, tc.want)
 						}
-						if cmd == "ADD" && tc.code != 0 && cniErr.Code != tc.code {
-							t.Errorf("ADD error code %d, want %d", cniErr.Code, tc.code)
+						if cniErr.Code != tc.code {
+							t.Errorf("%s error code %d, want %d", cmd, cniErr.Code, tc.code)
 						}
 						t.Logf("%s: code %d %s", cmd, cniErr.Code, firstLine(text))
 					}
