@@ -130,7 +130,7 @@ func TestAPIFaults(t *testing.T) {
 	}
 	// tries × api_timeout + intervals, plus process start and slack on a
 	// loaded 2-core machine.
-	const bound = 2*300*time.Millisecond + 50*time.Millisecond + 2*time.Second
+	const bound = 2*300*time.Millisecond + 50*time.Millisecond + 3*time.Second
 	cases := []struct {
 		name     string
 		fault    func(pass http.Handler) http.Handler
@@ -297,7 +297,9 @@ func TestNoAPICallWhenNotNeeded(t *testing.T) {
 			if !strings.Contains(string(inv.stdout), "10.1.0.5/24") {
 				t.Errorf("ADD must pass prevResult through, got %s", inv.stdout)
 			}
-			if inv.elapsed > time.Second {
+			// The request count below is the proof; this only catches a
+			// plug-in that waits for something else.
+			if inv.elapsed > 2*time.Second {
 				t.Errorf("ADD took %v: it must not wait for the API", inv.elapsed)
 			}
 			assertNoResidue(t, n.Path())

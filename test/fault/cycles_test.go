@@ -50,7 +50,7 @@ func measure(t testing.TB) resources {
 		if len(f) < 5 {
 			continue
 		}
-		if point := f[4]; strings.HasPrefix(point, "/run/netns/") || strings.HasPrefix(point, "/var/run/netns/") {
+		if point := f[4]; strings.HasPrefix(point+"/", "/run/netns/") || strings.HasPrefix(point+"/", "/var/run/netns/") {
 			r.netnsMnts[point] = true
 		} else {
 			r.mounts = append(r.mounts, strings.Join(f[3:], " "))
