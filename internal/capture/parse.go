@@ -165,6 +165,12 @@ func validInterface(name string) error {
 	if name[0] == '-' || name[0] == '!' {
 		return fmt.Errorf("interface %q: must not start with %q", name, name[0])
 	}
+	// iptables reads a lone "+" as every interface: excluding it would
+	// turn capture off for the pod, rerouting it would make all inbound
+	// outbound. Refused, for every backend alike.
+	if name == "+" {
+		return fmt.Errorf("interface %q: matches every interface; name the interfaces (a trailing + is a prefix wildcard, e.g. eth+)", name)
+	}
 	return nil
 }
 

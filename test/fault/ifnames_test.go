@@ -16,8 +16,9 @@ import (
 
 // oddNames are interface names the kernel accepts (dev_valid_name) and
 // capture lets through, with every character iptables-restore or nft
-// could conceivably treat specially, and iptables' wildcard "+".
-var oddNames = []string{"a#b", "c;d", "e$f", "g*h", "{x}", "x!y", "%s", "a`b", "a(b)", "a|b&c", "eth+", "x*", "*", "+"}
+// could conceivably treat specially, and iptables' prefix wildcard. A lone
+// "+" (every interface) is refused: see TestEveryInterfaceRefused.
+var oddNames = []string{"a#b", "c;d", "e$f", "g*h", "{x}", "x!y", "%s", "a`b", "a(b)", "a|b&c", "eth+", "x*", "*"}
 
 // Valid but odd interface names reach the kernel verbatim, as one
 // argument, on every backend: ADD and CHECK pass, and the rules name the
@@ -27,9 +28,6 @@ func TestOddInterfaceNames(t *testing.T) {
 	for _, b := range backends {
 		for _, name := range oddNames {
 			t.Run(string(b)+"/"+name, func(t *testing.T) {
-				if b == netfilter.Nftables && name == "+" {
-					knownBug(t, `nftables backend: excludeInterfaces "+" (iptables' "every interface") becomes iifname "*", which nft refuses ("All-wildcard strings are not supported"), so ADD fails where both iptables backends capture; nftrules.ifname should render a lone "+" as no interface match at all (or the rule without iifname), or capture should refuse "+" for every backend`)
-				}
 				n := newNS(t)
 				if !strings.ContainsAny(name, "*+%") {
 					// The interface exists: the kernel takes the name. (It
@@ -60,11 +58,7 @@ func TestOddInterfaceNames(t *testing.T) {
 					t.Fatal(err)
 				}
 				want := "-i " + name + " -j RETURN"
-				switch {
-				case name == "+":
-					// iptables prints "any interface" as no match at all.
-					want = "-A PREROUTING -j RETURN"
-				case b == netfilter.Nftables:
+				if b == netfilter.Nftables {
 					want = `iifname "` + nftName(name) + `" return`
 				}
 				if !strings.Contains(save, want) {
@@ -85,4 +79,27 @@ func nftName(name string) string {
 		return strings.TrimSuffix(name, "*") + `\*`
 	}
 	return name
+}
+
+// A lone "+" is iptables' "every interface": as excludeInterfaces it would
+// turn the pod's capture off, so it is refused on every backend (code 7,
+// naming the annotation), and nothing is programmed.
+func TestEveryInterfaceRefused(t *testing.T) {
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			n := newNS(t)
+			ip := newInproc(t, b, nil)
+			pod := richMeshPod("fault-ifnames", "every")
+			pod.Annotations["traffic.sidecar.istio.io/excludeInterfaces"] = "+"
+			ip.pods.add(pod)
+			cniErr, err := ip.add(ip.args(t, pod, n.Path(), false))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cniErr == nil || cniErr.Code != 7 || !strings.Contains(cniErr.Msg, "excludeInterfaces") {
+				t.Fatalf("ADD with excludeInterfaces \"+\": want code 7 naming the annotation, got %+v", cniErr)
+			}
+			assertNoResidue(t, n.Path())
+		})
+	}
 }
