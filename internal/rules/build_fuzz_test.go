@@ -157,35 +157,12 @@ func FuzzBuildFromAnnotations(f *testing.F) {
 				t.Fatalf("restore text has %d lines, want %d:\n%s", lines, want, restore)
 			}
 		}
-		tables, err := nftrules.Build(spec)
-		if err != nil {
+		// The nftables backend translates the same rules; it must cover
+		// whatever capture accepts.
+		if _, err := nftrules.Build(spec); err != nil {
 			t.Fatalf("nftables translation of an accepted spec: %v (annotations %q)", err, ann)
 		}
-		for _, tb := range tables {
-			for _, c := range tb.Chains {
-				for _, r := range c.Rules {
-					if strings.ContainsAny(r, "\n\r;") && !quotedOnly(r, "\n\r;") {
-						t.Fatalf("nft rule %q could hold more than one statement", r)
-					}
-				}
-			}
-		}
 	})
-}
-
-// quotedOnly reports whether every occurrence of chars in s is inside a
-// double-quoted string (an interface name).
-func quotedOnly(s, chars string) bool {
-	in := false
-	for _, c := range s {
-		switch {
-		case c == '"':
-			in = !in
-		case strings.ContainsRune(chars, c) && !in:
-			return false
-		}
-	}
-	return true
 }
 
 // The grammar is not vacuous: what an injected value would look like in a

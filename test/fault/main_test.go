@@ -293,12 +293,3 @@ func captureStdout(f func() error) ([]byte, error) {
 	r.Close()
 	return out, ferr
 }
-
-// knownBug skips a test that shows a bug in code this suite may not fix,
-// unless MESHCNI_KNOWN_BUGS=1 (then it runs, and fails until fixed).
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("MESHCNI_KNOWN_BUGS") == "" {
-		t.Skip("known bug: " + what + " (MESHCNI_KNOWN_BUGS=1 runs it)")
-	}
-}
