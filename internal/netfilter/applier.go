@@ -49,18 +49,25 @@ type Options struct {
 	// (chrooted, see HostRootRunner) instead of this one's.
 	HostRoot string
 	// Run executes commands; nil means ExecRunner (or HostRootRunner).
+	// A Runner given here sees every write to the kernel: it also turns
+	// off the nftables backend's in-process netlink write of a new pod
+	// (which runs nothing), so that new pods go through `nft -f -` too.
 	Run Runner
 }
 
 // Applier is the real Interface, over iptables-restore and -save.
 type Applier struct {
 	opts Options
+	// netlink: the nftables backend writes a new pod's tables in
+	// process, over netlink (see Options.Run).
+	netlink bool
 }
 
 var _ Interface = (*Applier)(nil)
 
 // New returns an Applier.
 func New(opts Options) *Applier {
+	netlink := opts.Run == nil
 	if opts.Run == nil {
 		opts.Run = ExecRunner
 		if opts.HostRoot != "" {
@@ -70,7 +77,7 @@ func New(opts Options) *Applier {
 	if opts.LockDir == "" {
 		opts.LockDir = filepath.Join(os.TempDir(), "meshcni-xtables")
 	}
-	return &Applier{opts: opts}
+	return &Applier{opts: opts, netlink: netlink}
 }
 
 // session is one visit to a netns: the backend and lock chosen once.

@@ -1,6 +1,7 @@
 package netfilter
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -12,10 +13,12 @@ import (
 )
 
 // The nftables backend: meshcni's own tables, "ip meshcni" and "ip6
-// meshcni", written by one `nft -f -` per Apply (package nftrules renders
-// the script; the Runner runs it, so that the agent's HostRootRunner and
-// the tests' counting runner apply). Which tables exist is read over
-// netlink, so a new pod costs exactly one exec.
+// meshcni". A new pod's tables are written in process over netlink, one
+// transaction, no exec (nftables_netlink.go); a rule outside that
+// builder's vocabulary, the comparison of Apply-again and Check, and
+// Remove use nft (package nftrules renders the script; the Runner runs
+// it, so that the agent's HostRootRunner and the tests' counting runner
+// apply). Which tables exist is read over netlink.
 
 // nft runs one nft command with script on stdin ("-f -"), or args.
 func (s *session) nft(script string, args ...string) (string, error) {
@@ -47,22 +50,47 @@ func (s *session) nftApply(spec capture.Spec) error {
 		if !same {
 			return fmt.Errorf("%w (nftables): %s", ErrConflict, why)
 		}
-	} else if _, err := s.nft(nftrules.Script(tables)); err != nil {
-		// One transaction: a rejected one leaves nothing. But nft may
-		// have committed and then failed (killed on its way out): what is
-		// there now was not there before, so it goes.
+	} else if err := s.nftProgram(tables); err != nil {
+		// One transaction: a rejected one leaves nothing. But it may
+		// have committed and then failed (nft killed on its way out):
+		// what is there now was not there before, so it goes.
 		if now, _, serr := nftState(); serr == nil && len(now) > 0 {
-			_, _ = s.nft(nftrules.DeleteScript(now...))
+			_ = s.nftDelete(now)
 		}
 		return fmt.Errorf("program nftables rules: %w", err)
 	}
 	if err := programRoutes(spec); err != nil {
 		if len(ours) == 0 {
-			_, _ = s.nft(nftrules.DeleteScript(tableFamilies(tables)...))
+			_ = s.nftDelete(tableFamilies(tables))
 		}
 		return err
 	}
 	return nil
+}
+
+// nftProgram writes tables into a netns that has none of meshcni's: in
+// process over netlink (no exec), or with `nft -f -` when a rule is
+// outside the netlink builder's vocabulary or the caller gave its own
+// Runner (Options.Run).
+func (s *session) nftProgram(tables []nftrules.Table) error {
+	if s.a.netlink {
+		err := nftNetlinkApply(tables)
+		if !errors.Is(err, errNotNative) {
+			return err
+		}
+	}
+	_, err := s.nft(nftrules.Script(tables))
+	return err
+}
+
+// nftDelete deletes meshcni's tables of fams: over netlink where the
+// tables were written that way, else (or if that fails) with nft.
+func (s *session) nftDelete(fams []rules.Family) error {
+	if s.a.netlink && nftNetlinkDelete(fams) == nil {
+		return nil
+	}
+	_, err := s.nft(nftrules.DeleteScript(fams...))
+	return err
 }
 
 func (s *session) nftCheck(spec capture.Spec) error {

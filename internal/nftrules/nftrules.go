@@ -14,7 +14,12 @@
 // with its iptables table where Istio uses the name in two tables
 // (mangle_istio_inbound, raw_istio_output_dns).
 //
-// The output is nft's own command language, run by one `nft -f -`. It is
+// Each rule comes in two forms built together by one translation: nft
+// text (Chain.Rules, what Script writes) and a structured form
+// (Chain.Exprs, see Rule and Expr) that package netfilter programs over
+// netlink without an exec.
+//
+// The script is nft's own command language, run by one `nft -f -`. It is
 // the text sigs.k8s.io/knftables renders for the same objects (a test
 // holds it to that, and runs it through knftables' Fake), but knftables is
 // not linked into the plug-in: its package init compiles regexps that
@@ -25,6 +30,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/meshcni/meshcni/internal/capture"
@@ -59,7 +65,10 @@ type Chain struct {
 	Type     string
 	Hook     string
 	Priority int
-	Rules    []string
+	// Rules are the chain's rules as nft text; Exprs the same rules,
+	// structured (Rules[i] is Exprs[i].String()).
+	Rules []string
+	Exprs []Rule
 }
 
 // IsBase reports whether the chain is attached to a hook.
@@ -119,7 +128,7 @@ func Build(spec capture.Spec) ([]Table, error) {
 func translateSet(rs rules.Ruleset) (Table, error) {
 	// Replay the iptables order: -A appends, -I N inserts before the Nth
 	// rule. One iptables rule may take two nft rules, so order whole units.
-	units := map[string][][]string{}
+	units := map[string][][]Rule{}
 	var order []string // chains as iptables sees them: "table/CHAIN"
 	for _, r := range rs.Rules {
 		if _, ok := baseChains[[2]string{r.Table, r.Chain}]; !ok && !strings.HasPrefix(r.Chain, "ISTIO_") {
@@ -149,7 +158,10 @@ func translateSet(rs rules.Ruleset) (Table, error) {
 			c.Type, c.Hook, c.Priority = b.typ, b.hook, b.priority
 		}
 		for _, u := range units[table+"/"+chain] {
-			c.Rules = append(c.Rules, u...)
+			for _, r := range u {
+				c.Rules = append(c.Rules, r.String())
+				c.Exprs = append(c.Exprs, r)
+			}
 		}
 		t.Chains = append(t.Chains, c)
 	}
@@ -172,7 +184,7 @@ func translateSet(rs rules.Ruleset) (Table, error) {
 // translate turns one iptables rule into nft rules (usually one). The
 // vocabulary of package rules is small and closed; anything else is a bug
 // there, reported rather than guessed.
-func translate(f rules.Family, r rules.Rule) ([]string, error) {
+func translate(f rules.Family, r rules.Rule) ([]Rule, error) {
 	ip := "ip"
 	if f == rules.IPv6 {
 		ip = "ip6"
@@ -185,7 +197,7 @@ func translate(f rules.Family, r rules.Rule) ([]string, error) {
 	match, target, targetArgs := args[:j], args[j+1], args[j+2:]
 
 	var (
-		exprs     []string
+		exprs     []Expr
 		proto     string
 		protoAt   = -1
 		portMatch bool
@@ -214,23 +226,36 @@ func translate(f rules.Family, r rules.Rule) ([]string, error) {
 				return nil, fmt.Errorf("negated protocol")
 			}
 			proto, protoAt = v, len(exprs)
-			exprs = append(exprs, "meta l4proto "+v)
+			e := Expr{Text: "meta l4proto " + v}
+			if v == "tcp" || v == "udp" {
+				e.Kind, e.Proto = KindL4Proto, v
+			}
+			exprs = append(exprs, e)
 		case "-s", "-d":
 			field := "saddr"
 			if opt == "-d" {
 				field = "daddr"
 			}
-			a, err := address(v)
+			a, p, err := address(v)
 			if err != nil {
 				return nil, err
 			}
-			exprs = append(exprs, ip+" "+field+" "+op+a)
+			e := Expr{Text: ip + " " + field + " " + op + a}
+			if p.Addr().Is4() == (f == rules.IPv4) && p.Bits() > 0 {
+				e.Kind, e.Field, e.Neg, e.Prefix = KindAddr, field, op != "", p
+			}
+			exprs = append(exprs, e)
 		case "-i", "-o":
 			field := "iifname"
 			if opt == "-o" {
 				field = "oifname"
 			}
-			exprs = append(exprs, field+" "+op+ifname(v))
+			e := Expr{Text: field + " " + op + ifname(v)}
+			name, wild := strings.CutSuffix(v, "+")
+			if len(name) < 16 && (name != "" || !wild) {
+				e.Kind, e.Field, e.Neg, e.Name, e.Wildcard = KindIfname, field, op != "", name, wild
+			}
+			exprs = append(exprs, e)
 		case "--dport", "--sport", "--dports":
 			if proto == "" {
 				return nil, fmt.Errorf("%s without -p", opt)
@@ -243,22 +268,30 @@ func translate(f rules.Family, r rules.Rule) ([]string, error) {
 			if opt == "--sport" {
 				field = "sport"
 			}
-			exprs = append(exprs, proto+" "+field+" "+op+port)
+			e := Expr{Text: proto + " " + field + " " + op + port}
+			if ports, ok := parsePorts(v); ok && (proto == "tcp" || proto == "udp") {
+				e.Kind, e.Proto, e.Field, e.Neg, e.Ports, e.Set = KindPort, proto, field, op != "", ports, opt == "--dports"
+			}
+			exprs = append(exprs, e)
 			portMatch = true
 		case "-m":
 			module = v
 		case "--uid-owner":
-			exprs = append(exprs, "meta skuid "+op+v)
+			exprs = append(exprs, number(Expr{Text: "meta skuid " + op + v, Kind: KindMeta, Field: "skuid", Neg: op != ""}, v, 32))
 		case "--gid-owner":
-			exprs = append(exprs, "meta skgid "+op+v)
+			exprs = append(exprs, number(Expr{Text: "meta skgid " + op + v, Kind: KindMeta, Field: "skgid", Neg: op != ""}, v, 32))
 		case "--ctstate":
-			exprs = append(exprs, "ct state "+op+strings.ToLower(v))
+			e := Expr{Text: "ct state " + op + strings.ToLower(v)}
+			if states, ok := ctStates(v); ok && op == "" {
+				e.Kind, e.States = KindCtState, states
+			}
+			exprs = append(exprs, e)
 		case "--mark":
 			switch module {
 			case "mark":
-				exprs = append(exprs, "meta mark "+op+v)
+				exprs = append(exprs, number(Expr{Text: "meta mark " + op + v, Kind: KindMeta, Field: "mark", Neg: op != ""}, v, 32))
 			case "connmark":
-				exprs = append(exprs, "ct mark "+op+v)
+				exprs = append(exprs, number(Expr{Text: "ct mark " + op + v, Kind: KindCtMark, Neg: op != ""}, v, 32))
 			default:
 				return nil, fmt.Errorf("--mark of module %q", module)
 			}
@@ -271,7 +304,14 @@ func translate(f rules.Family, r rules.Rule) ([]string, error) {
 	if portMatch && protoAt >= 0 {
 		exprs = slices.Delete(exprs, protoAt, protoAt+1)
 	}
-	rule := func(stmts ...string) string { return strings.Join(append(slices.Clone(exprs), stmts...), " ") }
+	rule := func(stmts ...Expr) Rule { return append(slices.Clone(exprs), stmts...) }
+	verdict := func(v, chain string) Expr {
+		text := v
+		if chain != "" {
+			text += " " + chain
+		}
+		return Expr{Text: text, Kind: KindVerdict, Verdict: v, Chain: chain}
+	}
 
 	opt := func(name string) (string, bool) {
 		i := slices.Index(targetArgs, name)
@@ -282,9 +322,9 @@ func translate(f rules.Family, r rules.Rule) ([]string, error) {
 	}
 	switch {
 	case target == "RETURN" || target == "ACCEPT" || target == "DROP":
-		return []string{rule(strings.ToLower(target))}, nil
+		return []Rule{rule(verdict(strings.ToLower(target), ""))}, nil
 	case strings.HasPrefix(target, "ISTIO_"):
-		return []string{rule("jump " + ChainName(r.Table, target))}, nil
+		return []Rule{rule(verdict("jump", ChainName(r.Table, target)))}, nil
 	case target == "REDIRECT":
 		port, ok := opt("--to-ports")
 		if !ok {
@@ -293,7 +333,7 @@ func translate(f rules.Family, r rules.Rule) ([]string, error) {
 		if !ok {
 			return nil, fmt.Errorf("REDIRECT without a port")
 		}
-		return []string{rule("redirect to :" + port)}, nil
+		return []Rule{rule(portStmt(Expr{Text: "redirect to :" + port, Kind: KindRedirect}, port))}, nil
 	case target == "TPROXY":
 		port, ok1 := opt("--on-port")
 		mark, ok2 := opt("--tproxy-mark")
@@ -304,42 +344,98 @@ func translate(f rules.Family, r rules.Rule) ([]string, error) {
 		// iptables' TPROXY marks and accepts the packet, and drops it when
 		// no transparent socket listens; nft's tproxy only skips the rest
 		// of its rule then, so the drop is a rule of its own.
-		return []string{rule("tproxy to :"+port, "meta mark set "+value, "accept"), rule("drop")}, nil
+		return []Rule{
+			rule(portStmt(Expr{Text: "tproxy to :" + port, Kind: KindTProxy}, port),
+				number(Expr{Text: "meta mark set " + value, Kind: KindMetaMarkSet}, value, 32),
+				verdict("accept", "")),
+			rule(verdict("drop", "")),
+		}, nil
 	case target == "MARK":
 		v, ok := opt("--set-mark")
 		if !ok {
 			return nil, fmt.Errorf("MARK without --set-mark")
 		}
-		return []string{rule("meta mark set " + v)}, nil
+		return []Rule{rule(number(Expr{Text: "meta mark set " + v, Kind: KindMetaMarkSet}, v, 32))}, nil
 	case target == "CONNMARK" && slices.Equal(targetArgs, []string{"--save-mark"}):
-		return []string{rule("ct mark set meta mark")}, nil
+		return []Rule{rule(Expr{Text: "ct mark set meta mark", Kind: KindCtMarkSetMetaMark})}, nil
 	case target == "CONNMARK" && slices.Equal(targetArgs, []string{"--restore-mark"}):
-		return []string{rule("meta mark set ct mark")}, nil
+		return []Rule{rule(Expr{Text: "meta mark set ct mark", Kind: KindMetaMarkSetCtMark})}, nil
 	case target == "CT":
 		zone, ok := opt("--zone")
 		if !ok {
 			return nil, fmt.Errorf("CT without --zone")
 		}
-		return []string{rule("ct zone set " + zone)}, nil
+		return []Rule{rule(number(Expr{Text: "ct zone set " + zone, Kind: KindCtZoneSet}, zone, 16))}, nil
 	}
 	return nil, fmt.Errorf("unknown target %s %s", target, strings.Join(targetArgs, " "))
 }
 
 // address renders an iptables address or prefix as nft lists it: a
-// single address without its /32 or /128.
-func address(s string) (string, error) {
+// single address without its /32 or /128. It returns the prefix too.
+func address(s string) (string, netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
-			return "", fmt.Errorf("address %q: %w", s, err)
+			return "", netip.Prefix{}, fmt.Errorf("address %q: %w", s, err)
 		}
-		return a.String(), nil
+		return a.String(), netip.PrefixFrom(a, a.BitLen()), nil
 	}
 	if p.IsSingleIP() {
-		return p.Addr().String(), nil
+		return p.Addr().String(), p, nil
 	}
-	return p.Masked().String(), nil
+	return p.Masked().String(), p.Masked(), nil
+}
+
+// number sets e.Value from the decimal v, or leaves e of KindUnknown
+// when v is anything else (a netlink builder must not guess).
+func number(e Expr, v string, bits int) Expr {
+	n, err := strconv.ParseUint(v, 10, bits)
+	if err != nil {
+		return Expr{Text: e.Text}
+	}
+	e.Value = uint32(n)
+	return e
+}
+
+// portStmt sets e.Port from the decimal port, as number does.
+func portStmt(e Expr, port string) Expr {
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 {
+		return Expr{Text: e.Text}
+	}
+	e.Port = uint16(n)
+	return e
+}
+
+// parsePorts reads "15008" or "53,15008": single decimal ports only.
+func parsePorts(v string) ([]uint16, bool) {
+	var out []uint16
+	for _, s := range strings.Split(v, ",") {
+		n, err := strconv.ParseUint(s, 10, 16)
+		if err != nil || slices.Contains(out, uint16(n)) {
+			return nil, false
+		}
+		out = append(out, uint16(n))
+	}
+	return out, true
+}
+
+// ctStates reads iptables' --ctstate list into the kernel's bits.
+func ctStates(v string) (uint32, bool) {
+	bits := map[string]uint32{
+		"INVALID": CtStateInvalid, "ESTABLISHED": CtStateEstablished, "RELATED": CtStateRelated,
+		"NEW": CtStateNew, "UNTRACKED": CtStateUntracked,
+	}
+	var out uint32
+	for _, s := range strings.Split(v, ",") {
+		b, ok := bits[s]
+		if !ok {
+			return 0, false
+		}
+		out |= b
+	}
+	return out, true
 }
 
 // ifname quotes an interface name for nft. iptables' wildcard "eth+" is
