@@ -14,7 +14,6 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/testutils"
 
-	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/test/testbed"
 )
 
@@ -80,7 +79,8 @@ func fdDiff(before, after map[string]string) []string {
 
 // TestCyclesLeakNothing runs -cycles (default 1,000) ADD, CHECK and DEL
 // rounds through the plug-in, in process, each on a fresh pod netns,
-// rotating over the three backends, for a dual-stack pod whose rules
+// rotating over the three backends and the nftables backend's netlink
+// path (production's: no Runner), for a dual-stack pod whose rules
 // span three tables. Every command succeeds; afterwards the process holds
 // the same file descriptors, netns mounts and goroutines as before, and
 // the lock dirs are empty.
@@ -88,17 +88,23 @@ func TestCyclesLeakNothing(t *testing.T) {
 	if *cycles < 1 {
 		t.Skip("-cycles=0")
 	}
-	plugins := map[netfilter.Backend]*inproc{}
+	// Each backend as these tests drive it (commands through the guard),
+	// and nftables as production runs it (netlink, no Runner).
+	var variants []string
+	plugins := map[string]*inproc{}
 	for _, b := range backends {
-		plugins[b] = newInproc(t, b, nil)
+		variants = append(variants, string(b))
+		plugins[string(b)] = newInproc(t, b, nil)
 	}
+	variants = append(variants, "nftables-netlink")
+	plugins["nftables-netlink"] = newInprocNetlink(t)
 	pod := richMeshPod("fault-cycles", "pod")
 	var created []string // every netns path the cycles made
 	for _, ip := range plugins {
 		ip.pods.add(pod)
 	}
 	cycle := func(i int) {
-		b := backends[i%len(backends)]
+		b := variants[i%len(variants)]
 		ip := plugins[b]
 		n, err := testutils.NewNS()
 		if err != nil {
@@ -124,7 +130,7 @@ func TestCyclesLeakNothing(t *testing.T) {
 	}
 
 	// Warm up: lazily started runtime and library state is not a leak.
-	for i := range 6 {
+	for i := range 8 {
 		cycle(i)
 	}
 	runtime.GC()

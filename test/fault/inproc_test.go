@@ -135,3 +135,19 @@ func cniError(err error) (*types.Error, error) {
 }
 
 var backends = []netfilter.Backend{netfilter.Legacy, netfilter.NFT, netfilter.Nftables}
+
+// newInprocNetlink is the plug-in as production builds it for the
+// nftables backend: no Runner, so a new pod's tables are written over
+// netlink in process. No exec guard can wrap that; the Applier's own
+// refusal of the caller's netns (netns.CheckTarget) and the test's
+// netns paths are what keep it off the host.
+func newInprocNetlink(t testing.TB) *inproc {
+	t.Helper()
+	ip := &inproc{pods: &memPods{pods: map[string]*corev1.Pod{}}, lockDir: t.TempDir(), log: &bytes.Buffer{}, ran: map[string][]string{}}
+	ip.p = &plugin.Plugin{
+		Rules: netfilter.New(netfilter.Options{Backend: netfilter.Nftables, LockDir: ip.lockDir}),
+		Pods:  func(*plugin.Config) (plugin.PodSource, error) { return ip.pods, nil },
+		LogTo: slog.New(slog.NewJSONHandler(ip.log, nil)),
+	}
+	return ip
+}

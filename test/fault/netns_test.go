@@ -160,9 +160,14 @@ func TestBadNetnsPathCodes(t *testing.T) {
 // reads and reports, ADD of a different spec is refused as a conflict;
 // neither changes the other pod's rules, and nothing runs outside it.
 func TestAnotherPodsNetns(t *testing.T) {
-	for _, b := range backends {
-		t.Run(string(b), func(t *testing.T) {
-			ip := newInproc(t, b, nil)
+	for _, v := range append(backends, "nftables-netlink") {
+		t.Run(string(v), func(t *testing.T) {
+			var ip *inproc
+			if v == "nftables-netlink" {
+				ip = newInprocNetlink(t)
+			} else {
+				ip = newInproc(t, v, nil)
+			}
 			other := newNS(t)
 			otherPod := richMeshPod("fault-netns", "owner")
 			ip.pods.add(otherPod)
