@@ -662,16 +662,19 @@ func TestLogSocket(t *testing.T) {
 		}
 		c.Close()
 	}
-	eventually(t, 2*time.Second, "all lines re-logged", func() bool {
-		return strings.Contains(r.logs.String(), `"line":"not json"`)
-	})
+	// The two connections are served concurrently: wait for every line,
+	// not the last one sent.
 	relogged := map[string]map[string]any{} // by msg and pod
-	for _, l := range strings.Split(r.logs.String(), "\n") {
-		var rec map[string]any
-		if json.Unmarshal([]byte(l), &rec) == nil && rec["source"] == "plugin" {
-			relogged[fmt.Sprint(rec["msg"], " ", rec["pod"])] = rec
+	eventually(t, 5*time.Second, "all lines re-logged", func() bool {
+		relogged = map[string]map[string]any{}
+		for _, l := range strings.Split(r.logs.String(), "\n") {
+			var rec map[string]any
+			if json.Unmarshal([]byte(l), &rec) == nil && rec["source"] == "plugin" {
+				relogged[fmt.Sprint(rec["msg"], " ", rec["pod"])] = rec
+			}
 		}
-	}
+		return len(relogged) >= 4 && strings.Contains(r.logs.String(), `"line":"not json"`)
+	})
 	if len(relogged) != 4 {
 		t.Fatalf("re-logged %d lines, want 4:\n%s", len(relogged), r.logs)
 	}
