@@ -3,10 +3,14 @@ package netfilter
 import (
 	"errors"
 	"fmt"
+	"syscall"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
 
 	"github.com/meshcni/meshcni/internal/nftrules"
 	"github.com/meshcni/meshcni/internal/rules"
@@ -19,6 +23,12 @@ import (
 // that `nft list ruleset` prints the same tables either way
 // (TestNetlinkEqualsNft). An Expr outside the vocabulary makes nftBatch
 // return errNotNative, and the caller runs `nft -f -` instead.
+//
+// google/nftables provides the expressions' encoding (expr.Marshal); the
+// messages around them are written here, because its Conn.Flush asks the
+// kernel to echo every rule back and to ack every message, and reads them
+// one by one: for a dual-stack pod that cost more than nft's whole exec.
+// The batch is sent the way nft sends it: one send, no echo, one ack.
 
 // errNotNative: the tables hold something the netlink builder does not
 // program; nft must.
@@ -29,27 +39,21 @@ var errNotNative = errors.New("not in the netlink builder's vocabulary")
 // rules (the shape of nftrules.Script). errNotNative means nothing was
 // sent.
 func nftNetlinkApply(tables []nftrules.Table) error {
-	conn, err := nftables.New()
+	b, err := nftBatch(tables)
 	if err != nil {
-		return fmt.Errorf("open nftables netlink: %w", err)
-	}
-	if err := nftBatch(conn, tables); err != nil {
 		return err
 	}
-	return conn.Flush()
+	return b.send()
 }
 
 // nftNetlinkDelete deletes meshcni's table of each family, in one
 // transaction.
 func nftNetlinkDelete(fams []rules.Family) error {
-	conn, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("open nftables netlink: %w", err)
-	}
+	b := newBatch()
 	for _, f := range fams {
-		conn.DelTable(&nftables.Table{Name: nftrules.TableName, Family: nftFamily(f)})
+		b.msg(unix.NFT_MSG_DELTABLE, 0, nftFamily(f), attrStr(unix.NFTA_TABLE_NAME, nftrules.TableName))
 	}
-	return conn.Flush()
+	return b.end().send()
 }
 
 func nftFamily(f rules.Family) nftables.TableFamily {
@@ -59,69 +63,212 @@ func nftFamily(f rules.Family) nftables.TableFamily {
 	return nftables.TableFamilyIPv4
 }
 
-// nftBatch queues tables' messages on conn. All rules are translated
-// before anything is queued, so errNotNative leaves conn empty.
-func nftBatch(conn *nftables.Conn, tables []nftrules.Table) error {
+// nftBatch builds tables' transaction. All rules are translated before
+// anything is built, so errNotNative comes before any message.
+func nftBatch(tables []nftrules.Table) (*batch, error) {
 	type rule struct {
 		chain string
 		exprs []expr.Any
 		sets  []anonSet
 	}
-	type table struct {
-		t      *nftables.Table
-		chains []nftrules.Chain
-		rules  []rule
-	}
-	var out []table
-	for _, t := range tables {
-		tt := table{t: &nftables.Table{Name: nftrules.TableName, Family: nftFamily(t.Family)}, chains: t.Chains}
+	rulesOf := make([][]rule, len(tables))
+	for i, t := range tables {
 		for _, c := range t.Chains {
 			if c.IsBase() {
 				if _, _, err := baseChain(c); err != nil {
-					return err
+					return nil, err
 				}
 			}
 			if len(c.Exprs) != len(c.Rules) {
-				return fmt.Errorf("%w: %s %s: %d rules, %d structured", errNotNative, nftrules.NFTFamily(t.Family), c.Name, len(c.Rules), len(c.Exprs))
+				return nil, fmt.Errorf("%w: %s %s: %d rules, %d structured", errNotNative, nftrules.NFTFamily(t.Family), c.Name, len(c.Rules), len(c.Exprs))
 			}
-			for i, r := range c.Exprs {
-				if r.String() != c.Rules[i] {
+			for j, r := range c.Exprs {
+				if r.String() != c.Rules[j] {
 					// Only the text is known to be what nft writes.
-					return fmt.Errorf("%w: %s %s: rule %q is structured as %q", errNotNative, nftrules.NFTFamily(t.Family), c.Name, c.Rules[i], r)
+					return nil, fmt.Errorf("%w: %s %s: rule %q is structured as %q", errNotNative, nftrules.NFTFamily(t.Family), c.Name, c.Rules[j], r)
 				}
 				exprs, sets, err := ruleExprs(t.Family, r)
 				if err != nil {
-					return fmt.Errorf("%w: %s %s: %s: %v", errNotNative, nftrules.NFTFamily(t.Family), c.Name, r, err)
+					return nil, fmt.Errorf("%w: %s %s: %s: %v", errNotNative, nftrules.NFTFamily(t.Family), c.Name, r, err)
 				}
-				tt.rules = append(tt.rules, rule{c.Name, exprs, sets})
+				rulesOf[i] = append(rulesOf[i], rule{c.Name, exprs, sets})
 			}
 		}
-		out = append(out, tt)
 	}
-	for _, tt := range out {
-		conn.AddTable(tt.t)
-		conn.FlushTable(tt.t)
-		chains := map[string]*nftables.Chain{}
-		for _, c := range tt.chains {
-			ch := &nftables.Chain{Name: c.Name, Table: tt.t}
+	b := newBatch()
+	var setID uint32
+	for i, t := range tables {
+		fam := nftFamily(t.Family)
+		table := attrStr(unix.NFTA_TABLE_NAME, nftrules.TableName)
+		b.msg(unix.NFT_MSG_NEWTABLE, unix.NLM_F_CREATE, fam, table, attrU32(unix.NFTA_TABLE_FLAGS, 0))
+		b.msg(unix.NFT_MSG_DELRULE, 0, fam, table) // flush table
+		for _, c := range t.Chains {
+			a := [][]byte{table, attrStr(unix.NFTA_CHAIN_NAME, c.Name)}
 			if c.IsBase() {
 				typ, hook, _ := baseChain(c)
-				ch.Type, ch.Hooknum, ch.Priority = typ, hook, nftables.ChainPriorityRef(nftables.ChainPriority(c.Priority))
+				a = append(a,
+					attr(unix.NLA_F_NESTED|unix.NFTA_CHAIN_HOOK, cat(
+						attrU32(unix.NFTA_HOOK_HOOKNUM, uint32(*hook)),
+						attrU32(unix.NFTA_HOOK_PRIORITY, uint32(int32(c.Priority))))),
+					attrStr(unix.NFTA_CHAIN_TYPE, string(typ)))
 			}
-			chains[c.Name] = conn.AddChain(ch)
+			b.msg(unix.NFT_MSG_NEWCHAIN, unix.NLM_F_CREATE, fam, a...)
 		}
-		for _, r := range tt.rules {
+		for _, r := range rulesOf[i] {
 			for _, s := range r.sets {
-				s.set.Table = tt.t
-				if err := conn.AddSet(s.set, s.elems); err != nil {
-					return err
+				setID++
+				s.lookup.SetName, s.lookup.SetID = "__set%d", setID
+				b.msg(unix.NFT_MSG_NEWSET, unix.NLM_F_CREATE, fam, table,
+					attrStr(unix.NFTA_SET_NAME, s.lookup.SetName),
+					attrU32(unix.NFTA_SET_FLAGS, unix.NFT_SET_ANONYMOUS|unix.NFT_SET_CONSTANT),
+					attrU32(unix.NFTA_SET_KEY_TYPE, s.keyType),
+					attrU32(unix.NFTA_SET_KEY_LEN, s.keyLen),
+					attrU32(unix.NFTA_SET_ID, setID),
+					attr(unix.NLA_F_NESTED|unix.NFTA_SET_DESC, attrU32(unix.NFTA_SET_DESC_SIZE, uint32(len(s.elems)))),
+					// The key's byte order (big endian), as nft writes it.
+					attr(unix.NFTA_SET_USERDATA, userdata.AppendUint32(nil, userdata.NFTNL_UDATA_SET_KEYBYTEORDER, 2)))
+				var elems [][]byte
+				for k, e := range s.elems {
+					elems = append(elems, attr(unix.NLA_F_NESTED|uint16(k+1),
+						attr(unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_KEY, attr(unix.NFTA_DATA_VALUE, e))))
 				}
-				s.lookup.SetName, s.lookup.SetID = s.set.Name, s.set.ID
+				b.msg(unix.NFT_MSG_NEWSETELEM, unix.NLM_F_CREATE, fam,
+					attrStr(unix.NFTA_SET_ELEM_LIST_TABLE, nftrules.TableName),
+					attrStr(unix.NFTA_SET_ELEM_LIST_SET, s.lookup.SetName),
+					attrU32(unix.NFTA_SET_ELEM_LIST_SET_ID, setID),
+					attr(unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_LIST_ELEMENTS, cat(elems...)))
 			}
-			conn.AddRule(&nftables.Rule{Table: tt.t, Chain: chains[r.chain], Exprs: r.exprs})
+			var list [][]byte
+			for _, e := range r.exprs {
+				data, err := expr.Marshal(byte(fam), e)
+				if err != nil {
+					return nil, err
+				}
+				list = append(list, attr(unix.NLA_F_NESTED|unix.NFTA_LIST_ELEM, data))
+			}
+			b.msg(unix.NFT_MSG_NEWRULE, unix.NLM_F_CREATE|unix.NLM_F_APPEND, fam,
+				table, attrStr(unix.NFTA_RULE_CHAIN, r.chain),
+				attr(unix.NLA_F_NESTED|unix.NFTA_RULE_EXPRESSIONS, cat(list...)))
 		}
 	}
-	return nil
+	return b.end(), nil
+}
+
+// batch is one nf_tables transaction as nft sends it: begin, the
+// messages (no echo, no ack but for the last), end.
+type batch struct {
+	buf  []byte
+	seq  uint32
+	last int // offset of the last message before the end
+}
+
+func newBatch() *batch {
+	b := &batch{}
+	b.raw(unix.NFNL_MSG_BATCH_BEGIN, 0, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)
+	return b
+}
+
+// msg appends an nf_tables message of type typ (NFT_MSG_*).
+func (b *batch) msg(typ, flags uint16, fam nftables.TableFamily, attrs ...[]byte) {
+	b.last = len(b.buf)
+	b.raw(unix.NFNL_SUBSYS_NFTABLES<<8|typ, flags, byte(fam), 0, attrs...)
+}
+
+func (b *batch) end() *batch {
+	if b.seq > 1 {
+		// Ask for an ack of the last message: the one reply of a batch
+		// that worked.
+		flags := binaryutil.NativeEndian.Uint16(b.buf[b.last+6:])
+		copy(b.buf[b.last+6:], binaryutil.NativeEndian.PutUint16(flags|unix.NLM_F_ACK))
+	}
+	b.raw(unix.NFNL_MSG_BATCH_END, 0, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)
+	return b
+}
+
+func (b *batch) raw(typ, flags uint16, fam byte, resID uint16, attrs ...[]byte) {
+	b.seq++
+	body := cat(attrs...)
+	n := unix.NLMSG_HDRLEN + 4 + len(body)
+	b.buf = append(b.buf, binaryutil.NativeEndian.PutUint32(uint32(n))...)
+	b.buf = append(b.buf, binaryutil.NativeEndian.PutUint16(typ)...)
+	b.buf = append(b.buf, binaryutil.NativeEndian.PutUint16(unix.NLM_F_REQUEST|flags)...)
+	b.buf = append(b.buf, binaryutil.NativeEndian.PutUint32(b.seq)...)
+	b.buf = append(b.buf, 0, 0, 0, 0) // port id: the kernel's
+	b.buf = append(b.buf, fam, unix.NFNETLINK_V0)
+	b.buf = append(b.buf, binaryutil.BigEndian.PutUint16(resID)...)
+	b.buf = append(b.buf, body...)
+}
+
+// attr is one netlink attribute, padded.
+func attr(typ uint16, data []byte) []byte {
+	n := unix.SizeofNlAttr + len(data)
+	out := make([]byte, 0, (n+unix.NLA_ALIGNTO-1) & ^(unix.NLA_ALIGNTO-1))
+	out = append(out, binaryutil.NativeEndian.PutUint16(uint16(n))...)
+	out = append(out, binaryutil.NativeEndian.PutUint16(typ)...)
+	out = append(out, data...)
+	for len(out)%unix.NLA_ALIGNTO != 0 {
+		out = append(out, 0)
+	}
+	return out
+}
+
+func attrStr(typ uint16, s string) []byte { return attr(typ, append([]byte(s), 0)) }
+
+func attrU32(typ uint16, v uint32) []byte { return attr(typ, binaryutil.BigEndian.PutUint32(v)) }
+
+func cat(parts ...[]byte) []byte {
+	var out []byte
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+// send sends the batch on a new NETLINK_NETFILTER socket of the current
+// thread's netns. The kernel handles the whole batch inside the send and
+// reports in message order: a failing message's error (or the commit's)
+// comes before the ack of the last message.
+func (b *batch) send() error {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return fmt.Errorf("open nftables netlink: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("bind nftables netlink: %w", err)
+	}
+	if len(b.buf) > 128<<10 {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 2*len(b.buf))
+	}
+	// Never wait forever for a reply the kernel does not send.
+	tv := unix.NsecToTimeval((10 * time.Second).Nanoseconds())
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	if err := unix.Sendto(fd, b.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("send nftables batch: %w", err)
+	}
+	lastSeq := b.seq - 1
+	rb := make([]byte, 64<<10)
+	for {
+		n, _, err := unix.Recvfrom(fd, rb, 0)
+		if err != nil {
+			return fmt.Errorf("nftables batch reply: %w", err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(rb[:n])
+		if err != nil {
+			return fmt.Errorf("nftables batch reply: %w", err)
+		}
+		for _, m := range msgs {
+			if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
+				continue
+			}
+			if code := int32(binaryutil.NativeEndian.Uint32(m.Data[:4])); code != 0 {
+				return fmt.Errorf("nftables batch, message %d of %d: %w", m.Header.Seq, b.seq, syscall.Errno(-code))
+			}
+			if m.Header.Seq == lastSeq {
+				return nil
+			}
+		}
+	}
 }
 
 func baseChain(c nftrules.Chain) (nftables.ChainType, *nftables.ChainHook, error) {
@@ -145,12 +292,12 @@ func baseChain(c nftrules.Chain) (nftables.ChainType, *nftables.ChainHook, error
 	return "", nil, fmt.Errorf("%w: chain %s hook %q", errNotNative, c.Name, c.Hook)
 }
 
-// anonSet is an anonymous set a rule looks up; its name and ID are
-// known once conn.AddSet has queued it.
+// anonSet is an anonymous set of ports that a rule looks up; nftBatch
+// names it and fills in the lookup.
 type anonSet struct {
-	set    *nftables.Set
-	elems  []nftables.SetElement
-	lookup *expr.Lookup
+	keyType, keyLen uint32
+	elems           [][]byte
+	lookup          *expr.Lookup
 }
 
 const reg = 1 // nft uses register 1 (32-bit reg 1 = NFT_REG_1) for all of these
@@ -218,11 +365,11 @@ func ruleExprs(f rules.Family, r nftrules.Rule) ([]expr.Any, []anonSet, error) {
 				break
 			}
 			s := anonSet{
-				set:    &nftables.Set{Anonymous: true, Constant: true, KeyType: nftables.TypeInetService},
+				keyType: nftables.TypeInetService.GetNFTMagic(), keyLen: nftables.TypeInetService.Bytes,
 				lookup: &expr.Lookup{SourceRegister: reg, Invert: e.Neg},
 			}
 			for _, p := range e.Ports {
-				s.elems = append(s.elems, nftables.SetElement{Key: binaryutil.BigEndian.PutUint16(p)})
+				s.elems = append(s.elems, binaryutil.BigEndian.PutUint16(p))
 			}
 			sets = append(sets, s)
 			out = append(out, s.lookup)
