@@ -216,3 +216,11 @@ func TestNetlinkDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// An empty batch is not sent (no message would be acked).
+func TestNetlinkEmptyBatch(t *testing.T) {
+	n := newNS(t)
+	if err := n.Do(func(ns.NetNS) error { return nftNetlinkDelete(nil) }); err != nil {
+		t.Fatal(err)
+	}
+}
