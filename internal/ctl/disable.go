@@ -46,15 +46,7 @@ takes meshcni out of its node's CNI config on SIGTERM), then deletes the
 ConfigMap, RBAC, service accounts and the namespace. Pods already running
 keep their rules until they are recreated.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := o.Complete(); err != nil {
-				return err
-			}
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			return o.Run(cmd.Context())
-		},
+		RunE: runE(o),
 	}
 	cmd.Flags().BoolVar(&o.Wait, "wait", o.Wait, "wait for the agent pods to exit before deleting their RBAC and namespace")
 	cmd.Flags().DurationVar(&o.Timeout, "timeout", o.Timeout, "how long --wait waits")

@@ -81,15 +81,7 @@ accepted by the API server and may get pods; and which iptables backend
 the node uses. Prints one line per check and exits non-zero if any fails.
 It reads files and asks the API server; it changes nothing.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := o.Complete(); err != nil {
-				return err
-			}
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			return o.Run(cmd.Context())
-		},
+		RunE: runE(o),
 	}
 	cmd.Flags().StringVar(&o.Platform, "platform", "", "take the CNI dirs of a platform: "+strings.Join(Platforms, ", "))
 	cmd.Flags().StringVar(&o.CNIConfDir, "cni-conf-dir", "", "the node's CNI config dir (default /etc/cni/net.d, or the platform's)")

@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -79,4 +80,24 @@ func (o *RenderOptions) Run() error {
 	}
 	_, err = fmt.Fprintf(o.Out, "%s%s", Header, m.YAML)
 	return err
+}
+
+// options is a command's Options{Complete,Validate,Run} (sample-cli-plugin).
+type options interface {
+	Complete() error
+	Validate() error
+	Run(context.Context) error
+}
+
+// runE runs a command that takes no arguments: Complete, Validate, Run.
+func runE(o options) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		if err := o.Complete(); err != nil {
+			return err
+		}
+		if err := o.Validate(); err != nil {
+			return err
+		}
+		return o.Run(cmd.Context())
+	}
 }

@@ -205,15 +205,7 @@ func NewCmdStatus(flags *genericclioptions.ConfigFlags, streams genericiooptions
 		Use:   "status [--wait [--timeout 5m]]",
 		Short: "Show each node's agent and the overall state: NotInstalled, Updating, Running or Degraded",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := o.Complete(); err != nil {
-				return err
-			}
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			return o.Run(cmd.Context())
-		},
+		RunE: runE(o),
 	}
 	cmd.Flags().BoolVar(&o.Wait, "wait", false, "wait until the state is Running; exit non-zero on timeout")
 	cmd.Flags().DurationVar(&o.Timeout, "timeout", o.Timeout, "how long --wait waits")
