@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -78,12 +79,13 @@ type Client struct {
 	rc rest.Interface
 }
 
-// coreV1 decodes pods and API errors (metav1.Status); nothing else.
-var coreV1 = func() serializer.CodecFactory {
+// coreV1 decodes pods and API errors (metav1.Status); nothing else. Built
+// on first use: an ADD answered by the agent's pod cache never needs it.
+var coreV1 = sync.OnceValue(func() serializer.CodecFactory {
 	s := runtime.NewScheme()
 	utilruntime.Must(corev1.AddToScheme(s))
 	return serializer.NewCodecFactory(s)
-}()
+})
 
 // NewClient builds a client from a kubeconfig file. The timeout bounds
 // every request: a hung API must not hang pod start-up.
@@ -96,7 +98,7 @@ func NewClient(kubeconfig string, timeout time.Duration) (*Client, error) {
 	cfg.UserAgent = "meshcni"
 	cfg.APIPath = "/api"
 	cfg.GroupVersion = &corev1.SchemeGroupVersion
-	cfg.NegotiatedSerializer = coreV1.WithoutConversion()
+	cfg.NegotiatedSerializer = coreV1().WithoutConversion()
 	// Protobuf is cheaper to decode than JSON on the pod-start path.
 	cfg.ContentType = "application/vnd.kubernetes.protobuf"
 	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
