@@ -205,7 +205,7 @@ func NewCmdStatus(flags *genericclioptions.ConfigFlags, streams genericiooptions
 		Use:   "status [--wait [--timeout 5m]]",
 		Short: "Show each node's agent and the overall state: NotInstalled, Updating, Running or Degraded",
 		Args:  cobra.NoArgs,
-		RunE: runE(o),
+		RunE:  runE(o),
 	}
 	cmd.Flags().BoolVar(&o.Wait, "wait", false, "wait until the state is Running; exit non-zero on timeout")
 	cmd.Flags().DurationVar(&o.Timeout, "timeout", o.Timeout, "how long --wait waits")
