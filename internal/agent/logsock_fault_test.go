@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshcni/meshcni/test/testbed"
 )
 
 // The plug-in's log socket is a way to write into the agent's log and its
@@ -35,7 +37,7 @@ func TestLogSocketRefusesNonRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	self := filepath.Join(root, "agent.test")
-	if err := copyExe(self); err != nil {
+	if err := copySelf(self); err != nil {
 		t.Fatal(err)
 	}
 
@@ -118,23 +120,11 @@ func TestLogSocketClientHelper(t *testing.T) {
 	}
 }
 
-func copyExe(dst string) error {
-	src, err := os.Executable()
+// copySelf copies the running test binary to dst.
+func copySelf(dst string) error {
+	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
+	return testbed.CopyExecutable(self, dst)
 }

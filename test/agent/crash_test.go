@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshcni/meshcni/internal/install"
+	"github.com/meshcni/meshcni/test/testbed"
 )
 
 // buildAgent compiles cmd/meshcni-agent into dir.
@@ -237,7 +237,7 @@ func TestKilledDuringInstall(t *testing.T) {
 			}
 
 			// A normal run converges, then SIGTERM restores the original.
-			stderr := &syncBuffer{}
+			stderr := &testbed.SyncBuffer{}
 			cmd := n.start(t, agent, stderr)
 			deadline := time.Now().Add(10 * time.Second)
 			for {
@@ -285,23 +285,6 @@ func TestKilledDuringInstall(t *testing.T) {
 var converged = map[string]string{
 	"conflist":     "10-bridge.conflist+meshcni binary kubeconfig",
 	"wrapped conf": "10-mynet.conflist+meshcni 99-other.conflist binary kubeconfig",
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func mergeKeys(a, b map[string]string) map[string]bool {

@@ -74,7 +74,7 @@ func TestAgentOnANode(t *testing.T) {
 	o.HealthAddr = "127.0.0.1:0"
 	o.ExcludeNamespaces = []string{"kube-system", "istio-system"}
 	o.PluginLogLevel, o.PodLookupRetries, o.PodLookupInterval, o.APITimeout = "debug", 3, 200*time.Millisecond, 3*time.Second
-	logs := &syncBuffer{}
+	logs := &testbed.SyncBuffer{}
 	a, err := agentpkg.New(o, slog.New(slog.NewJSONHandler(io.MultiWriter(logs, testWriter{t}), nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -230,7 +230,7 @@ func TestAgentBinaryWithKubeconfig(t *testing.T) {
 	}
 
 	agent := buildAgent(t, dir)
-	stderr := &syncBuffer{}
+	stderr := &testbed.SyncBuffer{}
 	cmd := exec.Command(agent, "--plugin-binary", pluginBin, "--kubeconfig", kc, "--health-addr", "127.0.0.1:0")
 	cmd.Env = []string{
 		"PATH=" + os.Getenv("PATH"),

@@ -145,7 +145,7 @@ func (b *bench) measureAgent(ctx context.Context) (*agentResult, error) {
 	}
 	// The agent wants a binary named like the entry's type.
 	plugin := filepath.Join(dir, "meshcni")
-	if err := copyExec(b.o.plugin, plugin); err != nil {
+	if err := testbed.CopyExecutable(b.o.plugin, plugin); err != nil {
 		return nil, err
 	}
 	// The chart's ClusterRole meshcni-agent (charts/meshcni/templates/rbac.yaml).
@@ -173,7 +173,7 @@ func (b *bench) measureAgent(ctx context.Context) (*agentResult, error) {
 		"--health-addr=", "--log-level=warn",
 	}
 	args = append(args, b.o.agentArgs...)
-	stderr := &syncBuffer{}
+	stderr := &testbed.SyncBuffer{}
 	cmd := exec.Command(b.o.agent, args...)
 	cmd.Env = append(os.Environ(), "NODE_NAME="+testbed.NodeName, "KUBERNETES_NODE_NAME="+testbed.NodeName)
 	cmd.Stdout, cmd.Stderr = stderr, stderr
@@ -367,32 +367,6 @@ func problemLines(log string) []string {
 		}
 	}
 	return out
-}
-
-// syncBuffer is a bytes.Buffer safe for the agent's writes and our reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func copyExec(src, dst string) error {
-	b, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(dst, b, 0o755)
 }
 
 func tail(s string, n int) string {

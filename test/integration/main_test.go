@@ -4,12 +4,13 @@ package integration
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/meshcni/meshcni/test/testbed"
 )
 
 func TestMain(m *testing.M) {
@@ -63,7 +64,7 @@ func binaries(t *testing.T) binPaths {
 			return
 		}
 		bins.self = filepath.Join(bins.dir, "integration.test")
-		bins.err = copyExecutable(bins.self)
+		bins.err = copySelf(bins.self)
 	})
 	if bins.err != nil {
 		t.Fatal(bins.err)
@@ -71,23 +72,11 @@ func binaries(t *testing.T) binPaths {
 	return binPaths{iptables: bins.iptables, self: bins.self}
 }
 
-func copyExecutable(dst string) error {
-	src, err := os.Executable()
+// copySelf copies the running test binary to dst.
+func copySelf(dst string) error {
+	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
+	return testbed.CopyExecutable(self, dst)
 }

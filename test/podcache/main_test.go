@@ -9,7 +9,6 @@
 package podcache
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -47,7 +46,7 @@ type env struct {
 	node  *testbed.Node
 	opts  agentpkg.Options
 	agent *agentpkg.Agent
-	logs  *syncBuffer
+	logs  *testbed.SyncBuffer
 	proxy *freezer // between the agent (and the plug-in) and the API server
 	stop  func()   // stops the agent; idempotent
 }
@@ -93,7 +92,7 @@ func start(t testing.TB, keepOnExit bool) *env {
 	o.ExcludeNamespaces = []string{"kube-system", "istio-system"}
 	o.PodLookupRetries, o.PodLookupInterval, o.APITimeout = 3, 200*time.Millisecond, 3*time.Second
 	o.KeepOnExit = keepOnExit
-	logs := &syncBuffer{}
+	logs := &testbed.SyncBuffer{}
 	a, err := agentpkg.New(o, slog.New(slog.NewJSONHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -329,21 +328,4 @@ func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) 
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

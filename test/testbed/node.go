@@ -83,7 +83,7 @@ func NewNode(opts Options) (_ *Node, err error) {
 		}
 	}
 	if opts.PluginBinary != "" {
-		if err := copyFile(opts.PluginBinary, filepath.Join(n.BinDir, filepath.Base(opts.PluginBinary))); err != nil {
+		if err := CopyExecutable(opts.PluginBinary, filepath.Join(n.BinDir, filepath.Base(opts.PluginBinary))); err != nil {
 			return nil, err
 		}
 	}
@@ -231,7 +231,8 @@ func linkUp(name string) error {
 	return netlink.LinkSetUp(l)
 }
 
-func copyFile(src, dst string) error {
+// CopyExecutable copies the file src to dst with mode 0755.
+func CopyExecutable(src, dst string) error {
 	b, err := os.ReadFile(src)
 	if err != nil {
 		return err
