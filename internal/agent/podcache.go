@@ -23,13 +23,13 @@ import (
 // pods to the plug-in (with --node-name).
 func (o *Options) PodCacheSocketPath() string { return filepath.Join(o.RunDir, "pods.sock") }
 
-// nodePods is a podcache.Store over an informer on this node's pods.
-type nodePods struct {
+// NodePods is a podcache.Store over an informer on one node's pods.
+type NodePods struct {
 	pods   listerv1.PodLister
 	synced cache.InformerSynced
 }
 
-func (s *nodePods) Pod(namespace, name string) *corev1.Pod {
+func (s *NodePods) Pod(namespace, name string) *corev1.Pod {
 	p, err := s.pods.Pods(namespace).Get(name)
 	if err != nil {
 		return nil
@@ -37,12 +37,12 @@ func (s *nodePods) Pod(namespace, name string) *corev1.Pod {
 	return p
 }
 
-func (s *nodePods) Synced() bool { return s.synced() }
+func (s *NodePods) Synced() bool { return s.synced() }
 
-// watchNodePods starts an informer on the pods bound to node; it stops
-// when ctx ends. The objects are kept without managedFields, which the
+// WatchNodePods starts an informer on the pods bound to node; it stops
+// when ctx ends, and the returned channel closes once it has. The objects are kept without managedFields, which the
 // plug-in never reads and which are a large part of a pod.
-func watchNodePods(ctx context.Context, cs kubernetes.Interface, node string) (*nodePods, <-chan struct{}) {
+func WatchNodePods(ctx context.Context, cs kubernetes.Interface, node string) (*NodePods, <-chan struct{}) {
 	factory := informers.NewSharedInformerFactoryWithOptions(cs, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + node }),
 		informers.WithTransform(func(obj any) (any, error) {
@@ -52,7 +52,7 @@ func watchNodePods(ctx context.Context, cs kubernetes.Interface, node string) (*
 			return obj, nil
 		}))
 	inf := factory.Core().V1().Pods()
-	s := &nodePods{pods: inf.Lister(), synced: inf.Informer().HasSynced}
+	s := &NodePods{pods: inf.Lister(), synced: inf.Informer().HasSynced}
 	factory.Start(ctx.Done())
 	done := make(chan struct{})
 	go func() {
@@ -85,7 +85,7 @@ func (a *Agent) startPodCache(ctx context.Context, cs kubernetes.Interface) <-ch
 	if err := a.metrics.reg.Register(lookups); err != nil {
 		a.log.Warn("pod cache metrics not registered", "error", err)
 	}
-	store, watchDone := watchNodePods(ctx, cs, a.opts.NodeName)
+	store, watchDone := WatchNodePods(ctx, cs, a.opts.NodeName)
 	srv := &http.Server{
 		Handler:           &podcache.Handler{Store: store, Observe: func(r string) { lookups.WithLabelValues(r).Inc() }},
 		ReadHeaderTimeout: time.Second,

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -85,6 +86,8 @@ type bench struct {
 	logFile    string
 	static     string // a do-nothing static binary, for the exec baseline
 	launcher   string // runs a program and reports its peak RSS
+	// cacheSocket serves the node's pods as the agent does (lookup cache).
+	cacheSocket string
 
 	mu  sync.Mutex
 	seq int
@@ -138,6 +141,15 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 
+	if slices.Contains(o.lookups, lookupCache) {
+		progress("serving the node's pods on a socket, as the agent does")
+		stopCache, err := b.servePodCache(ctx)
+		if err != nil {
+			return err
+		}
+		defer stopCache()
+	}
+
 	for _, name := range o.kinds {
 		k, _ := kindByName(name)
 		if err := b.measureKind(ctx, k, rep); err != nil {
@@ -163,13 +175,17 @@ func run(ctx context.Context, o options) (err error) {
 	return nil
 }
 
-// pluginEntry is the meshcni-shaped config entry.
-func (b *bench) pluginEntry() map[string]any {
+// pluginEntry is the meshcni-shaped config entry; with lookup cache it
+// names the agent's pod cache socket, as the agent's entry does.
+func (b *bench) pluginEntry(lookup string) map[string]any {
 	e := map[string]any{
 		"type":               filepath.Base(b.o.plugin),
 		"kubeconfig":         b.kubeconfig,
 		"exclude_namespaces": []string{"kube-system", "istio-system"},
 		"log_file":           b.logFile,
+	}
+	if lookup == lookupCache {
+		e["pod_cache_socket"] = b.cacheSocket
 	}
 	if b.o.backend != "" {
 		e["iptables_backend"] = b.o.backend
@@ -183,7 +199,7 @@ func (b *bench) pluginEntry() map[string]any {
 func (b *bench) newNode(k kind, chained bool) (*node, error) {
 	opts := testbed.Options{PluginBinary: b.o.plugin, Subnet4: "10.250.0.0/16", ForwardPorts: []int{b.apiPort}}
 	if chained {
-		opts.PluginConf = b.pluginEntry()
+		opts.PluginConf = b.pluginEntry(b.o.lookups[0])
 	}
 	if k.Dual {
 		opts.Subnet6 = "fd0a:250::/64"
@@ -201,8 +217,10 @@ func (b *bench) measureKind(ctx context.Context, k kind, rep *report) error {
 		return err
 	}
 	defer n.Close()
-	if err := b.rows(ctx, n, k, scopePlugin, rep); err != nil {
-		return err
+	for i, lookup := range b.o.lookups {
+		if err := b.rows(ctx, n, k, scopePlugin, lookup, i == 0, rep); err != nil {
+			return err
+		}
 	}
 	if k.Name == "default" {
 		progress("%s: breakdown", k.Name)
@@ -228,21 +246,26 @@ func (b *bench) measureKind(ctx context.Context, k kind, rep *report) error {
 		return err
 	}
 	defer n.Close()
-	return b.rows(ctx, n, k, scopeChain, rep)
+	return b.rows(ctx, n, k, scopeChain, b.o.lookups[0], true, rep)
 }
 
-func (b *bench) rows(ctx context.Context, n *node, k kind, scope string, rep *report) error {
-	sets := append([]int{1}, b.o.batches...)
+// rows measures ADDs one at a time and, with batches set, the batch
+// sizes of --batches.
+func (b *bench) rows(ctx context.Context, n *node, k kind, scope, lookup string, batches bool, rep *report) error {
+	sets := []int{1}
+	if batches {
+		sets = append(sets, b.o.batches...)
+	}
 	for _, atOnce := range sets {
 		count := atOnce
 		if atOnce == 1 {
 			count = b.o.pods
 		}
-		r, err := b.measureSet(ctx, n, k, scope, count, atOnce)
+		r, err := b.measureSet(ctx, n, k, scope, lookup, count, atOnce)
 		if err != nil {
 			return err
 		}
-		progress("  %-14s %3d at once: %d ADDs, %d failed, p50 %s ms, p99 %s ms", scope, atOnce, r.ADDs, r.Fails, ms(percentile(r.Lat, 50)), ms(percentile(r.Lat, 99)))
+		progress("  %-14s %-5s %3d at once: %d ADDs, %d failed, p50 %s ms, p99 %s ms", scope, lookup, atOnce, r.ADDs, r.Fails, ms(percentile(r.Lat, 50)), ms(percentile(r.Lat, 99)))
 		rep.Rows = append(rep.Rows, r)
 	}
 	return nil
@@ -251,6 +274,7 @@ func (b *bench) rows(ctx context.Context, n *node, k kind, scope string, rep *re
 // row is one line of the latency table.
 type row struct {
 	Kind, Scope  string
+	Lookup       string
 	AtOnce       int
 	ADDs, Fails  int
 	Lat, InProc  []time.Duration
@@ -259,6 +283,7 @@ type row struct {
 	Wall         time.Duration
 	GETsPerADD   float64 // NaN: metrics unreadable
 	NotCaptured  int     // mesh pods the plug-in's log says it did not capture
+	OtherSource  int     // ADDs whose log line says the pod came from elsewhere than Lookup
 	FirstErr     string
 	DualStackOK  bool
 	dualExpected bool
@@ -325,8 +350,8 @@ func releaseAll(n *node, sbs []*sandbox) {
 
 // measureSet ADDs count pods, one at a time (atOnce 1) or all at once,
 // and reads API GETs and the plug-in's own durations around it.
-func (b *bench) measureSet(ctx context.Context, n *node, k kind, scope string, count, atOnce int) (row, error) {
-	r := row{Kind: k.Name, Scope: scope, AtOnce: atOnce, ADDs: count, GETsPerADD: math.NaN(), dualExpected: k.Dual}
+func (b *bench) measureSet(ctx context.Context, n *node, k kind, scope, lookup string, count, atOnce int) (row, error) {
+	r := row{Kind: k.Name, Scope: scope, Lookup: lookup, AtOnce: atOnce, ADDs: count, GETsPerADD: math.NaN(), dualExpected: k.Dual}
 	prefix := k.Name + "-c"
 	if scope == scopePlugin {
 		prefix = k.Name + "-p"
@@ -347,7 +372,7 @@ func (b *bench) measureSet(ctx context.Context, n *node, k kind, scope string, c
 	runs := make([]execRun, count)
 	errs := make([]error, count)
 	bin := installed(n, b.o.plugin)
-	entry := b.pluginEntry()
+	entry := b.pluginEntry(lookup)
 	one := func(i int) {
 		if scope == scopePlugin {
 			runs[i], errs[i] = n.addPlugin(ctx, bin, entry, sbs[i])
@@ -407,6 +432,9 @@ func (b *bench) measureSet(ctx context.Context, n *node, k kind, scope string, c
 			}
 			if l.Decision != "captured" {
 				r.NotCaptured++
+			}
+			if l.Source != "" && l.Source != lookup {
+				r.OtherSource++
 			}
 		}
 		if k.Dual && !hasV6(s) {

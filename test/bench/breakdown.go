@@ -23,9 +23,10 @@ import (
 )
 
 // step is one line of the breakdown: a program or an ADD that does a
-// little more than the one before it.
+// little more than the step it adds to.
 type step struct {
 	Name          string
+	AddsTo        int // index of the step this one does a little more than; -1: none
 	Lat           []time.Duration
 	InProc        []time.Duration
 	Startup, Exit []time.Duration
@@ -35,7 +36,8 @@ type step struct {
 
 // breakdown times, interleaved so that drift on a noisy machine hits all
 // steps alike: a no-op exec, the plug-in's VERSION, and ADDs that stop
-// ever later (namespace excluded, pod without sidecar, mesh pod).
+// ever later (namespace excluded, then per pod lookup a pod without
+// sidecar and a mesh pod).
 func (b *bench) breakdown(ctx context.Context, n *node, k kind) ([]step, error) {
 	count := b.o.pods
 	var all []*corev1.Pod
@@ -53,51 +55,65 @@ func (b *bench) breakdown(ctx context.Context, n *node, k kind) ([]step, error) 
 		return nil, err
 	}
 	defer releaseAll(n, excluded)
-	plain, err := prep(func(ns, name string) *corev1.Pod { return kubeharness.NewPod(ns, name, testbed.NodeName) }, benchNS, "plain")
-	if err != nil {
-		return nil, err
-	}
-	defer releaseAll(n, plain)
-	mesh, err := prep(k.Pod, benchNS, k.Name+"-b")
-	if err != nil {
-		return nil, err
-	}
-	defer releaseAll(n, mesh)
 
 	bin := installed(n, b.o.plugin)
-	entry := b.pluginEntry()
 	version := []byte(`{"cniVersion":"1.0.0"}`)
 	type probe struct {
-		name string
-		run  func(i int) (execRun, error)
-		sbs  []*sandbox
+		name   string
+		addsTo int
+		run    func(i int) (execRun, error)
+		sbs    []*sandbox
 	}
 	var probes []probe
+	last := func() int { return len(probes) - 1 }
 	if b.static != "" {
-		probes = append(probes, probe{name: "exec of a static no-op Go binary", run: func(int) (execRun, error) {
+		probes = append(probes, probe{name: "exec of a static no-op Go binary", addsTo: -1, run: func(int) (execRun, error) {
 			return n.exec(ctx, []string{b.static}, os.Environ(), nil)
 		}})
 	}
 	if t, err := exec.LookPath("true"); err == nil {
-		probes = append(probes, probe{name: "exec of " + t + " (dynamic, libc)", run: func(int) (execRun, error) {
+		probes = append(probes, probe{name: "exec of " + t + " (dynamic, libc)", addsTo: -1, run: func(int) (execRun, error) {
 			return n.exec(ctx, []string{t}, os.Environ(), nil)
 		}})
 	}
-	add := func(sbs []*sandbox) func(i int) (execRun, error) {
+	add := func(entry map[string]any, sbs []*sandbox) func(i int) (execRun, error) {
 		return func(i int) (execRun, error) { return n.addPlugin(ctx, bin, entry, sbs[i]) }
 	}
-	probes = append(probes,
-		probe{name: "plug-in VERSION: process start, Go runtime and package init", run: func(int) (execRun, error) {
-			return n.exec(ctx, []string{bin}, n.pluginEnv("VERSION", nil), version)
-		}},
-		probe{name: "plug-in ADD, namespace excluded: + config and prevResult parse, log line", run: add(excluded), sbs: excluded},
-		probe{name: "plug-in ADD, pod without sidecar: + kubeconfig, client, TLS, pod GET", run: add(plain), sbs: plain},
-		probe{name: "plug-in ADD, mesh pod (" + k.Name + "): + netns, lock, rules", run: add(mesh), sbs: mesh},
-	)
+	noop := -1
+	if b.static != "" {
+		noop = 0
+	}
+	probes = append(probes, probe{name: "plug-in VERSION: process start, Go runtime and package init", addsTo: noop, run: func(int) (execRun, error) {
+		return n.exec(ctx, []string{bin}, n.pluginEnv("VERSION", nil), version)
+	}})
+	probes = append(probes, probe{name: "plug-in ADD, namespace excluded: + config and prevResult parse, log line", addsTo: last(),
+		run: add(b.pluginEntry(b.o.lookups[0]), excluded), sbs: excluded})
+	excludedStep := last()
+	for _, lookup := range b.o.lookups {
+		what := "+ kubeconfig, client, TLS, pod GET"
+		if lookup == lookupCache {
+			what = "+ the pod from the agent's socket"
+		}
+		plain, err := prep(func(ns, name string) *corev1.Pod { return kubeharness.NewPod(ns, name, testbed.NodeName) }, benchNS, "plain-"+lookup)
+		if err != nil {
+			return nil, err
+		}
+		defer releaseAll(n, plain)
+		mesh, err := prep(k.Pod, benchNS, k.Name+"-b"+lookup)
+		if err != nil {
+			return nil, err
+		}
+		defer releaseAll(n, mesh)
+		entry := b.pluginEntry(lookup)
+		probes = append(probes, probe{name: "plug-in ADD, pod without sidecar, " + lookup + " lookup: " + what, addsTo: excludedStep,
+			run: add(entry, plain), sbs: plain})
+		probes = append(probes, probe{name: "plug-in ADD, mesh pod (" + k.Name + "), " + lookup + " lookup: + netns, lock, rules", addsTo: last(),
+			run: add(entry, mesh), sbs: mesh})
+	}
 	steps := make([]step, len(probes))
 	runs := make([][]execRun, len(probes))
 	for i := range steps {
-		steps[i].Name = probes[i].name
+		steps[i].Name, steps[i].AddsTo = probes[i].name, probes[i].addsTo
 	}
 	for i := 0; i < count; i++ {
 		for j, p := range probes {
@@ -201,7 +217,7 @@ func (b *bench) procCosts(ctx context.Context, n *node, k kind, floor bool) ([]p
 	}
 	defer releaseAll(n, sbs)
 	bin := installed(n, b.o.plugin)
-	entry := b.pluginEntry()
+	entry := b.pluginEntry(b.o.lookups[0])
 
 	if strace, err := exec.LookPath("strace"); err != nil {
 		add.Programs = "strace not installed (apt-get install strace)"

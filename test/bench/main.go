@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,6 +32,7 @@ type options struct {
 	batches    []int
 	kinds      []string
 	backend    string
+	lookups    []string
 	extraConf  map[string]any
 	procADDs   int
 	keepTraces string
@@ -71,6 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.pods, "pods", 30, "ADDs per pod kind measured one at a time (and per step of the breakdown)")
 	batches := fs.String("batches", "10,50,100", "comma-separated batch sizes ADDed concurrently (empty: none)")
 	kinds := fs.String("kinds", "default,tproxy-dns-dual", "comma-separated pod kinds: "+strings.Join(kindNames(), ", "))
+	lookup := fs.String("lookup", "cache,api", "comma-separated pod lookups, each measured one pod at a time: cache (the agent's socket, as the agent configures the plug-in), api (a GET; the fallback); the first is also used for batches, the whole chain, the processes and the breakdown's mesh pod")
 	fs.StringVar(&o.backend, "backend", "", "iptables_backend in the plug-in config (empty: leave it out, the plug-in's default)")
 	extra := fs.String("conf", "", `JSON object merged into the plug-in config, e.g. '{"log_level":"debug"}'`)
 	fs.IntVar(&o.procADDs, "proc-adds", 3, "ADDs per pod kind run under strace (execs, forks) and, as many again, under a launcher (peak RSS); 0: skip")
@@ -111,6 +114,18 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			return o, fmt.Errorf("--kinds: unknown pod kind %q; known: %s", s, strings.Join(kindNames(), ", "))
 		}
 		o.kinds = append(o.kinds, s)
+	}
+	for _, s := range strings.Split(*lookup, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		if !slices.Contains(lookups, s) || slices.Contains(o.lookups, s) {
+			return o, fmt.Errorf("--lookup: %q is not one of %s, or named twice", s, strings.Join(lookups, ", "))
+		}
+		o.lookups = append(o.lookups, s)
+	}
+	if len(o.lookups) == 0 {
+		return o, errors.New("--lookup: name at least one pod lookup")
 	}
 	if len(o.kinds) == 0 {
 		return o, errors.New("--kinds: name at least one pod kind")

@@ -98,6 +98,7 @@ type addLine struct {
 	At       time.Time // when the line was logged, at the end of CmdAdd
 	Duration time.Duration
 	Decision string
+	Source   string // pod_source: where the plug-in found the pod (meshcni's log)
 }
 
 // readAddLog maps "namespace/name" to the plug-in's own ADD line: its
@@ -114,6 +115,7 @@ func readAddLog(r io.Reader) map[string]addLine {
 			Pod      string    `json:"pod"`
 			Duration string    `json:"duration"`
 			Decision string    `json:"decision"`
+			Source   string    `json:"pod_source"`
 		}
 		if json.Unmarshal(sc.Bytes(), &rec) != nil || rec.Msg != "ADD" || rec.Pod == "" {
 			continue
@@ -122,7 +124,7 @@ func readAddLog(r io.Reader) map[string]addLine {
 		if err != nil {
 			continue
 		}
-		out[rec.Pod] = addLine{At: rec.Time, Duration: d, Decision: rec.Decision}
+		out[rec.Pod] = addLine{At: rec.Time, Duration: d, Decision: rec.Decision, Source: rec.Source}
 	}
 	return out
 }
