@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,16 +16,47 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
-	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/meshcni/meshcni/internal/podspec"
 )
 
 // Getter returns a pod by namespace and name.
 type Getter interface {
-	GetPod(ctx context.Context, namespace, name string) (*corev1.Pod, error)
+	GetPod(ctx context.Context, namespace, name string) (*podspec.Pod, error)
 }
+
+// APIError is a request the API server answered with an error: the HTTP
+// status, and the reason and message of the Status object it sent.
+type APIError struct {
+	Code    int
+	Reason  string
+	Message string
+}
+
+func (e *APIError) Error() string {
+	msg := e.Message
+	if msg == "" {
+		msg = e.Reason
+	}
+	return fmt.Sprintf("the API server answered %d %s", e.Code, msg)
+}
+
+func hasCode(err error, codes ...int) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && slices.Contains(codes, ae.Code)
+}
+
+// IsNotFound: the API has no pod of that name (yet).
+func IsNotFound(err error) bool { return hasCode(err, http.StatusNotFound) }
+
+// IsForbidden: RBAC denies the plug-in's identity.
+func IsForbidden(err error) bool { return hasCode(err, http.StatusForbidden) }
+
+// IsUnauthorized: the API server rejected the credentials.
+func IsUnauthorized(err error) bool { return hasCode(err, http.StatusUnauthorized) }
 
 // ErrUIDMismatch: the API holds a different pod under that name (the pod
 // was deleted and recreated) and never showed the expected one in time.
@@ -38,7 +71,7 @@ type Retry struct {
 // Lookup gets the pod, retrying NotFound, a stale UID and transient
 // errors up to r.Attempts times. wantUID may be empty (runtime didn't pass
 // it). Permanent errors (401, 403, invalid) return at once.
-func Lookup(ctx context.Context, g Getter, namespace, name string, wantUID types.UID, r Retry) (*corev1.Pod, error) {
+func Lookup(ctx context.Context, g Getter, namespace, name, wantUID string, r Retry) (*podspec.Pod, error) {
 	if r.Attempts < 1 {
 		r.Attempts = 1
 	}
@@ -66,9 +99,11 @@ func Lookup(ctx context.Context, g Getter, namespace, name string, wantUID types
 	return nil, fmt.Errorf("get pod %s/%s: gave up after %d attempts: %w", namespace, name, r.Attempts, lastErr)
 }
 
+// permanent errors do not go away by asking again: bad credentials, RBAC,
+// a request the server refuses.
 func permanent(err error) bool {
-	return apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err) || apierrors.IsBadRequest(err) ||
-		apierrors.IsInvalid(err) || apierrors.IsMethodNotSupported(err)
+	return hasCode(err, http.StatusUnauthorized, http.StatusForbidden, http.StatusBadRequest,
+		http.StatusUnprocessableEntity, http.StatusMethodNotAllowed)
 }
 
 // Client is the Getter over the real API: a REST client that knows only
@@ -110,13 +145,18 @@ func NewClient(kubeconfig string, timeout time.Duration) (*Client, error) {
 }
 
 // GetPod implements Getter.
-func (c *Client) GetPod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
+func (c *Client) GetPod(ctx context.Context, namespace, name string) (*podspec.Pod, error) {
 	pod := &corev1.Pod{}
 	err := c.rc.Get().Namespace(namespace).Resource("pods").Name(name).Do(ctx).Into(pod)
 	if err != nil {
+		var st apierrors.APIStatus
+		if errors.As(err, &st) {
+			s := st.Status()
+			return nil, &APIError{Code: int(s.Code), Reason: string(s.Reason), Message: s.Message}
+		}
 		return nil, err
 	}
-	return pod, nil
+	return podspec.Of(pod)
 }
 
 // Ready checks that the API answers with these credentials: what STATUS

@@ -6,8 +6,6 @@ package podspec
 import (
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
-
 	"github.com/meshcni/meshcni/internal/capture"
 )
 
@@ -19,7 +17,7 @@ const (
 
 // Decide says whether a pod is captured, and why. The namespace exclusion
 // is the caller's: the plug-in checks it before any API call.
-func Decide(pod *corev1.Pod) (bool, string) {
+func Decide(pod *Pod) (bool, string) {
 	if strings.EqualFold(pod.Annotations[capture.AnnotationInject], sidecarValue) {
 		return false, "annotation " + capture.AnnotationInject + "=false"
 	}
@@ -45,7 +43,7 @@ func Decide(pod *corev1.Pod) (bool, string) {
 // proxyContainer finds istio-proxy among the containers, or among init
 // containers as a native sidecar (restartPolicy Always), as Istio injects
 // it on Kubernetes 1.29+.
-func proxyContainer(pod *corev1.Pod) *corev1.Container {
+func proxyContainer(pod *Pod) *Container {
 	for i := range pod.Spec.Containers {
 		if pod.Spec.Containers[i].Name == sidecarName {
 			return &pod.Spec.Containers[i]
@@ -53,7 +51,7 @@ func proxyContainer(pod *corev1.Pod) *corev1.Container {
 	}
 	for i := range pod.Spec.InitContainers {
 		c := &pod.Spec.InitContainers[i]
-		if c.Name == sidecarName && c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+		if c.Name == sidecarName && c.RestartPolicy == restartAlways {
 			return c
 		}
 	}
@@ -62,7 +60,7 @@ func proxyContainer(pod *corev1.Pod) *corev1.Container {
 
 // ProxyOf extracts what the capture spec needs from the sidecar: its
 // identity (runAsUser/runAsGroup, falling back to the pod's) and env.
-func ProxyOf(pod *corev1.Pod) capture.Proxy {
+func ProxyOf(pod *Pod) capture.Proxy {
 	p := capture.Proxy{Env: map[string]string{}}
 	if sc := pod.Spec.SecurityContext; sc != nil {
 		p.UID, p.GID = sc.RunAsUser, sc.RunAsGroup
@@ -85,7 +83,7 @@ func ProxyOf(pod *corev1.Pod) capture.Proxy {
 	return p
 }
 
-func isRegular(pod *corev1.Pod, c *corev1.Container) bool {
+func isRegular(pod *Pod, c *Container) bool {
 	for i := range pod.Spec.Containers {
 		if &pod.Spec.Containers[i] == c {
 			return true
@@ -96,12 +94,12 @@ func isRegular(pod *corev1.Pod, c *corev1.Container) bool {
 
 // Spec derives a captured pod's spec from the node's base spec, its
 // annotations and sidecar. ipv6 says whether the pod has an IPv6 address.
-func Spec(base capture.Spec, pod *corev1.Pod, ipv6 bool) (capture.Spec, error) {
+func Spec(base capture.Spec, pod *Pod, ipv6 bool) (capture.Spec, error) {
 	return capture.FromPod(base, pod.Annotations, ProxyOf(pod), ipv6)
 }
 
 // HasIPv6 reports whether the API lists an IPv6 address for the pod.
-func HasIPv6(pod *corev1.Pod) bool {
+func HasIPv6(pod *Pod) bool {
 	for _, ip := range pod.Status.PodIPs {
 		if strings.Contains(ip.IP, ":") {
 			return true
