@@ -6,18 +6,19 @@ import (
 	"testing"
 )
 
-// The plug-in is a new process for every pod: it must not link the typed
-// clientset, whose init registers every API group (measured: VERSION
-// 17.6 -> 10.2 ms, binary 42 -> 23 MB when it was dropped).
+// The plug-in is a new process for every pod, so what it links is paid at
+// every pod start. It reads pods as podspec.Pod straight from JSON and
+// talks to the API with net/http (internal/podinfo): linking k8s.io/api
+// and client-go cost about 3.5 ms of process start-up per ADD, measured
+// (docs/performance.md), more than the nftables rules themselves.
 func TestPluginStaysSmall(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", ".").Output()
 	if err != nil {
-		t.Fatalf("go list: %v", err)
+		t.Skipf("go list: %v", err)
 	}
 	for _, pkg := range strings.Fields(string(out)) {
-		if pkg == "k8s.io/client-go/kubernetes" || pkg == "k8s.io/client-go/kubernetes/scheme" ||
-			(strings.HasPrefix(pkg, "k8s.io/api/") && pkg != "k8s.io/api/core/v1") {
-			t.Errorf("cmd/meshcni links %s; use the core/v1 REST client in internal/podinfo", pkg)
+		if strings.HasPrefix(pkg, "k8s.io/") || strings.HasPrefix(pkg, "github.com/gogo/protobuf") {
+			t.Errorf("cmd/meshcni links %s; keep Kubernetes libraries out of the plug-in (see internal/podspec and internal/podinfo)", pkg)
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/meshcni/meshcni/internal/podcache"
+	"github.com/meshcni/meshcni/internal/podspec"
 )
 
 // PodCacheSocketPath is where the agent serves its watch of the node's
@@ -29,12 +30,17 @@ type NodePods struct {
 	synced cache.InformerSynced
 }
 
-func (s *NodePods) Pod(namespace, name string) *corev1.Pod {
+// Pod returns meshcni's view of the pod, the fields the plug-in reads.
+func (s *NodePods) Pod(namespace, name string) *podspec.Pod {
 	p, err := s.pods.Pods(namespace).Get(name)
 	if err != nil {
 		return nil
 	}
-	return p
+	v, err := podspec.Of(p)
+	if err != nil {
+		return nil // the plug-in asks the API, which decides
+	}
+	return v
 }
 
 func (s *NodePods) Synced() bool { return s.synced() }

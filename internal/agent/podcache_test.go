@@ -12,10 +12,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/meshcni/meshcni/internal/podcache"
+	"github.com/meshcni/meshcni/internal/podspec"
 )
 
 // The agent serves its watch on pods.sock: a pod as the API has it
@@ -49,15 +49,15 @@ func TestPodCacheServesTheWatch(t *testing.T) {
 		t.Fatalf("socket: %v %v; want mode 0600", err, fi)
 	}
 	c := podcache.NewClient(o.PodCacheSocketPath())
-	ask := func(uid types.UID) (*corev1.Pod, error) {
+	ask := func(uid string) (*podspec.Pod, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		return c.Pod(ctx, "bookinfo", "reviews", uid)
 	}
-	var got *corev1.Pod
+	var got *podspec.Pod
 	waitUntil(t, "the cache to sync", func() bool { got, err = ask("uid-1"); return err == nil })
-	if len(got.Spec.Containers) != 2 || got.ManagedFields != nil {
-		t.Fatalf("cached pod %+v; want the containers, no managedFields", got)
+	if len(got.Spec.Containers) != 2 || got.Spec.Containers[1].Name != "istio-proxy" {
+		t.Fatalf("cached pod %+v; want its two containers", got)
 	}
 
 	if err := cs.CoreV1().Pods("bookinfo").Delete(ctx, "reviews", metav1.DeleteOptions{}); err != nil {

@@ -142,7 +142,11 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 	if err := netns.Do(path, func() error { ipv6 = hasGlobalIPv6(); return nil }); err != nil {
 		return fmt.Errorf("pod %s: enter netns %s: %w (run as root on node %s)", name, path, err, pod.Spec.NodeName)
 	}
-	ipv6 = ipv6 || podspec.HasIPv6(pod)
+	view, err := podspec.Of(pod)
+	if err != nil {
+		return fmt.Errorf("pod %s: %w", name, err)
+	}
+	ipv6 = ipv6 || podspec.HasIPv6(view)
 
 	lockDir := entry.LockDir
 	if lockDir == "" {
@@ -152,7 +156,7 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 		defer os.RemoveAll(lockDir)
 	}
 	// Judge it as ADD did.
-	captured, reason := podspec.Decide(pod)
+	captured, reason := podspec.Decide(view)
 	if entry.Excluded(pod.Namespace) {
 		captured, reason = false, "namespace "+pod.Namespace+" is excluded"
 	}
@@ -218,7 +222,7 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 		fmt.Fprintln(o.Out, "Result:  OK: no ISTIO_* rules, as expected.")
 		return nil
 	}
-	spec, err := podspec.Spec(entry.Base, pod, ipv6)
+	spec, err := podspec.Spec(entry.Base, view, ipv6)
 	if err != nil {
 		return fmt.Errorf("pod %s: %v: meshcni refuses to start such a pod; fix the annotation and recreate the pod", name, err)
 	}

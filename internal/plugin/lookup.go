@@ -3,16 +3,14 @@ package plugin
 import (
 	"context"
 
-	corev1 "k8s.io/api/core/v1"
-	k8stypes "k8s.io/apimachinery/pkg/types"
-
 	"github.com/meshcni/meshcni/internal/podcache"
 	"github.com/meshcni/meshcni/internal/podinfo"
+	"github.com/meshcni/meshcni/internal/podspec"
 )
 
 // PodCache is the agent's watch of the node's pods (podcache.Client).
 type PodCache interface {
-	Pod(ctx context.Context, namespace, name string, uid k8stypes.UID) (*corev1.Pod, error)
+	Pod(ctx context.Context, namespace, name, uid string) (*podspec.Pod, error)
 }
 
 // Where a pod came from, in the decision line's pod_source.
@@ -35,8 +33,8 @@ func (p *Plugin) cacheFor(socket string) PodCache {
 // API decides, with the usual retries; so the cache can save a request
 // but never change a decision the API would make, and never lets a pod
 // start uncaptured because it did not know it.
-func (p *Plugin) lookup(ctx context.Context, t *target) (*corev1.Pod, error) {
-	ns, name, uid := string(t.args.K8S_POD_NAMESPACE), string(t.args.K8S_POD_NAME), k8stypes.UID(t.args.K8S_POD_UID)
+func (p *Plugin) lookup(ctx context.Context, t *target) (*podspec.Pod, error) {
+	ns, name, uid := string(t.args.K8S_POD_NAMESPACE), string(t.args.K8S_POD_NAME), string(t.args.K8S_POD_UID)
 	if t.conf.PodCacheSocket != "" {
 		pod, miss := p.fromCache(ctx, t.conf.PodCacheSocket, ns, name, uid)
 		if pod != nil {
@@ -58,7 +56,7 @@ func (p *Plugin) lookup(ctx context.Context, t *target) (*corev1.Pod, error) {
 }
 
 // fromCache returns the cached pod, or nil and why not.
-func (p *Plugin) fromCache(ctx context.Context, socket, ns, name string, uid k8stypes.UID) (*corev1.Pod, string) {
+func (p *Plugin) fromCache(ctx context.Context, socket, ns, name, uid string) (*podspec.Pod, string) {
 	if uid == "" {
 		// Without the sandbox's UID a cached pod could be an older one of
 		// that name; only the API can tell.

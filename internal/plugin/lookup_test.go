@@ -14,10 +14,10 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	corev1 "k8s.io/api/core/v1"
-	k8stypes "k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/podcache"
+	"github.com/meshcni/meshcni/internal/podspec"
 )
 
 // fakeCache answers from a map, or with a fixed error; hang makes it
@@ -29,7 +29,7 @@ type fakeCache struct {
 	calls int
 }
 
-func (f *fakeCache) Pod(ctx context.Context, ns, name string, _ k8stypes.UID) (*corev1.Pod, error) {
+func (f *fakeCache) Pod(ctx context.Context, ns, name, _ string) (*podspec.Pod, error) {
 	f.calls++
 	if f.hang {
 		<-ctx.Done()
@@ -39,7 +39,7 @@ func (f *fakeCache) Pod(ctx context.Context, ns, name string, _ k8stypes.UID) (*
 		return nil, f.err
 	}
 	if p, ok := f.pods[ns+"/"+name]; ok {
-		return p, nil
+		return podspec.Of(p)
 	}
 	return nil, podcache.ErrNotFound
 }
@@ -233,5 +233,16 @@ func storeOf(pods ...*corev1.Pod) podStore {
 	return s
 }
 
-func (s podStore) Pod(ns, name string) *corev1.Pod { return s[ns+"/"+name] }
-func (s podStore) Synced() bool                    { return true }
+func (s podStore) Pod(ns, name string) *podspec.Pod {
+	p, ok := s[ns+"/"+name]
+	if !ok {
+		return nil
+	}
+	v, err := podspec.Of(p)
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func (s podStore) Synced() bool { return true }

@@ -14,8 +14,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/netfilter"
@@ -28,8 +26,8 @@ import (
 type Plugin struct {
 	// Rules programs the netns; nil builds a netfilter.Applier from config.
 	Rules netfilter.Interface
-	// Pods returns a pod getter for the config; nil builds a client-go
-	// client from the config's kubeconfig.
+	// Pods returns a pod getter for the config; nil builds a
+	// podinfo.Client from the config's kubeconfig.
 	Pods func(*Config) (PodSource, error)
 	// Cache returns the client of the agent's pod cache at a socket; nil
 	// means podcache.NewClient.
@@ -74,7 +72,7 @@ func (p *Plugin) podsFor(conf *Config) (PodSource, error) {
 type target struct {
 	conf    *Config
 	args    *k8sArgs
-	pod     *corev1.Pod
+	pod     *podspec.Pod
 	ipv6    bool
 	capture bool
 	reason  string
@@ -147,16 +145,16 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 // of them fail the ADD: a mesh pod must never start uncaptured.
 func lookupError(pod string, err error) *types.Error {
 	switch {
-	case apierrors.IsForbidden(err):
+	case podinfo.IsForbidden(err):
 		return types.NewError(types.ErrInvalidNetworkConfig,
 			fmt.Sprintf("meshcni: pod %s: the plug-in's identity may not get pods; grant it get on pods (ClusterRole meshcni-plugin)", pod), err.Error())
-	case apierrors.IsUnauthorized(err):
+	case podinfo.IsUnauthorized(err):
 		return types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("meshcni: pod %s: the API server rejected the plug-in's token; the agent refreshes it, retry", pod), err.Error())
 	case errors.Is(err, podinfo.ErrUIDMismatch):
 		return types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("meshcni: pod %s: the API shows a different pod under this name (recreated?)", pod), err.Error())
-	case apierrors.IsNotFound(err):
+	case podinfo.IsNotFound(err):
 		return types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("meshcni: pod %s not found in the API", pod), err.Error())
 	}

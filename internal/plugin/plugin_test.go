@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,13 +17,13 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/netfilter"
+	"github.com/meshcni/meshcni/internal/podinfo"
+	"github.com/meshcni/meshcni/internal/podspec"
 )
 
 // fakePods serves pods from a map, or a fixed error.
@@ -32,15 +33,15 @@ type fakePods struct {
 	calls int
 }
 
-func (f *fakePods) GetPod(_ context.Context, ns, name string) (*corev1.Pod, error) {
+func (f *fakePods) GetPod(_ context.Context, ns, name string) (*podspec.Pod, error) {
 	f.calls++
 	if f.err != nil {
 		return nil, f.err
 	}
 	if p, ok := f.pods[ns+"/"+name]; ok {
-		return p, nil
+		return podspec.Of(p)
 	}
-	return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, name)
+	return nil, &podinfo.APIError{Code: http.StatusNotFound, Reason: "NotFound", Message: `pods "` + name + `" not found`}
 }
 
 func (f *fakePods) Ready(context.Context) error { return f.err }
@@ -212,7 +213,6 @@ func TestAddSkips(t *testing.T) {
 }
 
 func TestAddFailsClosed(t *testing.T) {
-	gr := schema.GroupResource{Resource: "pods"}
 	cases := []struct {
 		name string
 		err  error
@@ -222,8 +222,8 @@ func TestAddFailsClosed(t *testing.T) {
 		msg  string
 	}{
 		{name: "api down", err: errors.New("connection refused"), code: types.ErrTryAgainLater, msg: "cannot reach the Kubernetes API"},
-		{name: "forbidden", err: apierrors.NewForbidden(gr, "p", errors.New("rbac")), code: types.ErrInvalidNetworkConfig, msg: "may not get pods"},
-		{name: "unauthorized", err: apierrors.NewUnauthorized("expired"), code: types.ErrTryAgainLater, msg: "rejected the plug-in's token"},
+		{name: "forbidden", err: &podinfo.APIError{Code: http.StatusForbidden, Reason: "Forbidden", Message: "rbac"}, code: types.ErrInvalidNetworkConfig, msg: "may not get pods"},
+		{name: "unauthorized", err: &podinfo.APIError{Code: http.StatusUnauthorized, Reason: "Unauthorized", Message: "expired"}, code: types.ErrTryAgainLater, msg: "rejected the plug-in's token"},
 		{name: "not found", code: types.ErrTryAgainLater, msg: "not found"},
 		{name: "uid mismatch", pod: meshPod("default", "p"), uid: "other", code: types.ErrTryAgainLater, msg: "different pod"},
 		{name: "bad annotation", pod: meshPod("default", "p", func(p *corev1.Pod) {

@@ -11,8 +11,7 @@ import (
 	"net/url"
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
+	"github.com/meshcni/meshcni/internal/podspec"
 )
 
 // maxBody bounds a pod answer (the API server's own limit on an object
@@ -41,12 +40,11 @@ func NewClient(path string) *Client {
 // ErrNotFound, ErrStale, ErrNotSynced, or whatever kept the agent from
 // answering. A pod is returned only if its namespace, name and UID are
 // the ones asked for.
-func (c *Client) Pod(ctx context.Context, namespace, name string, uid types.UID) (*corev1.Pod, error) {
+func (c *Client) Pod(ctx context.Context, namespace, name, uid string) (*podspec.Pod, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+requestPath(namespace, name, uid), nil)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept", ContentTypeProtobuf)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		var ue *url.Error // the URL is ours, not news
@@ -71,13 +69,8 @@ func (c *Client) Pod(ctx context.Context, namespace, name string, uid types.UID)
 	default:
 		return nil, fmt.Errorf("pod cache: %s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
-	pod := &corev1.Pod{}
-	if resp.Header.Get("Content-Type") == ContentTypeProtobuf {
-		err = pod.Unmarshal(body)
-	} else {
-		err = json.Unmarshal(body, pod)
-	}
-	if err != nil {
+	pod := &podspec.Pod{}
+	if err := json.Unmarshal(body, pod); err != nil {
 		return nil, fmt.Errorf("pod cache: decode pod: %w", err)
 	}
 	if pod.Namespace != namespace || pod.Name != name || (uid != "" && pod.UID != uid) {

@@ -6,29 +6,23 @@
 // The protocol, one request per connection:
 //
 //	GET /v1/pods/{namespace}/{name}?uid={uid}
-//	Accept: application/vnd.meshcni.pod+protobuf   (else JSON)
 //
-//	200  the pod: corev1.Pod, protobuf (Pod.Marshal) or JSON
+//	200  the pod: podspec.Pod, JSON (the API's keys, only the fields the
+//	     plug-in reads)
 //	404  not on this node as far as the watch knows
 //	409  the watch holds another pod (another UID) under that name
 //	503  the watch has not synced yet
 //	400  malformed request
 //
-// The package imports no client-go: the plug-in links it. The watch
-// itself is the agent's (Store).
+// The package imports no client-go and no k8s.io/api: the plug-in links
+// it. The watch itself is the agent's (Store).
 package podcache
 
 import (
 	"errors"
 	"net/url"
 	"strings"
-
-	"k8s.io/apimachinery/pkg/types"
 )
-
-// ContentTypeProtobuf is a corev1.Pod encoded by its own Marshal, with no
-// Kubernetes envelope.
-const ContentTypeProtobuf = "application/vnd.meshcni.pod+protobuf"
 
 const pathPrefix = "/v1/pods/"
 
@@ -41,8 +35,8 @@ var (
 )
 
 // requestPath is the URL path and query of a lookup.
-func requestPath(namespace, name string, uid types.UID) string {
-	return pathPrefix + url.PathEscape(namespace) + "/" + url.PathEscape(name) + "?uid=" + url.QueryEscape(string(uid))
+func requestPath(namespace, name, uid string) string {
+	return pathPrefix + url.PathEscape(namespace) + "/" + url.PathEscape(name) + "?uid=" + url.QueryEscape(uid)
 }
 
 // parsePath splits a request path into namespace and name.

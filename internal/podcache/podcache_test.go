@@ -13,19 +13,17 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
+	"github.com/meshcni/meshcni/internal/podspec"
 )
 
 // fakeStore is a Store over a map.
 type fakeStore struct {
 	mu     sync.Mutex
-	pods   map[string]*corev1.Pod
+	pods   map[string]*podspec.Pod
 	synced bool
 }
 
-func (s *fakeStore) Pod(ns, name string) *corev1.Pod {
+func (s *fakeStore) Pod(ns, name string) *podspec.Pod {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.pods[ns+"/"+name]
@@ -37,17 +35,17 @@ func (s *fakeStore) Synced() bool {
 	return s.synced
 }
 
-func (s *fakeStore) put(p *corev1.Pod) {
+func (s *fakeStore) put(p *podspec.Pod) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pods[p.Namespace+"/"+p.Name] = p
 }
 
-func pod(ns, name, uid string) *corev1.Pod {
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(uid),
+func pod(ns, name, uid string) *podspec.Pod {
+	return &podspec.Pod{
+		ObjectMeta: podspec.ObjectMeta{Namespace: ns, Name: name, UID: uid,
 			Annotations: map[string]string{"sidecar.istio.io/interceptionMode": "TPROXY"}},
-		Spec: corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "app"}, {Name: "istio-proxy"}}},
+		Spec: podspec.PodSpec{Containers: []podspec.Container{{Name: "app"}, {Name: "istio-proxy"}}},
 	}
 }
 
@@ -93,7 +91,7 @@ func (c *counter) get(r string) int {
 }
 
 func TestLookup(t *testing.T) {
-	store := &fakeStore{pods: map[string]*corev1.Pod{}, synced: true}
+	store := &fakeStore{pods: map[string]*podspec.Pod{}, synced: true}
 	store.put(pod("bookinfo", "reviews", "uid-1"))
 	seen := &counter{n: map[string]int{}}
 	sock := serve(t, &Handler{Store: store, Wait: 30 * time.Millisecond, Observe: seen.observe})
@@ -120,7 +118,7 @@ func TestLookup(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			before := seen.get(tc.result)
 			start := time.Now()
-			_, err := c.Pod(ctx, tc.ns, tc.pod, types.UID(tc.uid))
+			_, err := c.Pod(ctx, tc.ns, tc.pod, tc.uid)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
@@ -139,7 +137,7 @@ func TestLookup(t *testing.T) {
 
 // A pod that the watch delivers while the request waits is answered.
 func TestLookupWaitsForTheWatch(t *testing.T) {
-	store := &fakeStore{pods: map[string]*corev1.Pod{}, synced: true}
+	store := &fakeStore{pods: map[string]*podspec.Pod{}, synced: true}
 	store.put(pod("bookinfo", "reviews", "uid-old"))
 	sock := serve(t, &Handler{Store: store, Wait: 2 * time.Second})
 	time.AfterFunc(50*time.Millisecond, func() { store.put(pod("bookinfo", "reviews", "uid-new")) })
@@ -150,7 +148,7 @@ func TestLookupWaitsForTheWatch(t *testing.T) {
 }
 
 func TestNotSynced(t *testing.T) {
-	store := &fakeStore{pods: map[string]*corev1.Pod{}}
+	store := &fakeStore{pods: map[string]*podspec.Pod{}}
 	store.put(pod("bookinfo", "reviews", "uid-1"))
 	sock := serve(t, &Handler{Store: store})
 	if _, err := NewClient(sock).Pod(context.Background(), "bookinfo", "reviews", "uid-1"); !errors.Is(err, ErrNotSynced) {
@@ -190,7 +188,7 @@ func TestClientChecksTheAnswer(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			liar := pod(tc.ns, tc.pod, tc.uid)
-			sock := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _ = writePod(w, r, liar) }))
+			sock := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _ = writePod(w, liar) }))
 			if _, err := NewClient(sock).Pod(context.Background(), "bookinfo", "reviews", "uid-1"); !errors.Is(err, ErrStale) {
 				t.Fatalf("err = %v, want ErrStale", err)
 			}
@@ -198,10 +196,10 @@ func TestClientChecksTheAnswer(t *testing.T) {
 	}
 }
 
-// Without the protobuf Accept header (curl --unix-socket) the pod comes
-// as JSON; malformed paths are 400.
+// Any HTTP client (curl --unix-socket) gets the pod as JSON; malformed
+// paths are 400.
 func TestPlainHTTP(t *testing.T) {
-	store := &fakeStore{pods: map[string]*corev1.Pod{}, synced: true}
+	store := &fakeStore{pods: map[string]*podspec.Pod{}, synced: true}
 	store.put(pod("bookinfo", "reviews", "uid-1"))
 	sock := serve(t, &Handler{Store: store, Wait: -1})
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -218,7 +216,7 @@ func TestPlainHTTP(t *testing.T) {
 		return resp.StatusCode, resp.Header.Get("Content-Type"), b
 	}
 	code, ct, body := get("/v1/pods/bookinfo/reviews")
-	var p corev1.Pod
+	var p podspec.Pod
 	if code != 200 || ct != "application/json" || json.Unmarshal(body, &p) != nil || p.UID != "uid-1" {
 		t.Fatalf("GET without uid = %d %s %s", code, ct, body)
 	}
@@ -231,9 +229,9 @@ func TestPlainHTTP(t *testing.T) {
 
 // BenchmarkLookup is one warm round trip: connect, ask, decode.
 func BenchmarkLookup(b *testing.B) {
-	store := &fakeStore{pods: map[string]*corev1.Pod{}, synced: true}
+	store := &fakeStore{pods: map[string]*podspec.Pod{}, synced: true}
 	p := pod("bookinfo", "reviews", "uid-1")
-	p.Spec.InitContainers = []corev1.Container{{Name: "istio-validation", Args: make([]string, 20)}}
+	p.Spec.InitContainers = []podspec.Container{{Name: "istio-validation"}}
 	store.put(p)
 	sock := serve(b, &Handler{Store: store})
 	c := NewClient(sock)

@@ -5,18 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
+	"github.com/meshcni/meshcni/internal/podspec"
 )
 
 // Store is the agent's watch of its node's pods.
 type Store interface {
 	// Pod returns the pod the watch holds under namespace/name, or nil.
 	// The caller must not modify it.
-	Pod(namespace, name string) *corev1.Pod
+	Pod(namespace, name string) *podspec.Pod
 	// Synced reports whether the watch has listed the node's pods once.
 	Synced() bool
 }
@@ -60,7 +58,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) string {
 		http.Error(w, "want GET "+pathPrefix+"{namespace}/{name}?uid={uid}", http.StatusBadRequest)
 		return ResultBadRequest
 	}
-	uid := types.UID(r.URL.Query().Get("uid"))
+	uid := r.URL.Query().Get("uid")
 	if !h.Store.Synced() {
 		http.Error(w, ErrNotSynced.Error(), http.StatusServiceUnavailable)
 		return ResultNotSynced
@@ -73,7 +71,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) string {
 	for {
 		pod := h.Store.Pod(namespace, name)
 		if pod != nil && (uid == "" || pod.UID == uid) {
-			if err := writePod(w, r, pod); err != nil {
+			if err := writePod(w, pod); err != nil {
 				http.Error(w, err.Error(), http.StatusInternalServerError)
 			}
 			return ResultHit
@@ -102,22 +100,12 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-func writePod(w http.ResponseWriter, r *http.Request, pod *corev1.Pod) error {
-	var (
-		body []byte
-		err  error
-		ct   = "application/json"
-	)
-	if strings.Contains(r.Header.Get("Accept"), ContentTypeProtobuf) {
-		body, err = pod.Marshal()
-		ct = ContentTypeProtobuf
-	} else {
-		body, err = json.Marshal(pod)
-	}
+func writePod(w http.ResponseWriter, pod *podspec.Pod) error {
+	body, err := json.Marshal(pod)
 	if err != nil {
 		return fmt.Errorf("encode pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	w.Header().Set("Content-Type", ct)
+	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(body)
 	return nil
 }

@@ -225,7 +225,11 @@ func (c *Controller) act(ctx context.Context, pod *corev1.Pod) error {
 		if err != nil {
 			return err
 		}
-		spec, err := podspec.Spec(c.opts.Base, pod, podspec.HasIPv6(pod))
+		view, err := podspec.Of(pod)
+		if err != nil {
+			return fmt.Errorf("pod %s: %w", key, err)
+		}
+		spec, err := podspec.Spec(c.opts.Base, view, podspec.HasIPv6(view))
 		if err != nil {
 			c.recorder.Eventf(pod, corev1.EventTypeWarning, "RepairFailed", "meshcni cannot derive the capture spec: %v", err)
 			return err

@@ -53,9 +53,24 @@ func brokenBy(pod *corev1.Pod, excluded map[string]bool) (failure, bool) {
 	if excluded[pod.Namespace] || pod.DeletionTimestamp != nil {
 		return "", false
 	}
-	if capture, _ := podspec.Decide(pod); !capture {
+	f, ok := validationFailed(pod)
+	if !ok {
 		return "", false
 	}
+	// Judged last: it reads the pod through its JSON, as the plug-in does.
+	view, err := podspec.Of(pod)
+	if err != nil {
+		return "", false
+	}
+	if capture, _ := podspec.Decide(view); !capture {
+		return "", false
+	}
+	return f, true
+}
+
+// validationFailed finds the validation container's exit with the
+// validation code, now or last time.
+func validationFailed(pod *corev1.Pod) (failure, bool) {
 	statuses := append(append([]corev1.ContainerStatus(nil), pod.Status.InitContainerStatuses...), pod.Status.ContainerStatuses...)
 	for _, st := range statuses {
 		if st.Name != ValidationContainer {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,12 +15,12 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/plugin"
+	"github.com/meshcni/meshcni/internal/podinfo"
+	"github.com/meshcni/meshcni/internal/podspec"
 	"github.com/meshcni/meshcni/test/testbed"
 )
 
@@ -33,14 +34,14 @@ type memPods struct {
 	calls atomic.Int64
 }
 
-func (m *memPods) GetPod(_ context.Context, namespace, name string) (*corev1.Pod, error) {
+func (m *memPods) GetPod(_ context.Context, namespace, name string) (*podspec.Pod, error) {
 	m.calls.Add(1)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if p, ok := m.pods[namespace+"/"+name]; ok {
-		return p.DeepCopy(), nil
+		return podspec.Of(p)
 	}
-	return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, name)
+	return nil, &podinfo.APIError{Code: http.StatusNotFound, Reason: "NotFound", Message: `pods "` + name + `" not found`}
 }
 
 func (m *memPods) Ready(context.Context) error { return nil }

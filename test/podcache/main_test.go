@@ -135,7 +135,7 @@ func (e *env) warm(t testing.TB, ns, name string, uid types.UID) {
 	waitFor(t, 10*time.Second, "the cache to hold "+ns+"/"+name, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		_, err := c.Pod(ctx, ns, name, uid)
+		_, err := c.Pod(ctx, ns, name, string(uid))
 		return err == nil
 	})
 }

@@ -60,7 +60,7 @@ func TestWarmCacheMakesNoPodGETs(t *testing.T) {
 		e.warm(t, p.Namespace, p.Name, p.UID)
 	}
 	c := podcache.NewClient(e.opts.PodCacheSocketPath())
-	if _, err := c.Pod(ctx, "pc-warm", "elsewhere", elsewhere.UID); !errors.Is(err, podcache.ErrNotFound) {
+	if _, err := c.Pod(ctx, "pc-warm", "elsewhere", string(elsewhere.UID)); !errors.Is(err, podcache.ErrNotFound) {
 		t.Fatalf("a pod of node-2 in node-1's cache: %v", err)
 	}
 
@@ -119,7 +119,7 @@ func TestRecreatedPodIsNotConfused(t *testing.T) {
 	}
 	t.Cleanup(func() { deletePod(recreated) })
 	c := podcache.NewClient(e.opts.PodCacheSocketPath())
-	if _, err := c.Pod(ctx, "pc-recreate", "reviews", recreated.UID); !errors.Is(err, podcache.ErrStale) {
+	if _, err := c.Pod(ctx, "pc-recreate", "reviews", string(recreated.UID)); !errors.Is(err, podcache.ErrStale) {
 		t.Fatalf("the frozen cache answered %v; want ErrStale (it holds %s)", err, old.UID)
 	}
 
