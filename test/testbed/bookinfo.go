@@ -46,10 +46,12 @@ var Bookinfo = []struct {
 	{"productpage", 9080}, {"details", 9080}, {"reviews", 9080}, {"ratings", 9080},
 }
 
-// BuildPlugin compiles the meshcni binary into dir.
+// BuildPlugin compiles the meshcni binary into dir, static as the image
+// ships it.
 func BuildPlugin(dir string) (string, error) {
 	out := filepath.Join(dir, "meshcni")
-	cmd := exec.Command("go", "build", "-o", out, "github.com/meshcni/meshcni/cmd/meshcni")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "github.com/meshcni/meshcni/cmd/meshcni")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("build meshcni: %w", err)
