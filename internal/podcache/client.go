@@ -1,15 +1,15 @@
 package podcache
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
+	"time"
 
 	"github.com/meshcni/meshcni/internal/podspec"
 )
@@ -18,22 +18,43 @@ import (
 // is 1.5 MiB in etcd).
 const maxBody = 4 << 20
 
-// Client asks the agent's socket. One plug-in process asks once, so it
-// keeps no connection open.
+// Client asks the agent's socket. A plug-in process asks once, so each
+// question is one HTTP/1.1 exchange on its own connection, written and
+// read with net/http's Request.Write and ReadResponse: an http.Transport
+// would add connection pooling and two goroutines per connection, which
+// cost a fresh process more than the question itself.
 type Client struct {
-	hc *http.Client
+	path string
 }
 
 // NewClient returns a client for the socket at path. Bound each call with
 // its context: the plug-in must fall back to the API quickly.
-func NewClient(path string) *Client {
-	return &Client{hc: &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-		DisableKeepAlives: true,
-	}}}
+func NewClient(path string) *Client { return &Client{path: path} }
+
+// do sends req on a new connection and returns the answer's status, type
+// and body (at most maxBody).
+func (c *Client) do(ctx context.Context, req *http.Request) (*http.Response, []byte, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := req.Write(conn); err != nil {
+		return nil, nil, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return nil, nil, fmt.Errorf("read answer: %w", err)
+	}
+	return resp, body, nil
 }
 
 // Pod returns the pod namespace/name with UID uid, or an error:
@@ -45,18 +66,12 @@ func (c *Client) Pod(ctx context.Context, namespace, name, uid string) (*podspec
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.hc.Do(req)
+	resp, body, err := c.do(ctx, req)
 	if err != nil {
-		var ue *url.Error // the URL is ours, not news
-		if errors.As(err, &ue) {
-			err = ue.Err
+		if ctx.Err() != nil {
+			err = ctx.Err()
 		}
 		return nil, fmt.Errorf("pod cache: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return nil, fmt.Errorf("pod cache: read answer: %w", err)
 	}
 	switch resp.StatusCode {
 	case http.StatusOK:
