@@ -63,8 +63,12 @@ const (
 	defaultLookupInterval = 500 * time.Millisecond
 	// podCacheTimeout bounds the question to the agent's pod cache; past
 	// it the plug-in asks the API. The agent waits up to
-	// podcache.DefaultWait for a pod its watch has not shown yet.
-	podCacheTimeout = 200 * time.Millisecond
+	// podcache.DefaultWait for a pod its watch has not shown yet. It is
+	// generous because what makes the answer slow is a CPU-starved node:
+	// with 200 ms, 100 ADDs at once on 2 cores sent a third of the pods
+	// to the API (TLS handshakes and GETs) at the worst moment. A hung
+	// agent costs each ADD this much once more before the API answers.
+	podCacheTimeout = time.Second
 )
 
 // configError is a CNI error 7 naming what to fix.

@@ -284,6 +284,7 @@ type row struct {
 	GETsPerADD   float64 // NaN: metrics unreadable
 	NotCaptured  int     // mesh pods the plug-in's log says it did not capture
 	OtherSource  int     // ADDs whose log line says the pod came from elsewhere than Lookup
+	FirstMiss    string  // why the cache did not answer, the first time
 	FirstErr     string
 	DualStackOK  bool
 	dualExpected bool
@@ -435,6 +436,9 @@ func (b *bench) measureSet(ctx context.Context, n *node, k kind, scope, lookup s
 			}
 			if l.Source != "" && l.Source != lookup {
 				r.OtherSource++
+			}
+			if r.FirstMiss == "" {
+				r.FirstMiss = l.Miss
 			}
 		}
 		if k.Dual && !hasV6(s) {

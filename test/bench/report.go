@@ -62,7 +62,8 @@ func (r *report) write(w io.Writer) {
 			notes = append(notes, fmt.Sprintf("%s: first failure: %s", where, oneLine(x.FirstErr)))
 		}
 		if x.OtherSource > 0 {
-			notes = append(notes, fmt.Sprintf("%s: the plug-in's log says %d pods came from elsewhere than the %s lookup", where, x.OtherSource, x.Lookup))
+			notes = append(notes, fmt.Sprintf("%s: the plug-in's log says %d pods came from elsewhere than the %s lookup (first cache miss: %s)",
+				where, x.OtherSource, x.Lookup, dash(oneLine(x.FirstMiss))))
 		}
 		if x.NotCaptured > 0 {
 			notes = append(notes, fmt.Sprintf("%s: the plug-in's log says %d mesh pods were not captured", where, x.NotCaptured))

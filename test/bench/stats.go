@@ -99,6 +99,7 @@ type addLine struct {
 	Duration time.Duration
 	Decision string
 	Source   string // pod_source: where the plug-in found the pod (meshcni's log)
+	Miss     string // cache_miss: why the agent's cache did not answer
 }
 
 // readAddLog maps "namespace/name" to the plug-in's own ADD line: its
@@ -116,6 +117,7 @@ func readAddLog(r io.Reader) map[string]addLine {
 			Duration string    `json:"duration"`
 			Decision string    `json:"decision"`
 			Source   string    `json:"pod_source"`
+			Miss     string    `json:"cache_miss"`
 		}
 		if json.Unmarshal(sc.Bytes(), &rec) != nil || rec.Msg != "ADD" || rec.Pod == "" {
 			continue
@@ -124,7 +126,7 @@ func readAddLog(r io.Reader) map[string]addLine {
 		if err != nil {
 			continue
 		}
-		out[rec.Pod] = addLine{At: rec.Time, Duration: d, Decision: rec.Decision, Source: rec.Source}
+		out[rec.Pod] = addLine{At: rec.Time, Duration: d, Decision: rec.Decision, Source: rec.Source, Miss: rec.Miss}
 	}
 	return out
 }
