@@ -10,6 +10,7 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/meshcni/meshcni/internal/nftrules"
@@ -232,31 +233,21 @@ func (b *batch) send() error {
 	if b.seq <= 2 {
 		return nil // begin and end only: nothing to do, and no ack would come
 	}
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	fd, err := openNFT()
 	if err != nil {
-		return fmt.Errorf("open nftables netlink: %w", err)
+		return err
 	}
 	defer unix.Close(fd)
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("bind nftables netlink: %w", err)
-	}
 	if len(b.buf) > 128<<10 {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 2*len(b.buf))
 	}
-	// Never wait forever for a reply the kernel does not send.
-	tv := unix.NsecToTimeval((10 * time.Second).Nanoseconds())
-	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	if err := unix.Sendto(fd, b.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("send nftables batch: %w", err)
 	}
 	lastSeq := b.seq - 1
 	rb := make([]byte, 64<<10)
 	for {
-		n, _, err := unix.Recvfrom(fd, rb, 0)
-		if err != nil {
-			return fmt.Errorf("nftables batch reply: %w", err)
-		}
-		msgs, err := syscall.ParseNetlinkMessage(rb[:n])
+		msgs, err := recvNFT(fd, rb)
 		if err != nil {
 			return fmt.Errorf("nftables batch reply: %w", err)
 		}
@@ -269,6 +260,100 @@ func (b *batch) send() error {
 			}
 			if m.Header.Seq == lastSeq {
 				return nil
+			}
+		}
+	}
+}
+
+// openNFT opens a blocking NETLINK_NETFILTER socket in the current
+// thread's netns. Plain syscalls, no poller: a fresh plug-in process
+// spent more on setting up a google/nftables Conn than on the question.
+func openNFT() (int, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return -1, fmt.Errorf("open nftables netlink: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind nftables netlink: %w", err)
+	}
+	// Never wait forever for a reply the kernel does not send.
+	tv := unix.NsecToTimeval((10 * time.Second).Nanoseconds())
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	return fd, nil
+}
+
+// recvNFT reads the next datagram of replies. With SO_RCVTIMEO set, the
+// kernel does not restart a read that a signal interrupts (Go preempts
+// goroutines with SIGURG), so EINTR is retried here.
+func recvNFT(fd int, buf []byte) ([]syscall.NetlinkMessage, error) {
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return syscall.ParseNetlinkMessage(buf[:n])
+	}
+}
+
+// nftTable names one nftables table.
+type nftTable struct {
+	Family nftables.TableFamily
+	Name   string
+}
+
+// listTables dumps the nftables tables of the current thread's netns,
+// every family, on one socket.
+func listTables() ([]nftTable, error) {
+	fd, err := openNFT()
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	req := &batch{}
+	req.raw(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETTABLE, unix.NLM_F_DUMP, unix.AF_UNSPEC, 0)
+	if err := unix.Sendto(fd, req.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, fmt.Errorf("list nftables tables: %w", err)
+	}
+	var tables []nftTable
+	rb := make([]byte, 64<<10)
+	for {
+		msgs, err := recvNFT(fd, rb)
+		if err != nil {
+			return nil, fmt.Errorf("list nftables tables: %w", err)
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return tables, nil
+			case unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if code := int32(binaryutil.NativeEndian.Uint32(m.Data[:4])); code != 0 {
+						return nil, fmt.Errorf("list nftables tables: %w", syscall.Errno(-code))
+					}
+				}
+				return tables, nil
+			case unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWTABLE:
+				if len(m.Data) < 4 {
+					continue
+				}
+				ad, err := netlink.NewAttributeDecoder(m.Data[4:]) // after the nfgenmsg
+				if err != nil {
+					return nil, fmt.Errorf("list nftables tables: %w", err)
+				}
+				t := nftTable{Family: nftables.TableFamily(m.Data[0])}
+				for ad.Next() {
+					if ad.Type() == unix.NFTA_TABLE_NAME {
+						t.Name = ad.String()
+					}
+				}
+				if err := ad.Err(); err != nil {
+					return nil, fmt.Errorf("list nftables tables: %w", err)
+				}
+				tables = append(tables, t)
 			}
 		}
 	}

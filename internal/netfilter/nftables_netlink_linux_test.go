@@ -5,11 +5,14 @@ package netfilter
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
 
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/capture/capturetest"
@@ -223,4 +226,62 @@ func TestNetlinkEmptyBatch(t *testing.T) {
 	if err := n.Do(func(ns.NetNS) error { return nftNetlinkDelete(nil) }); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// listTables sees every table of every family, as `nft list tables` does,
+// including many (more than one reply datagram) and none.
+func TestListTablesLikeNft(t *testing.T) {
+	n := newNS(t)
+	err := n.Do(func(ns.NetNS) error {
+		if got, err := listTables(); err != nil || len(got) != 0 {
+			t.Errorf("fresh netns: %v, %v; want no tables", got, err)
+		}
+		script := "add table ip nat\nadd table ip6 mangle\nadd table inet meshcni\nadd table arp a\nadd table bridge b\nadd table netdev c\n"
+		for i := range 300 {
+			script += fmt.Sprintf("add table inet t%03d\n", i)
+		}
+		if _, err := ExecRunner(context.Background(), nil, script, "nft", "-f", "-"); err != nil {
+			return err
+		}
+		out, err := ExecRunner(context.Background(), nil, "", "nft", "list", "tables")
+		if err != nil {
+			return err
+		}
+		want := strings.Fields(strings.ReplaceAll(out, "table", ""))
+		got, err := listTables()
+		if err != nil {
+			return err
+		}
+		var have []string
+		for _, tb := range got {
+			have = append(have, familyName(tb.Family), tb.Name)
+		}
+		slices.Sort(want)
+		slices.Sort(have)
+		if !slices.Equal(have, want) || len(got) != 306 {
+			t.Errorf("listTables: %d tables %v\nnft list tables: %v", len(got), have, want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func familyName(f nftables.TableFamily) string {
+	switch f {
+	case nftables.TableFamilyIPv4:
+		return "ip"
+	case nftables.TableFamilyIPv6:
+		return "ip6"
+	case nftables.TableFamilyINet:
+		return "inet"
+	case nftables.TableFamilyARP:
+		return "arp"
+	case nftables.TableFamilyBridge:
+		return "bridge"
+	case nftables.TableFamilyNetdev:
+		return "netdev"
+	}
+	return fmt.Sprint(f)
 }

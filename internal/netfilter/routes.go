@@ -19,13 +19,13 @@ var passthrough6 = &net.IPNet{IP: net.ParseIP("::6"), Mask: net.CIDRMask(128, 12
 // (fwmark → table → local via lo), for IPv6 the ::6 address on lo. Runs in
 // the target netns; every step is idempotent.
 func programRoutes(spec capture.Spec) error {
-	lo, err := netlink.LinkByName("lo")
+	lo, up, err := loopback()
 	if err != nil {
 		return fmt.Errorf("find lo: %w", err)
 	}
 	// The runtime's loopback plug-in brings lo up; the init-container and
 	// repair paths may come first, and a local route needs lo up.
-	if lo.Attrs().Flags&net.FlagUp == 0 {
+	if !up {
 		if err := netlink.LinkSetUp(lo); err != nil {
 			return fmt.Errorf("bring lo up: %w", err)
 		}
@@ -101,6 +101,29 @@ func families(spec capture.Spec) []int {
 		return []int{netlink.FAMILY_V4, netlink.FAMILY_V6}
 	}
 	return []int{netlink.FAMILY_V4}
+}
+
+// loopback returns the current netns's lo and whether it is up, from two
+// ioctls: on every ADD this replaces a netlink link dump that cost a fresh
+// plug-in process more than the rest of a REDIRECT pod's routing work.
+func loopback() (netlink.Link, bool, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, false, err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return nil, false, err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr); err != nil {
+		return nil, false, err
+	}
+	lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "lo", Index: int(ifr.Uint32())}}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return nil, false, err
+	}
+	return lo, ifr.Uint16()&unix.IFF_UP != 0, nil
 }
 
 func tproxyRule(spec capture.Spec, fam int) *netlink.Rule {

@@ -30,21 +30,16 @@ func hasTables(b Backend, f rules.Family) (bool, error) {
 		}
 		return strings.TrimSpace(string(data)) != "", nil
 	}
-	conn, err := nftables.New()
-	if err != nil {
-		return false, fmt.Errorf("open nftables netlink: %w", err)
-	}
-	defer conn.CloseLasting()
 	fam := nftables.TableFamilyIPv4
 	if f == rules.IPv6 {
 		fam = nftables.TableFamilyIPv6
 	}
-	tables, err := conn.ListTablesOfFamily(fam)
+	tables, err := listTables()
 	if err != nil {
-		return false, fmt.Errorf("list nftables tables: %w", err)
+		return false, err
 	}
 	for _, t := range tables {
-		if t.Name != nftrules.TableName {
+		if t.Family == fam && t.Name != nftrules.TableName {
 			return true, nil
 		}
 	}
@@ -55,14 +50,9 @@ func hasTables(b Backend, f rules.Family) (bool, error) {
 // meshcni's nftables table in the current thread's netns, and the
 // iptables-nft ISTIO_* chains that would capture alongside it.
 func nftState() (ours []rules.Family, istio []string, err error) {
-	conn, err := nftables.New()
+	tables, err := listTables()
 	if err != nil {
-		return nil, nil, fmt.Errorf("open nftables netlink: %w", err)
-	}
-	defer conn.CloseLasting()
-	tables, err := conn.ListTables()
-	if err != nil {
-		return nil, nil, fmt.Errorf("list nftables tables: %w", err)
+		return nil, nil, err
 	}
 	others := false
 	for _, t := range tables {
@@ -78,6 +68,12 @@ func nftState() (ours []rules.Family, istio []string, err error) {
 	if !others {
 		return ours, nil, nil
 	}
+	// Someone else's tables: rare on a pod, so the full library does it.
+	conn, err := nftables.New()
+	if err != nil {
+		return nil, nil, fmt.Errorf("open nftables netlink: %w", err)
+	}
+	defer conn.CloseLasting()
 	chains, err := conn.ListChains()
 	if err != nil {
 		return nil, nil, fmt.Errorf("list nftables chains: %w", err)
