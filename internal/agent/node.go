@@ -78,10 +78,12 @@ func (a *Agent) runNode(ctx context.Context) {
 	a.mu.Lock()
 	a.client = cs
 	a.mu.Unlock()
-	cacheDone := a.startPodCache(ctx, cs)
+	pods, watchDone := WatchNodePods(ctx, cs, o.NodeName)
+	defer func() { <-watchDone }()
+	cacheDone := a.startPodCache(ctx, pods)
 	defer func() { <-cacheDone }() // Run waits until the socket is gone
 	if o.RepairMode != RepairOff {
-		go a.runRepair(ctx, cs)
+		go a.runRepair(ctx, cs, pods)
 	}
 	if !o.StartupTaint {
 		return
@@ -108,7 +110,7 @@ func (a *Agent) runNode(ctx context.Context) {
 	}
 }
 
-func (a *Agent) runRepair(ctx context.Context, cs kubernetes.Interface) {
+func (a *Agent) runRepair(ctx context.Context, cs kubernetes.Interface, pods *NodePods) {
 	o := &a.opts
 	entry, err := plugin.ParseEntry(a.entry)
 	if err != nil {
@@ -123,7 +125,7 @@ func (a *Agent) runRepair(ctx context.Context, cs kubernetes.Interface) {
 		hostRoot = filepath.Join(o.ProcDir, "1", "root")
 	}
 	c, err := repair.New(repair.Options{
-		Client: cs, NodeName: o.NodeName, Mode: mode,
+		Client: cs, NodeName: o.NodeName, Mode: mode, Pods: pods.Informer,
 		Finder:            repair.ProcFinder{Proc: o.ProcDir},
 		Rules:             netfilter.New(netfilter.Options{Backend: entry.Backend, LockDir: o.LockDir(), HostRoot: hostRoot}),
 		Base:              entry.Base,

@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	listerv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
@@ -24,10 +25,13 @@ import (
 // pods to the plug-in (with --node-name).
 func (o *Options) PodCacheSocketPath() string { return filepath.Join(o.RunDir, "pods.sock") }
 
-// NodePods is a podcache.Store over an informer on one node's pods.
+// NodePods is the agent's one watch of its node's pods: the pod cache
+// answers from it (it is a podcache.Store) and the repair controller
+// reacts to it, so the node costs the API server one LIST and one watch.
 type NodePods struct {
-	pods   listerv1.PodLister
-	synced cache.InformerSynced
+	Informer coreinformers.PodInformer
+	pods     listerv1.PodLister
+	synced   cache.InformerSynced
 }
 
 // Pod returns meshcni's view of the pod, the fields the plug-in reads.
@@ -58,7 +62,7 @@ func WatchNodePods(ctx context.Context, cs kubernetes.Interface, node string) (*
 			return obj, nil
 		}))
 	inf := factory.Core().V1().Pods()
-	s := &NodePods{pods: inf.Lister(), synced: inf.Informer().HasSynced}
+	s := &NodePods{Informer: inf, pods: inf.Lister(), synced: inf.Informer().HasSynced}
 	factory.Start(ctx.Done())
 	done := make(chan struct{})
 	go func() {
@@ -73,7 +77,7 @@ func WatchNodePods(ctx context.Context, cs kubernetes.Interface, node string) (*
 // ends; the returned channel closes once the socket is gone. Without the
 // socket the plug-in asks the API, so a failure here is logged, not
 // fatal.
-func (a *Agent) startPodCache(ctx context.Context, cs kubernetes.Interface) <-chan struct{} {
+func (a *Agent) startPodCache(ctx context.Context, store *NodePods) <-chan struct{} {
 	done := make(chan struct{})
 	path := a.opts.PodCacheSocketPath()
 	sock, err := listenUnix("pod cache socket", path)
@@ -91,7 +95,6 @@ func (a *Agent) startPodCache(ctx context.Context, cs kubernetes.Interface) <-ch
 	if err := a.metrics.reg.Register(lookups); err != nil {
 		a.log.Warn("pod cache metrics not registered", "error", err)
 	}
-	store, watchDone := WatchNodePods(ctx, cs, a.opts.NodeName)
 	srv := &http.Server{
 		Handler:           &podcache.Handler{Store: store, Observe: func(r string) { lookups.WithLabelValues(r).Inc() }},
 		ReadHeaderTimeout: time.Second,
@@ -113,7 +116,6 @@ func (a *Agent) startPodCache(ctx context.Context, cs kubernetes.Interface) <-ch
 		_ = srv.Close()
 		<-served
 		sock.close()
-		<-watchDone
 	}()
 	return done
 }

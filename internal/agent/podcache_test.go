@@ -43,7 +43,8 @@ func TestPodCacheServesTheWatch(t *testing.T) {
 	cs := fake.NewClientset(pod.DeepCopy())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	done := a.startPodCache(ctx, cs)
+	pods, watchDone := WatchNodePods(ctx, cs, o.NodeName)
+	done := a.startPodCache(ctx, pods)
 
 	if fi, err := os.Stat(o.PodCacheSocketPath()); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("socket: %v %v; want mode 0600", err, fi)
@@ -80,10 +81,12 @@ func TestPodCacheServesTheWatch(t *testing.T) {
 	}
 
 	cancel()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the pod cache did not stop")
+	for _, c := range []<-chan struct{}{done, watchDone} {
+		select {
+		case <-c:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the pod cache or its watch did not stop")
+		}
 	}
 	if _, err := os.Lstat(o.PodCacheSocketPath()); !os.IsNotExist(err) {
 		t.Fatalf("socket left behind: %v", err)

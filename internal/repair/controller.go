@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -31,7 +32,10 @@ import (
 type Options struct {
 	Client   kubernetes.Interface
 	NodeName string
-	Mode     Mode
+	// Pods is a started informer on the node's pods to share (the
+	// agent's); nil makes the controller watch them itself.
+	Pods coreinformers.PodInformer
+	Mode Mode
 	// Finder and Rules are used in InPlace mode.
 	Finder Finder
 	Rules  netfilter.Interface
@@ -106,22 +110,27 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer broadcaster.Shutdown()
 	c.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "meshcni-agent", Host: c.opts.NodeName})
 
-	factory := informers.NewSharedInformerFactoryWithOptions(c.opts.Client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = "spec.nodeName=" + c.opts.NodeName
-		}))
-	informer := factory.Core().V1().Pods()
+	informer := c.opts.Pods
+	if informer == nil {
+		factory := informers.NewSharedInformerFactoryWithOptions(c.opts.Client, 0,
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+				o.FieldSelector = "spec.nodeName=" + c.opts.NodeName
+			}))
+		informer = factory.Core().V1().Pods()
+		informer.Informer() // registered before Start
+		factory.Start(ctx.Done())
+		defer factory.Shutdown()
+	}
 	c.pods = informer.Lister()
-	_, err := informer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	reg, err := informer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    c.enqueue,
 		UpdateFunc: func(_, obj any) { c.enqueue(obj) },
 	})
 	if err != nil {
 		return fmt.Errorf("watch pods: %w", err)
 	}
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), informer.Informer().HasSynced) {
+	defer func() { _ = informer.Informer().RemoveEventHandler(reg) }()
+	if !cache.WaitForCacheSync(ctx.Done(), reg.HasSynced) {
 		return fmt.Errorf("pods of node %s never synced", c.opts.NodeName)
 	}
 	go func() {

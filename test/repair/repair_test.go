@@ -232,9 +232,8 @@ func TestRepairDeleteUsesPreconditions(t *testing.T) {
 		got, err := cluster.Client.CoreV1().Pods(pod.Namespace).Get(context.Background(), pod.Name, metav1.GetOptions{})
 		return err != nil || got.DeletionTimestamp != nil
 	})
-	if got := events(t, pod, "RepairDeleted"); got != 1 {
-		t.Fatalf("RepairDeleted events = %d, want 1", got)
-	}
+	// Events are recorded asynchronously, after the delete.
+	eventually(t, "the RepairDeleted event", func() bool { return events(t, pod, "RepairDeleted") == 1 })
 	if got := actions(reg, repair.Delete, "success"); got != 1 {
 		t.Fatalf("success metric = %v, want 1", got)
 	}
@@ -263,9 +262,7 @@ func TestLabelMode(t *testing.T) {
 		got, err := cluster.Client.CoreV1().Pods(pod.Namespace).Get(context.Background(), pod.Name, metav1.GetOptions{})
 		return err == nil && got.Labels[repair.LabelKey] == "true"
 	})
-	if events(t, pod, "Uncaptured") != 1 {
-		t.Fatal("no Uncaptured event")
-	}
+	eventually(t, "the Uncaptured event", func() bool { return events(t, pod, "Uncaptured") == 1 })
 }
 
 func TestHealthyAndExcludedPodsAreLeftAlone(t *testing.T) {
