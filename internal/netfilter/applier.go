@@ -5,12 +5,14 @@
 package netfilter
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/netns"
@@ -182,35 +184,69 @@ func (a *Applier) Apply(ctx context.Context, path string, spec capture.Spec) err
 		if s.backend == Nftables {
 			return s.nftApply(spec)
 		}
-		var applied []rules.Ruleset
-		rollback := func() {
-			for _, done := range applied {
-				s.undo(done)
+		wrote, err := s.applyFamilies(path, sets)
+		if err == nil {
+			err = programRoutes(spec)
+		}
+		if err != nil {
+			// Undo covers a restore that failed half-way, too; rules
+			// that were in the way were not written, and are not ours.
+			for i, rs := range sets {
+				if wrote[i] {
+					s.undo(rs)
+				}
 			}
 		}
-		for _, rs := range sets {
-			skip, err := s.alreadyThere(rs)
-			if err != nil {
-				// Rules in the way are not ours to remove.
-				rollback()
-				return err
-			}
-			if skip {
-				continue
-			}
-			// Undo covers a restore that failed half-way, too.
-			applied = append(applied, rs)
-			if err := s.restore(rs.Family, rs.Restore()); err != nil {
-				rollback()
-				return fmt.Errorf("program %s rules (%s backend): %w", rs.Family, s.backend, err)
-			}
-		}
-		if err := programRoutes(spec); err != nil {
-			rollback()
-			return err
-		}
-		return nil
+		return err
 	})
+}
+
+// applyFamilies programs each family's rules that are not there yet, and
+// says which families it wrote to (wholly or in part). With the nft
+// backend a dual-stack pod's IPv6 restore runs at the same time as the
+// IPv4 one, from a second thread in the netns: the two execs share
+// nothing, and on 2 cores that takes one restore (~5 ms) off the ADD.
+// Legacy restores queue on the netns's xtables lock anyway, so they run
+// in order.
+func (s *session) applyFamilies(path string, sets []rules.Ruleset) ([]bool, error) {
+	wrote := make([]bool, len(sets))
+	errs := make([]error, len(sets))
+	if s.backend != NFT || len(sets) < 2 {
+		for i, rs := range sets {
+			if wrote[i], errs[i] = s.applyFamily(rs); errs[i] != nil {
+				break
+			}
+		}
+		return wrote, cmp.Or(errs...)
+	}
+	var wg sync.WaitGroup
+	for i := 1; i < len(sets); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = netns.Do(path, func() error {
+				var err error
+				wrote[i], err = s.applyFamily(sets[i])
+				return err
+			})
+		}()
+	}
+	wrote[0], errs[0] = s.applyFamily(sets[0])
+	wg.Wait()
+	return wrote, cmp.Or(errs...)
+}
+
+// applyFamily programs rs unless it is already there exactly. wrote says
+// whether the kernel may now hold some of it.
+func (s *session) applyFamily(rs rules.Ruleset) (wrote bool, err error) {
+	skip, err := s.alreadyThere(rs)
+	if err != nil || skip {
+		return false, err
+	}
+	if err := s.restore(rs.Family, rs.Restore()); err != nil {
+		return true, fmt.Errorf("program %s rules (%s backend): %w", rs.Family, s.backend, err)
+	}
+	return true, nil
 }
 
 // alreadyThere reports whether rs is already programmed exactly; other

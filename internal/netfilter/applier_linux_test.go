@@ -6,12 +6,15 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 
 	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/netns"
 	"github.com/meshcni/meshcni/internal/rules"
 	"github.com/meshcni/meshcni/test/testbed"
 )
@@ -87,6 +90,60 @@ func TestApplyIsIdempotentAndChecks(t *testing.T) {
 			}
 		}
 	})
+}
+
+// A dual-stack pod's two restores overlap with iptables-nft, each from a
+// thread in the pod's netns, and run in order with legacy, which shares
+// the netns's xtables lock.
+func TestDualStackRestoresOverlap(t *testing.T) {
+	for _, tc := range []struct {
+		backend Backend
+		overlap bool
+	}{{NFT, true}, {Legacy, false}} {
+		t.Run(string(tc.backend), func(t *testing.T) {
+			n := newNS(t)
+			target, err := netns.ID(n.Path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			host, err := netns.ID("")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var running, most atomic.Int32
+			run := func(ctx context.Context, env []string, stdin, name string, args ...string) (string, error) {
+				id, _ := netns.ID("")
+				if id == host {
+					t.Errorf("%s %v in the test's own netns: refused", name, args)
+					return "", errors.New("refused: the test's own netns")
+				}
+				// The pod's applies; not CHECK's renders in a scratch netns.
+				if id != target || !strings.HasSuffix(name, "-restore") || !strings.Contains(stdin, "-N ISTIO") {
+					return ExecRunner(ctx, env, stdin, name, args...)
+				}
+				now := running.Add(1)
+				defer running.Add(-1)
+				for old := most.Load(); old < now && !most.CompareAndSwap(old, now); old = most.Load() {
+				}
+				// Give the other family time to start, if it is going to.
+				for deadline := time.Now().Add(time.Second); running.Load() < 2 && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				}
+				return ExecRunner(ctx, env, stdin, name, args...)
+			}
+			a := New(Options{Backend: tc.backend, LockDir: t.TempDir(), Run: run})
+			spec := capture.Default()
+			spec.IPv6 = true
+			if err := a.Apply(context.Background(), n.Path(), spec); err != nil {
+				t.Fatal(err)
+			}
+			if got := most.Load() == 2; got != tc.overlap {
+				t.Errorf("restores at once: %d, want overlap %v", most.Load(), tc.overlap)
+			}
+			if err := a.Check(context.Background(), n.Path(), spec); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }
 
 // The agent's image has no iptables: it runs the node's through a chroot
