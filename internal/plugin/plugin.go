@@ -157,6 +157,14 @@ func lookupError(pod string, err error) *types.Error {
 	case podinfo.IsNotFound(err):
 		return types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("meshcni: pod %s not found in the API", pod), err.Error())
+	case errors.Is(err, podinfo.ErrNotThePod):
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("meshcni: pod %s: what answered for the Kubernetes API did not send the pod (a proxy in the way?); pods in the mesh cannot start until the API answers", pod), err.Error())
+	}
+	var ae *podinfo.APIError
+	if errors.As(err, &ae) {
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("meshcni: pod %s: the Kubernetes API answered %d %s; pods in the mesh cannot start until it answers", pod, ae.Code, ae.Reason), err.Error())
 	}
 	return types.NewError(types.ErrTryAgainLater,
 		fmt.Sprintf("meshcni: pod %s: cannot reach the Kubernetes API; pods in the mesh cannot start until it answers", pod), err.Error())

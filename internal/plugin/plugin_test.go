@@ -225,6 +225,9 @@ func TestAddFailsClosed(t *testing.T) {
 		{name: "forbidden", err: &podinfo.APIError{Code: http.StatusForbidden, Reason: "Forbidden", Message: "rbac"}, code: types.ErrInvalidNetworkConfig, msg: "may not get pods"},
 		{name: "unauthorized", err: &podinfo.APIError{Code: http.StatusUnauthorized, Reason: "Unauthorized", Message: "expired"}, code: types.ErrTryAgainLater, msg: "rejected the plug-in's token"},
 		{name: "not found", code: types.ErrTryAgainLater, msg: "not found"},
+		{name: "api overloaded", err: fmt.Errorf("gave up: %w", &podinfo.APIError{Code: http.StatusTooManyRequests, Reason: "TooManyRequests"}),
+			code: types.ErrTryAgainLater, msg: "the Kubernetes API answered 429 TooManyRequests"},
+		{name: "not the pod", err: fmt.Errorf("gave up: %w", podinfo.ErrNotThePod), code: types.ErrTryAgainLater, msg: "did not send the pod"},
 		{name: "uid mismatch", pod: meshPod("default", "p"), uid: "other", code: types.ErrTryAgainLater, msg: "different pod"},
 		{name: "bad annotation", pod: meshPod("default", "p", func(p *corev1.Pod) {
 			p.Annotations[capture.AnnotationExcludeInboundPorts] = "80,99999"

@@ -6,9 +6,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -60,8 +62,8 @@ func (s sent) diff(t *testing.T, want sent) {
 	}
 }
 
-// recorder answers every request with an empty pod (or "ok" for
-// /readyz) and keeps what was sent.
+// recorder answers every request with the pod asked for, empty (or "ok"
+// for /readyz), and keeps what was sent.
 type recorder struct {
 	urls          []string
 	authorization string
@@ -70,7 +72,10 @@ type recorder struct {
 func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 	r.urls = append(r.urls, req.URL.String())
 	r.authorization = req.Header.Get("Authorization")
-	body := `{"kind":"Pod","apiVersion":"v1","metadata":{"name":"x"}}`
+	// The pod asked for: .../namespaces/{namespace}/pods/{name}.
+	dir, name := path.Split(req.URL.Path)
+	namespace := path.Base(path.Dir(path.Dir(dir)))
+	body := fmt.Sprintf(`{"kind":"Pod","apiVersion":"v1","metadata":{"name":%q,"namespace":%q}}`, name, namespace)
 	if strings.HasSuffix(req.URL.Path, "/readyz") {
 		body = "ok"
 	}

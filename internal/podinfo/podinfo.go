@@ -74,6 +74,11 @@ func IsUnauthorized(err error) bool { return hasCode(err, http.StatusUnauthorize
 // was deleted and recreated) and never showed the expected one in time.
 var ErrUIDMismatch = errors.New("pod UID does not match the sandbox's K8S_POD_UID")
 
+// ErrNotThePod: a 2xx answer that is not the pod asked for (not JSON, or
+// another object): something other than the API server answered, or
+// changed the answer on the way.
+var ErrNotThePod = errors.New("the API server's answer is not the pod asked for")
+
 // Retry bounds the lookup.
 type Retry struct {
 	Attempts int
@@ -175,7 +180,10 @@ func (c *Client) GetPod(ctx context.Context, namespace, name string) (*podspec.P
 	}
 	pod := &podspec.Pod{}
 	if err := json.Unmarshal(body, pod); err != nil {
-		return nil, fmt.Errorf("decode pod %s/%s from the API server's answer: %w", namespace, name, err)
+		return nil, fmt.Errorf("%w: decode pod %s/%s: %v", ErrNotThePod, namespace, name, err)
+	}
+	if pod.Namespace != namespace || pod.Name != name {
+		return nil, fmt.Errorf("%w: asked for %s/%s, got %q in namespace %q", ErrNotThePod, namespace, name, pod.Name, pod.Namespace)
 	}
 	return pod, nil
 }

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -85,15 +87,17 @@ func TestGetPod(t *testing.T) {
 			srv := newAPIServer(t, ca, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				reqs <- r.Clone(context.Background())
 				w.Header().Set("Content-Type", "application/json")
-				fmt.Fprint(w, podJSON)
+				fmt.Fprint(w, strings.Replace(podJSON, `"web-0"`, strconv.Quote(path.Base(r.URL.Path)), 1))
 			}))
 			c := newClient(t, tokenKubeconfig(t, srv.URL+tc.prefix, ca.pem, "the-token"), 5*time.Second)
 			pod, err := c.GetPod(context.Background(), tc.namespace, tc.pod)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !reflect.DeepEqual(pod, wantPod) {
-				t.Errorf("pod:\n got %+v\nwant %+v", pod, wantPod)
+			want := *wantPod
+			want.Name = tc.pod
+			if !reflect.DeepEqual(pod, &want) {
+				t.Errorf("pod:\n got %+v\nwant %+v", pod, &want)
 			}
 			r := <-reqs
 			if r.RequestURI != tc.wantURI {
@@ -307,6 +311,8 @@ func TestBadAnswers(t *testing.T) {
 	for _, tc := range []struct{ name, body, want string }{
 		{"too large", `{"metadata":{"name":"` + strings.Repeat("x", maxBody) + `"}}`, "larger than 4 MiB"},
 		{"not JSON", "<html>login</html>", "decode pod shop/web-0"},
+		{"another pod", strings.Replace(podJSON, `"web-0"`, `"impostor"`, 1), `asked for shop/web-0, got "impostor"`},
+		{"not a pod", `{"kind":"List","apiVersion":"v1","items":[]}`, `asked for shop/web-0, got ""`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ca := newCA(t)
@@ -314,8 +320,12 @@ func TestBadAnswers(t *testing.T) {
 				fmt.Fprint(w, tc.body)
 			}))
 			c := newClient(t, tokenKubeconfig(t, srv.URL, ca.pem, "t"), 5*time.Second)
-			if _, err := c.GetPod(context.Background(), "shop", "web-0"); err == nil || !strings.Contains(err.Error(), tc.want) {
+			_, err := c.GetPod(context.Background(), "shop", "web-0")
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("GetPod: %v, want %q", err, tc.want)
+			}
+			if tc.name != "too large" && !errors.Is(err, ErrNotThePod) {
+				t.Errorf("GetPod: %v, want ErrNotThePod", err)
 			}
 		})
 	}

@@ -165,24 +165,24 @@ func TestAPIFaults(t *testing.T) {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				status(w, http.StatusInternalServerError, metav1.StatusReasonInternalError, nil)
 			})
-		}, wantCode: types.ErrTryAgainLater, wantMsg: "cannot reach the Kubernetes API", wantRequests: 2, status: true},
+		}, wantCode: types.ErrTryAgainLater, wantMsg: "the Kubernetes API answered 500 InternalError", wantRequests: 2, status: true},
 		{name: "503 unavailable", fault: func(http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				status(w, http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable, nil)
 			})
-		}, wantCode: types.ErrTryAgainLater, wantMsg: "cannot reach the Kubernetes API", wantRequests: 2, status: true},
+		}, wantCode: types.ErrTryAgainLater, wantMsg: "the Kubernetes API answered 503 ServiceUnavailable", wantRequests: 2, status: true},
 		// What API Priority and Fairness answers when the API is overloaded.
 		{name: "429 with Retry-After", fault: func(http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				status(w, http.StatusTooManyRequests, metav1.StatusReasonTooManyRequests, map[string]string{"Retry-After": "1"})
 			})
-		}, wantCode: types.ErrTryAgainLater, wantMsg: "cannot reach the Kubernetes API", wantRequests: 2},
+		}, wantCode: types.ErrTryAgainLater, wantMsg: "the Kubernetes API answered 429 TooManyRequests", wantRequests: 2},
 		{name: "garbage 200", fault: func(http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Content-Type", "application/json")
 				_, _ = w.Write([]byte("<html>a captive portal</html>"))
 			})
-		}, wantCode: types.ErrTryAgainLater, wantMsg: "pod fault-api/", wantRequests: 2},
+		}, wantCode: types.ErrTryAgainLater, wantMsg: "did not send the pod (a proxy in the way?)", wantRequests: 2},
 		{name: "another pod in a 200", fault: func(http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Content-Type", "application/json")
@@ -191,7 +191,7 @@ func TestAPIFaults(t *testing.T) {
 				other.APIVersion, other.Kind = "v1", "Pod"
 				_ = json.NewEncoder(w).Encode(other)
 			})
-		}, wantCode: types.ErrTryAgainLater, wantMsg: "different pod", wantRequests: 2},
+		}, wantCode: types.ErrTryAgainLater, wantMsg: "did not send the pod", wantRequests: 2},
 		{name: "uid mismatch", fault: pass, wrongUID: true,
 			wantCode: types.ErrTryAgainLater, wantMsg: "the API shows a different pod under this name", wantRequests: 2},
 		{name: "untrusted certificate", fault: pass, mitm: true,
