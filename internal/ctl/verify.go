@@ -224,7 +224,7 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 	}
 	spec, err := podspec.Spec(entry.Base, view, ipv6)
 	if err != nil {
-		return fmt.Errorf("pod %s: %v: meshcni refuses to start such a pod; fix the annotation and recreate the pod", name, err)
+		return fmt.Errorf("pod %s: %v: meshcni refuses to start such a pod; correct it in the pod's spec and recreate the pod", name, err)
 	}
 	fmt.Fprintf(o.Out, "Expect:  captured (%s): %s\n", reason, summarize(spec))
 	if err := nf.Check(ctx, path, spec); err != nil {

@@ -135,7 +135,7 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 	spec, err := podspec.Spec(conf.captureBase, pod, t.ipv6)
 	if err != nil {
 		return t, types.NewError(types.ErrInvalidNetworkConfig,
-			fmt.Sprintf("meshcni: pod %s: %v; fix the annotation and recreate the pod", t.name(), err), "")
+			fmt.Sprintf("meshcni: pod %s: %v; correct it in the pod's spec and recreate the pod", t.name(), err), "")
 	}
 	t.spec = spec
 	return t, nil

@@ -59,7 +59,7 @@ func TestHostileInputFailsADD(t *testing.T) {
 				want = "annotation " + tc.key
 			}
 			text := cniErr.Msg + cniErr.Details
-			if cniErr.Code != types.ErrInvalidNetworkConfig || !strings.Contains(cniErr.Msg, want) || !strings.Contains(cniErr.Msg, "fix the annotation") {
+			if cniErr.Code != types.ErrInvalidNetworkConfig || !strings.Contains(cniErr.Msg, want) || !strings.Contains(cniErr.Msg, "correct it in the pod's spec and recreate the pod") {
 				t.Errorf("ADD error: code %d %q; want code 7 naming %q and what to do", cniErr.Code, firstLine(cniErr.Msg), want)
 			}
 			if len(text) > 1024 || strings.ContainsAny(text, "\n\r") {
