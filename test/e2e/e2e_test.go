@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -87,6 +88,43 @@ func TestBookinfoProductpage(t *testing.T) {
 		t.Errorf("containerd's calls to meshcni for productpage: %q, want one ADD", calls)
 	}
 }
+
+// The same capture over IPv6 on the dual-stack node: ip6tables holds the
+// ISTIO chains, an app's IPv6 connection lands on its own sidecar's 15001
+// with the original IPv6 destination, and an IPv6 connection into the
+// app's port lands on 15006.
+func TestIPv6Capture(t *testing.T) {
+	needRuntime(t)
+	reviews := runPod(t, testbed.MeshPod("bookinfo6", "reviews", 9080))
+	ratings := runPod(t, testbed.MeshPod("bookinfo6", "ratings", 9080))
+	client := plainPod(t, "istio-system", "client6")
+	for _, p := range []*Pod{reviews, ratings, client} {
+		if p.IP6 == "" {
+			t.Fatalf("%s/%s has no IPv6 address on the dual-stack node", p.Namespace, p.Name)
+		}
+	}
+
+	nat := natTableOf(t, "ip6tables", "inspect", containerID(t, reviews, "reviews"))
+	t.Logf("reviews' IPv6 NAT table (nsenter -t <pid> -n ip6tables -L -t nat):\n%s", nat)
+	for _, want := range []string{"Chain ISTIO_OUTPUT", "Chain ISTIO_REDIRECT", "redir ports 15001", "Chain ISTIO_IN_REDIRECT", "redir ports 15006", "owner UID match 1337"} {
+		if !strings.Contains(nat, want) {
+			t.Errorf("reviews' IPv6 NAT table lacks %q", want)
+		}
+	}
+	target := addr6(ratings, 9080)
+	if got, want := mustAsk(t, reviews, "reviews", target), "outbound "+target; got != want {
+		t.Errorf("reviews app -> %s answered %q, want %q", target, got, want)
+	}
+	if got, want := mustAsk(t, client, "app", addr6(reviews, 9080)), "inbound "+addr6(reviews, 9080); got != want {
+		t.Errorf("client -> reviews over IPv6 answered %q, want %q", got, want)
+	}
+	// The sidecar's own IPv6 connection is not captured on the way out.
+	if got, want := mustAsk(t, reviews, "istio-proxy", target), "inbound "+target; got != want {
+		t.Errorf("reviews sidecar -> %s answered %q, want %q", target, got, want)
+	}
+}
+
+func addr6(p *Pod, port int) string { return net.JoinHostPort(p.IP6, strconv.Itoa(port)) }
 
 // Pods that must not be captured get no rules, and their traffic flows
 // directly both ways.

@@ -163,7 +163,8 @@ func setup(ctx context.Context) error {
 	}
 	port, _ := strconv.Atoi(u.Port())
 	step("kube-apiserver up, plug-in service account made")
-	if env.node, err = testbed.NewNode(testbed.Options{ForwardPorts: []int{port}}); err != nil {
+	// Dual-stack, as a modern cluster's nodes: every pod also gets IPv6.
+	if env.node, err = testbed.NewNode(testbed.Options{ForwardPorts: []int{port}, Subnet6: "fd0a:e2e::/64"}); err != nil {
 		return err
 	}
 

@@ -23,7 +23,8 @@ import (
 type Pod struct {
 	Namespace, Name, UID string
 	Sandbox              string // CRI pod sandbox ID
-	IP                   string
+	IP                   string // the primary address (IPv4)
+	IP6                  string // the IPv6 address, when the node's IPAM hands one out
 	Containers           map[string]string // container name -> CRI container ID
 	config               string            // the sandbox config file, which CreateContainer takes too
 }
@@ -87,7 +88,10 @@ func runSandbox(t *testing.T, pod *corev1.Pod) (*Pod, error) {
 	t.Cleanup(func() { removeSandbox(t, p) })
 	var status struct {
 		Status struct {
-			Network struct{ IP string } `json:"network"`
+			Network struct {
+				IP            string
+				AdditionalIPs []struct{ IP string } `json:"additionalIps"`
+			} `json:"network"`
 		} `json:"status"`
 	}
 	if err := inspect("inspectp", p.Sandbox, &status); err != nil {
@@ -95,6 +99,11 @@ func runSandbox(t *testing.T, pod *corev1.Pod) (*Pod, error) {
 	}
 	if p.IP = status.Status.Network.IP; p.IP == "" {
 		return p, fmt.Errorf("sandbox %s of %s/%s has no IP", p.Sandbox, p.Namespace, p.Name)
+	}
+	for _, a := range status.Status.Network.AdditionalIPs {
+		if strings.Contains(a.IP, ":") {
+			p.IP6 = a.IP
+		}
 	}
 	return p, nil
 }
@@ -206,6 +215,12 @@ func containerID(t *testing.T, p *Pod, name string) string {
 // --line-numbers -x`.
 func natTable(t *testing.T, verb, id string) string {
 	t.Helper()
+	return natTableOf(t, "iptables", verb, id)
+}
+
+// natTableOf is natTable with ip6tables as well.
+func natTableOf(t *testing.T, iptables, verb, id string) string {
+	t.Helper()
 	var info struct {
 		Info struct {
 			PID int `json:"pid"`
@@ -218,9 +233,9 @@ func natTable(t *testing.T, verb, id string) string {
 		t.Fatalf("crictl %s %s: no pid", verb, id)
 	}
 	out, err := exec.Command("nsenter", "-t", strconv.Itoa(info.Info.PID), "-n",
-		"iptables", "-L", "-t", "nat", "-n", "-v", "--line-numbers", "-x").CombinedOutput()
+		iptables, "-L", "-t", "nat", "-n", "-v", "--line-numbers", "-x").CombinedOutput()
 	if err != nil {
-		t.Fatalf("nsenter -t %d -n iptables -L -t nat: %v\n%s", info.Info.PID, err, out)
+		t.Fatalf("nsenter -t %d -n %s -L -t nat: %v\n%s", info.Info.PID, iptables, err, out)
 	}
 	return string(out)
 }
