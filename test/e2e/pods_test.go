@@ -22,9 +22,9 @@ import (
 // and its containers by name.
 type Pod struct {
 	Namespace, Name, UID string
-	Sandbox              string // CRI pod sandbox ID
-	IP                   string // the primary address (IPv4)
-	IP6                  string // the IPv6 address, when the node's IPAM hands one out
+	Sandbox              string            // CRI pod sandbox ID
+	IP                   string            // the primary address (IPv4)
+	IP6                  string            // the IPv6 address, when the node's IPAM hands one out
 	Containers           map[string]string // container name -> CRI container ID
 	config               string            // the sandbox config file, which CreateContainer takes too
 }
