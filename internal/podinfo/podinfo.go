@@ -125,8 +125,9 @@ func permanent(err error) bool {
 
 // Client is the Getter over the real API.
 type Client struct {
-	api  *apiConfig
-	http *http.Client
+	api     *apiConfig
+	http    *http.Client
+	timeout time.Duration
 	// query is client-go's: the timeout, so the API server gives up when
 	// the client does.
 	query string
@@ -144,9 +145,9 @@ func NewClient(kubeconfig string, timeout time.Duration) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{
-		api: api,
+		api:     api,
+		timeout: timeout,
 		http: &http.Client{
-			Timeout: timeout,
 			Transport: &http.Transport{
 				// As client-go does, and so as the plug-in did before: a
 				// runtime that must reach the API through a proxy says so
@@ -211,6 +212,11 @@ func (c *Client) get(ctx context.Context, p string) ([]byte, error) {
 	// Setting Path alone lets URL.String escape it.
 	u.Path, u.RawPath = path.Join(u.Path, p), ""
 	u.RawQuery = c.query
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err
@@ -227,6 +233,11 @@ func (c *Client) get(ctx context.Context, p string) ([]byte, error) {
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
+	if cerr := ctx.Err(); cerr != nil {
+		// Cut off by the timeout: over HTTP/2 the body can then end as if
+		// complete, so a deadline that passed is what happened.
+		return nil, fmt.Errorf("GET %s: read the answer: %w", u.Redacted(), cerr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: read the answer: %w", u.Redacted(), err)
 	}
