@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -378,4 +379,72 @@ func TestTwentyPodsInParallel(t *testing.T) {
 			t.Errorf("%s: calls %s, want one ADD then DELs", p.Name, got)
 		}
 	}
+}
+
+// The agent stops for good (SIGTERM with no DaemonSet left: an uninstall)
+// while a mesh pod runs. The entry, the binary and the kubeconfig go;
+// containerd loads the primary conflist alone by itself. The running pod
+// keeps its capture (its rules live in its netns); a new mesh pod starts
+// without meshcni and uncaptured; the old pod is torn down without the
+// plug-in (DEL follows the loaded list). Started again, the agent puts
+// meshcni back and the next pod is captured.
+func TestUninstallWhilePodsRun(t *testing.T) {
+	needRuntime(t)
+	ctx := context.Background()
+	before := runPod(t, testbed.MeshPod("bookinfo", "before-uninstall", 9080))
+	server := plainPod(t, "istio-system", "server-uninstall")
+	target := addr(server, 8080)
+	if got, want := mustAsk(t, before, "before-uninstall", target), "outbound "+target; got != want {
+		t.Fatalf("before the uninstall: %q, want %q", got, want)
+	}
+
+	if note := env.agent.stop(15 * time.Second); note != "" {
+		t.Fatalf("the agent did not stop cleanly: %s", note)
+	}
+	t.Cleanup(func() {
+		a, err := StartAgent(ctx, env.agentIn)
+		if err != nil {
+			t.Fatalf("start the agent again: %v", err)
+		}
+		env.agent = a
+		if err := env.rt.WaitCNIConfig(ctx, "with meshcni last again", chainedLast); err != nil {
+			t.Fatal(err)
+		}
+		again := runPod(t, testbed.MeshPod("bookinfo", "after-reinstall", 9080))
+		if got, want := mustAsk(t, again, "after-reinstall", target), "outbound "+target; got != want {
+			t.Errorf("after the reinstall: %q, want %q", got, want)
+		}
+	})
+	if err := env.rt.WaitCNIConfig(ctx, "without meshcni", func(c string) bool { return !hasMeshcni(c) }); err != nil {
+		t.Fatalf("%v\nagent log:\n%s", err, env.agent.tail(20))
+	}
+	for _, f := range []string{filepath.Join(env.node.BinDir, "meshcni"), filepath.Join(env.agentIn.Dir, "run", "kubeconfig")} {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Errorf("%s after the uninstall: %v", f, err)
+		}
+	}
+
+	if got, want := mustAsk(t, before, "before-uninstall", target), "outbound "+target; got != want {
+		t.Errorf("the running pod after the uninstall: %q, want %q (still captured)", got, want)
+	}
+	after := runPod(t, testbed.MeshPod("bookinfo", "after-uninstall", 9080))
+	if calls := cniCalls(t, after.Sandbox); len(calls) != 0 {
+		t.Errorf("containerd called meshcni for a pod started after the uninstall: %q", calls)
+	}
+	if got, want := mustAsk(t, after, "after-uninstall", target), "app "+target; got != want {
+		t.Errorf("a pod started after the uninstall: %q, want %q (straight to the server)", got, want)
+	}
+	removeSandbox(t, before)
+	if calls := cniCalls(t, before.Sandbox); len(calls) != 1 || !strings.HasPrefix(calls[0], "ADD") {
+		t.Errorf("containerd's calls to meshcni for the pod torn down after the uninstall: %q, want its ADD only", calls)
+	}
+}
+
+// hasMeshcni: a plug-in of the conflist is meshcni.
+func hasMeshcni(conflist string) bool {
+	var l struct{ Plugins []struct{ Type string } }
+	if json.Unmarshal([]byte(conflist), &l) != nil || len(l.Plugins) == 0 {
+		return true // not a conflist we can read: not "without meshcni"
+	}
+	return slices.ContainsFunc(l.Plugins, func(p struct{ Type string }) bool { return p.Type == "meshcni" })
 }

@@ -50,7 +50,8 @@ var (
 		node    *testbed.Node
 		rt      *Runtime
 		agent   *Agent
-		calls   string // every CNI call the runtime made to meshcni
+		agentIn AgentOptions // to start it again after an uninstall
+		calls   string       // every CNI call the runtime made to meshcni
 	}
 	setupErr error
 )
@@ -190,12 +191,13 @@ func setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	env.agent, err = StartAgent(ctx, AgentOptions{
+	env.agentIn = AgentOptions{
 		Binary: agentBin, PluginBinary: tap, Node: env.node, Kubeconfig: kubeconfig, TokenPath: tokenPath,
 		Dir: filepath.Join(env.dir, "agent"),
 		Args: []string{"--exclude-namespaces", strings.Join(excludedNamespaces, ","), "--plugin-log-level", "debug",
 			"--pod-lookup-retries", "5", "--pod-lookup-interval", "200ms", "--api-timeout", "3s"},
-	})
+	}
+	env.agent, err = StartAgent(ctx, env.agentIn)
 	if err != nil {
 		return err
 	}
