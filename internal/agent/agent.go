@@ -154,7 +154,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	a.log.Info("meshcni agent starting", "conf_dir", o.CNIConfDir, "bin_dir", o.CNIBinDir, "run_dir", o.RunDir,
-		"api_server", a.api.server, "token", o.TokenPath, "entry", string(a.entry))
+		"api_server", a.api.server, "token", o.TokenPath, "agent_token", o.agentTokenPath(), "entry", string(a.entry))
 	stop := context.AfterFunc(ctx, a.beginShutdown) // not ready from the first moment
 	defer stop()
 	if o.NodeName != "" {

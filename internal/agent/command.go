@@ -22,6 +22,7 @@ var envFor = map[string]string{
 	"api-server":          "MESHCNI_API_SERVER",
 	"token-path":          "MESHCNI_TOKEN_PATH",
 	"ca-path":             "MESHCNI_CA_PATH",
+	"agent-token-path":    "MESHCNI_AGENT_TOKEN_PATH",
 	"exclude-namespaces":  "MESHCNI_EXCLUDE_NAMESPACES",
 	"log-level":           "MESHCNI_LOG_LEVEL",
 	"keep-on-exit":        "MESHCNI_KEEP_ON_EXIT",
@@ -81,6 +82,7 @@ func addFlags(f *pflag.FlagSet, o *Options) {
 	f.StringVar(&o.APIServer, "api-server", "", "API server URL for the plug-in (overrides --kubeconfig and in-cluster)")
 	f.StringVar(&o.TokenPath, "token-path", o.TokenPath, "service account token file the plug-in authenticates with; watched for rotation")
 	f.StringVar(&o.CAPath, "ca-path", "", "CA bundle the plug-in trusts (default: --kubeconfig's CA, else "+DefaultCAPath+")")
+	f.StringVar(&o.AgentTokenPath, "agent-token-path", "", "token of the agent's own API calls (default: the pod's service account token, "+DefaultTokenPath+"; outside a pod, --token-path)")
 	f.StringSliceVar(&o.ExcludeNamespaces, "exclude-namespaces", o.ExcludeNamespaces, "comma-separated namespaces the plug-in never captures")
 	f.StringVar(&o.LogLevel, "log-level", o.LogLevel, "agent log level: debug, info, warn, error")
 	f.BoolVar(&o.KeepOnExit, "keep-on-exit", false, "on SIGTERM keep the entry, binary and kubeconfig (for upgrades)")

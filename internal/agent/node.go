@@ -29,8 +29,9 @@ var StartupTaint = corev1.Taint{Key: "meshcni.io/agent-not-ready", Effect: corev
 // RepairOff disables the repair controller.
 const RepairOff = "off"
 
-// kubeClient is the agent's own API client: the same server, CA and
-// (re-read) token as the plug-in's kubeconfig.
+// kubeClient is the agent's own API client: the plug-in's server and CA,
+// and the agent's own (re-read) token, never the plug-in's: that one may
+// only get pods.
 func (a *Agent) kubeClient() (kubernetes.Interface, error) {
 	ca, err := a.api.caData()
 	if err != nil {
@@ -38,7 +39,7 @@ func (a *Agent) kubeClient() (kubernetes.Interface, error) {
 	}
 	cfg := &rest.Config{
 		Host:            a.api.server,
-		BearerTokenFile: a.opts.TokenPath,
+		BearerTokenFile: a.opts.agentTokenPath(),
 		TLSClientConfig: rest.TLSClientConfig{CAData: ca},
 		UserAgent:       "meshcni-agent",
 		Timeout:         30 * time.Second,

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -29,6 +30,11 @@ type Options struct {
 	// kubeconfig's CA, else DefaultCAPath).
 	TokenPath string
 	CAPath    string
+	// AgentTokenPath is the token of the agent's own API calls (its watch
+	// of the node's pods, repair, the startup taint, its DaemonSet):
+	// empty means the pod's own service account token, DefaultTokenPath,
+	// and outside a pod, where there is none, TokenPath.
+	AgentTokenPath string
 
 	ExcludeNamespaces []string
 	LogLevel          string
@@ -100,6 +106,17 @@ func DefaultOptions() Options {
 	}
 }
 
+// agentTokenPath resolves AgentTokenPath.
+func (o *Options) agentTokenPath() string {
+	if o.AgentTokenPath != "" {
+		return o.AgentTokenPath
+	}
+	if _, err := os.Stat(DefaultTokenPath); err == nil {
+		return DefaultTokenPath
+	}
+	return o.TokenPath
+}
+
 // Paths under the run dir.
 func (o *Options) KubeconfigPath() string { return filepath.Join(o.RunDir, "kubeconfig") }
 func (o *Options) SocketPath() string     { return filepath.Join(o.RunDir, "log.sock") }
@@ -124,6 +141,9 @@ func (o *Options) Validate() error {
 		} else if !filepath.IsAbs(d.val) {
 			errs = append(errs, fmt.Errorf("%s %q: must be an absolute path", d.flag, d.val))
 		}
+	}
+	if o.AgentTokenPath != "" && !filepath.IsAbs(o.AgentTokenPath) {
+		errs = append(errs, fmt.Errorf("--agent-token-path %q: must be an absolute path", o.AgentTokenPath))
 	}
 	if filepath.Base(o.PluginBinary) != install.PluginType {
 		errs = append(errs, fmt.Errorf("--plugin-binary %q: the file must be named %q, the entry's type", o.PluginBinary, install.PluginType))

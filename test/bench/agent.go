@@ -163,13 +163,22 @@ func (b *bench) measureAgent(ctx context.Context) (*agentResult, error) {
 	if _, err := b.cluster.Client.CoreV1().Nodes().Create(ctx, nodeObj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, fmt.Errorf("create node %s: %w", testbed.NodeName, err)
 	}
-	tokenPath := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokenPath, []byte(token), 0o600); err != nil {
+	// And the plug-in's own, as the chart makes it: get pods, nothing else.
+	_, pluginToken, err := b.cluster.ServiceAccountKubeconfig(ctx, "kube-system", "meshcni-plugin", []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
+	}, time.Hour)
+	if err != nil {
 		return nil, err
+	}
+	agentTokenPath, tokenPath := filepath.Join(dir, "agent-token"), filepath.Join(dir, "token")
+	for path, tok := range map[string]string{agentTokenPath: token, tokenPath: pluginToken} {
+		if err := os.WriteFile(path, []byte(tok), 0o600); err != nil {
+			return nil, err
+		}
 	}
 	args := []string{
 		"--cni-conf-dir=" + n.ConfDir, "--cni-bin-dir=" + n.BinDir, "--run-dir=" + filepath.Join(dir, "run"),
-		"--plugin-binary=" + plugin, "--kubeconfig=" + kubeconfig, "--token-path=" + tokenPath,
+		"--plugin-binary=" + plugin, "--kubeconfig=" + kubeconfig, "--token-path=" + tokenPath, "--agent-token-path=" + agentTokenPath,
 		"--health-addr=", "--log-level=warn",
 	}
 	args = append(args, b.o.agentArgs...)

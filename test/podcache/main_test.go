@@ -54,7 +54,8 @@ type env struct {
 // start runs the agent on a new node with --node-name, repair and the
 // startup taint off, and waits until its entry is in the node's conflist.
 // The agent's identity may get, list and watch pods and nothing else; the
-// plug-in uses the same token, as in production.
+// plug-in's, which the agent writes into its kubeconfig, may only get
+// them, as with the chart.
 func start(t testing.TB, keepOnExit bool) *env {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -72,14 +73,22 @@ func start(t testing.TB, keepOnExit bool) *env {
 			t.Errorf("node netns %s left: %v", node.NS.Path(), err)
 		}
 	})
-	_, token, err := cluster.ServiceAccountKubeconfig(ctx, "kube-system", "meshcni-agent-podcache",
+	// Two identities, as the chart makes them: the agent's own may list
+	// and watch pods; the plug-in's, which the agent writes to the node's
+	// disk, may only get them.
+	_, agentToken, err := cluster.ServiceAccountKubeconfig(ctx, "kube-system", "meshcni-agent-podcache",
 		[]rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}}}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, pluginToken, err := cluster.ServiceAccountKubeconfig(ctx, "kube-system", "meshcni-plugin-podcache",
+		[]rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
 	sa := t.TempDir()
-	tokenPath, caPath := filepath.Join(sa, "token"), filepath.Join(sa, "ca.crt")
-	for path, data := range map[string]string{tokenPath: token, caPath: string(cluster.CAData)} {
+	tokenPath, agentTokenPath, caPath := filepath.Join(sa, "token"), filepath.Join(sa, "agent-token"), filepath.Join(sa, "ca.crt")
+	for path, data := range map[string]string{tokenPath: pluginToken, agentTokenPath: agentToken, caPath: string(cluster.CAData)} {
 		if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -88,6 +97,7 @@ func start(t testing.TB, keepOnExit bool) *env {
 	o := agentpkg.DefaultOptions()
 	o.CNIConfDir, o.CNIBinDir, o.RunDir = node.ConfDir, node.BinDir, filepath.Join(node.Dir, "run")
 	o.PluginBinary, o.APIServer, o.TokenPath, o.CAPath = pluginBin, "https://"+proxy.addr(), tokenPath, caPath
+	o.AgentTokenPath = agentTokenPath
 	o.HealthAddr, o.NodeName, o.RepairMode, o.StartupTaint = "127.0.0.1:0", testbed.NodeName, agentpkg.RepairOff, false
 	o.ExcludeNamespaces = []string{"kube-system", "istio-system"}
 	o.PodLookupRetries, o.PodLookupInterval, o.APITimeout = 3, 200*time.Millisecond, 3*time.Second
