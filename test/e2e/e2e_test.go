@@ -52,27 +52,8 @@ func TestBookinfoProductpage(t *testing.T) {
 	// The operator's view: container ID from CRI, PID, nsenter, iptables.
 	nat := natTable(t, "inspect", containerID(t, pp, "productpage"))
 	t.Logf("productpage NAT table (crictl inspect -> pid -> nsenter -t <pid> -n iptables -L -t nat -n -v --line-numbers -x):\n%s", nat)
-	for _, want := range []string{"Chain ISTIO_OUTPUT", "Chain ISTIO_REDIRECT", "redir ports 15001", "Chain ISTIO_IN_REDIRECT", "redir ports 15006", "owner UID match 1337"} {
-		if !strings.Contains(nat, want) {
-			t.Errorf("productpage's NAT table lacks %q", want)
-		}
-	}
-
-	// App -> another pod: the app's connection lands on its own sidecar's
-	// 15001 with the original destination intact.
 	target := addr(details, 9080)
-	if got, want := mustAsk(t, pp, "productpage", target), "outbound "+target; got != want {
-		t.Errorf("productpage app -> %s answered %q, want %q", target, got, want)
-	}
-	// Into the pod's app port: lands on 15006.
-	if got, want := mustAsk(t, client, "app", addr(pp, 9080)), "inbound "+addr(pp, 9080); got != want {
-		t.Errorf("client -> productpage:9080 answered %q, want %q", got, want)
-	}
-	// The sidecar itself (UID 1337) is not captured on the way out; it
-	// reaches details, whose own sidecar takes the connection in.
-	if got, want := mustAsk(t, pp, "istio-proxy", target), "inbound "+target; got != want {
-		t.Errorf("productpage sidecar -> %s answered %q, want %q", target, got, want)
-	}
+	checkCaptured(t, nat, pp, "productpage", target, client, addr(pp, 9080))
 
 	record := logs(t, pp.Containers["istio-proxy"])
 	t.Logf("productpage sidecar's record (crictl logs):\n%s", record)
@@ -107,21 +88,30 @@ func TestIPv6Capture(t *testing.T) {
 
 	nat := natTableOf(t, "ip6tables", "inspect", containerID(t, reviews, "reviews"))
 	t.Logf("reviews' IPv6 NAT table (nsenter -t <pid> -n ip6tables -L -t nat):\n%s", nat)
+	checkCaptured(t, nat, reviews, "reviews", addr6(ratings, 9080), client, addr6(reviews, 9080))
+}
+
+// checkCaptured checks mesh pod p (app container app) by its NAT table
+// and by traffic. Its app's connection to target, a port of another mesh
+// pod, lands on its own sidecar's 15001 with the original destination
+// intact; client's connection to self (p's app port) lands on 15006; the
+// sidecar itself (UID 1337) reaches target uncaptured, where the other
+// pod's sidecar takes it in.
+func checkCaptured(t *testing.T, nat string, p *Pod, app, target string, client *Pod, self string) {
+	t.Helper()
 	for _, want := range []string{"Chain ISTIO_OUTPUT", "Chain ISTIO_REDIRECT", "redir ports 15001", "Chain ISTIO_IN_REDIRECT", "redir ports 15006", "owner UID match 1337"} {
 		if !strings.Contains(nat, want) {
-			t.Errorf("reviews' IPv6 NAT table lacks %q", want)
+			t.Errorf("%s's NAT table lacks %q", p.Name, want)
 		}
 	}
-	target := addr6(ratings, 9080)
-	if got, want := mustAsk(t, reviews, "reviews", target), "outbound "+target; got != want {
-		t.Errorf("reviews app -> %s answered %q, want %q", target, got, want)
+	if got, want := mustAsk(t, p, app, target), "outbound "+target; got != want {
+		t.Errorf("%s app -> %s answered %q, want %q", p.Name, target, got, want)
 	}
-	if got, want := mustAsk(t, client, "app", addr6(reviews, 9080)), "inbound "+addr6(reviews, 9080); got != want {
-		t.Errorf("client -> reviews over IPv6 answered %q, want %q", got, want)
+	if got, want := mustAsk(t, client, "app", self), "inbound "+self; got != want {
+		t.Errorf("client -> %s answered %q, want %q", self, got, want)
 	}
-	// The sidecar's own IPv6 connection is not captured on the way out.
-	if got, want := mustAsk(t, reviews, "istio-proxy", target), "inbound "+target; got != want {
-		t.Errorf("reviews sidecar -> %s answered %q, want %q", target, got, want)
+	if got, want := mustAsk(t, p, "istio-proxy", target), "inbound "+target; got != want {
+		t.Errorf("%s sidecar -> %s answered %q, want %q", p.Name, target, got, want)
 	}
 }
 
