@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/meshcni/meshcni/internal/agent"
+	"github.com/meshcni/meshcni/internal/netfilter"
 )
 
 const deployPath = "../../deploy/meshcni.yaml"
@@ -274,6 +275,35 @@ func TestRenderErrorsSayWhatToDo(t *testing.T) {
 	}
 	if err := (&EnableOptions{Settings: Settings{Platform: "eks"}}).Validate(); err == nil || !strings.Contains(err.Error(), "default, gke, k3s, openshift") {
 		t.Errorf("--platform eks: %v", err)
+	}
+}
+
+// The chart takes every backend the agent and the plug-in take (the
+// schema once refused nftables), and nothing else.
+func TestChartTakesEveryBackend(t *testing.T) {
+	for _, b := range []netfilter.Backend{netfilter.Auto, "auto", netfilter.Legacy, netfilter.NFT, netfilter.Nftables} {
+		objs := decodeAll(t, render(t, Settings{Set: []string{"iptablesBackend=" + string(b)}}))
+		var got string
+		for _, o := range objs {
+			if cm, ok := o.(*corev1.ConfigMap); ok {
+				got = cm.Data["MESHCNI_IPTABLES_BACKEND"]
+			}
+		}
+		if got != string(b) {
+			t.Errorf("iptablesBackend=%q renders MESHCNI_IPTABLES_BACKEND %q", b, got)
+		}
+		o := agent.DefaultOptions()
+		o.IptablesBackend = got
+		if err := o.Validate(); err != nil {
+			t.Errorf("the agent refuses the chart's iptablesBackend %q: %v", got, err)
+		}
+	}
+	v, err := (&Settings{Set: []string{"iptablesBackend=ebpf"}}).Values()
+	if err == nil {
+		_, err = Render(v)
+	}
+	if err == nil || !strings.Contains(err.Error(), "iptablesBackend") {
+		t.Errorf("iptablesBackend=ebpf: %v, want it refused", err)
 	}
 }
 
