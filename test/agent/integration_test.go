@@ -9,11 +9,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -49,12 +47,7 @@ func TestAgentOnANode(t *testing.T) {
 		t.Skip("needs root for network namespaces")
 	}
 	ctx := context.Background()
-	u, err := url.Parse(cluster.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port, _ := strconv.Atoi(u.Port())
-	node := newNode(t, port)
+	node := newNode(t)
 	before := snapshotDir(t, node.ConfDir)
 
 	// The agent's service account may only get pods, as in production.
@@ -205,12 +198,7 @@ func TestAgentBinaryWithKubeconfig(t *testing.T) {
 		t.Skip("needs root for network namespaces")
 	}
 	ctx := context.Background()
-	u, err := url.Parse(cluster.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port, _ := strconv.Atoi(u.Port())
-	node := newNode(t, port)
+	node := newNode(t)
 	before := snapshotDir(t, node.ConfDir)
 
 	_, token, err := cluster.ServiceAccountKubeconfig(ctx, "kube-system", "meshcni-agent",
@@ -306,9 +294,9 @@ func TestAgentBinaryWithKubeconfig(t *testing.T) {
 
 // newNode makes a testbed node reaching the API server's port, closes it
 // when the test ends and checks that no netns it made is left.
-func newNode(t *testing.T, apiPort int) *testbed.Node {
+func newNode(t *testing.T) *testbed.Node {
 	t.Helper()
-	node, err := testbed.NewNode(testbed.Options{ForwardPorts: []int{apiPort}})
+	node, err := testbed.NewNode(testbed.Options{ForwardPorts: []int{cluster.Port}})
 	if err != nil {
 		t.Fatal(err)
 	}

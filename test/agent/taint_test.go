@@ -5,11 +5,9 @@ package agent
 import (
 	"context"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -27,9 +25,7 @@ func TestStartupTaint(t *testing.T) {
 		t.Skip("needs root for network namespaces")
 	}
 	ctx := context.Background()
-	u, _ := url.Parse(cluster.URL)
-	port, _ := strconv.Atoi(u.Port())
-	node := newNode(t, port)
+	node := newNode(t)
 
 	nodeName := "taint-node-1"
 	_, err := cluster.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{

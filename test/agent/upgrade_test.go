@@ -5,10 +5,8 @@ package agent
 import (
 	"context"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -29,9 +27,7 @@ func TestUpgradeKeepsUninstallRemoves(t *testing.T) {
 		t.Skip("needs root for network namespaces")
 	}
 	ctx := context.Background()
-	u, _ := url.Parse(cluster.URL)
-	port, _ := strconv.Atoi(u.Port())
-	node := newNode(t, port)
+	node := newNode(t)
 	before := snapshotDir(t, node.ConfDir)
 
 	const ns = "meshcni-upgrade"

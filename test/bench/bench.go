@@ -6,12 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -81,7 +79,6 @@ type bench struct {
 	o          options
 	cluster    *kubeharness.Cluster
 	kubeconfig string
-	apiPort    int
 	dir        string
 	logFile    string
 	static     string // a do-nothing static binary, for the exec baseline
@@ -131,13 +128,6 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 	if err := b.cluster.EnsureNamespace(ctx, benchNS); err != nil {
-		return err
-	}
-	u, err := url.Parse(b.cluster.URL)
-	if err != nil {
-		return err
-	}
-	if b.apiPort, err = strconv.Atoi(u.Port()); err != nil {
 		return err
 	}
 
@@ -197,7 +187,7 @@ func (b *bench) pluginEntry(lookup string) map[string]any {
 }
 
 func (b *bench) newNode(k kind, chained bool) (*node, error) {
-	opts := testbed.Options{PluginBinary: b.o.plugin, Subnet4: "10.250.0.0/16", ForwardPorts: []int{b.apiPort}}
+	opts := testbed.Options{PluginBinary: b.o.plugin, Subnet4: "10.250.0.0/16", ForwardPorts: []int{b.cluster.Port}}
 	if chained {
 		opts.PluginConf = b.pluginEntry(b.o.lookups[0])
 	}

@@ -8,7 +8,6 @@ package chain
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -38,15 +37,6 @@ func TestMain(m *testing.M) {
 	}))
 }
 
-func apiPort(t testing.TB) int {
-	u, err := url.Parse(cluster.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, _ := strconv.Atoi(u.Port())
-	return p
-}
-
 func pluginConf(kc string, extra map[string]any) map[string]any {
 	c := map[string]any{
 		"type": "meshcni", "kubeconfig": kc, "exclude_namespaces": []string{"kube-system", "istio-system"},
@@ -60,7 +50,7 @@ func pluginConf(kc string, extra map[string]any) map[string]any {
 
 func newNode(t *testing.T, kc string, ipv6 bool, extra map[string]any) *testbed.Node {
 	t.Helper()
-	opts := testbed.Options{PluginBinary: pluginBin, PluginConf: pluginConf(kc, extra), ForwardPorts: []int{apiPort(t)}}
+	opts := testbed.Options{PluginBinary: pluginBin, PluginConf: pluginConf(kc, extra), ForwardPorts: []int{cluster.Port}}
 	if ipv6 {
 		opts.Subnet6 = "fd0a:250::/64"
 	}

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,11 +55,6 @@ func newNode(t *testing.T) *testbed.Node { return newNodeWith(t, "10.251.77.0/24
 // settings.
 func newNodeWith(t *testing.T, subnet string, conf map[string]any) *testbed.Node {
 	t.Helper()
-	u, err := url.Parse(cluster.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port, _ := strconv.Atoi(u.Port())
 	pc := map[string]any{"type": "meshcni", "kubeconfig": pluginKubeconfig(t, "meshcni-verify"),
 		"exclude_namespaces": []string{"kube-system", "istio-system"}, "pod_lookup_retries": 3, "pod_lookup_interval": "200ms"}
 	for k, v := range conf {
@@ -70,7 +64,7 @@ func newNodeWith(t *testing.T, subnet string, conf map[string]any) *testbed.Node
 		PluginBinary: pluginBin,
 		PluginConf:   pc,
 		Subnet4:      subnet,
-		ForwardPorts: []int{port},
+		ForwardPorts: []int{cluster.Port},
 	})
 	if err != nil {
 		t.Fatal(err)

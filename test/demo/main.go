@@ -10,12 +10,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -67,8 +65,6 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	u, _ := url.Parse(cluster.URL)
-	port, _ := strconv.Atoi(u.Port())
 
 	step("creating a node network namespace with the CNI chain bridge -> meshcni")
 	logFile := filepath.Join(dir, "meshcni.log")
@@ -76,7 +72,7 @@ func run(ctx context.Context) error {
 		PluginBinary: bin,
 		PluginConf: map[string]any{"type": "meshcni", "kubeconfig": kubeconfig, "log_file": logFile,
 			"exclude_namespaces": []string{"kube-system", "istio-system"}},
-		ForwardPorts: []int{port},
+		ForwardPorts: []int{cluster.Port},
 	})
 	if err != nil {
 		return err

@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -158,14 +157,9 @@ func setup(ctx context.Context) error {
 	if err := os.WriteFile(tokenPath, []byte(token), 0o600); err != nil {
 		return err
 	}
-	u, err := url.Parse(env.cluster.URL)
-	if err != nil {
-		return err
-	}
-	port, _ := strconv.Atoi(u.Port())
 	step("kube-apiserver up, plug-in service account made")
 	// Dual-stack, as a modern cluster's nodes: every pod also gets IPv6.
-	if env.node, err = testbed.NewNode(testbed.Options{ForwardPorts: []int{port}, Subnet6: "fd0a:e2e::/64"}); err != nil {
+	if env.node, err = testbed.NewNode(testbed.Options{ForwardPorts: []int{env.cluster.Port}, Subnet6: "fd0a:e2e::/64"}); err != nil {
 		return err
 	}
 

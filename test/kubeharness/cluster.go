@@ -49,8 +49,9 @@ type Options struct {
 // Cluster is a running etcd and kube-apiserver. Its exported fields are set
 // by Start and must not be changed.
 type Cluster struct {
-	// URL is the API server's address, https://127.0.0.1:<port>.
-	URL string
+	// URL is the API server's address, https://127.0.0.1:<Port>.
+	URL  string
+	Port int
 	// CAData is the PEM CA that signed the serving certificate.
 	CAData []byte
 	// Config authenticates as AdminUser in group system:masters.
@@ -161,7 +162,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	etcdPort, peerPort, apiPort := ports[0], ports[1], ports[2]
 	c.EtcdURL = "http://127.0.0.1:" + strconv.Itoa(etcdPort)
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(peerPort)
-	c.URL = "https://127.0.0.1:" + strconv.Itoa(apiPort)
+	c.URL, c.Port = "https://127.0.0.1:"+strconv.Itoa(apiPort), apiPort
 	c.CAData = p.caCert
 
 	c.etcd, err = startProcess("etcd", etcdBin, filepath.Join(dir, "etcd.log"),

@@ -6,7 +6,6 @@ package repair
 
 import (
 	"context"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,9 +35,7 @@ func TestMain(m *testing.M) { os.Exit(kubeharness.RunTests(m, kubeharness.Option
 // as when they are scheduled before the agent is ready.
 func node(t *testing.T) *testbed.Node {
 	t.Helper()
-	u, _ := url.Parse(cluster.URL)
-	port, _ := strconv.Atoi(u.Port())
-	n, err := testbed.NewNode(testbed.Options{ForwardPorts: []int{port}})
+	n, err := testbed.NewNode(testbed.Options{ForwardPorts: []int{cluster.Port}})
 	if err != nil {
 		t.Fatal(err)
 	}
