@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -24,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshcni/meshcni/internal/install"
+	"github.com/meshcni/meshcni/test/testbed"
 )
 
 const (
@@ -40,24 +40,6 @@ const (
 `
 	testCA = "-----BEGIN CERTIFICATE-----\nMIIBdGVzdA==\n-----END CERTIFICATE-----\n"
 )
-
-// logBuf collects the agent's JSON log lines.
-type logBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // node is a fake node's directories and the agent's inputs.
 type node struct {
@@ -116,14 +98,14 @@ func replace(t testing.TB, path string, data []byte) {
 // running is an agent started in the background.
 type running struct {
 	*Agent
-	logs   *logBuf
+	logs   *testbed.SyncBuffer
 	cancel context.CancelFunc
 	done   chan error
 }
 
 func start(t *testing.T, o Options) *running {
 	t.Helper()
-	logs := &logBuf{}
+	logs := &testbed.SyncBuffer{}
 	a, err := New(o, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)

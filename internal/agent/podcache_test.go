@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshcni/meshcni/internal/podcache"
 	"github.com/meshcni/meshcni/internal/podspec"
+	"github.com/meshcni/meshcni/test/testbed"
 )
 
 // The agent serves its watch on pods.sock: a pod as the API has it
@@ -25,7 +26,7 @@ func TestPodCacheServesTheWatch(t *testing.T) {
 	n := newNode(t, map[string]string{"10-bridge.conflist": bridgeList})
 	o := n.options()
 	o.NodeName = "node-1"
-	a, err := New(o, slog.New(slog.NewJSONHandler(&logBuf{}, nil)))
+	a, err := New(o, slog.New(slog.NewJSONHandler(&testbed.SyncBuffer{}, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/meshcni/meshcni/internal/agent"
 	"github.com/meshcni/meshcni/internal/install"
+	"github.com/meshcni/meshcni/test/testbed"
 )
 
 const (
@@ -49,29 +49,11 @@ const (
 	fakeCA = "-----BEGIN CERTIFICATE-----\nMIIBdGVzdA==\n-----END CERTIFICATE-----\n"
 )
 
-// syncBuf is a log sink the agent writes from several goroutines.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // agentNode is an agent running in-process over a node's directories.
 type agentNode struct {
 	a                      *agent.Agent
 	o                      agent.Options
-	log                    *syncBuf
+	log                    *testbed.SyncBuffer
 	conf, bin, run, tokDir string
 	cancel                 context.CancelFunc
 	done                   chan error
@@ -82,7 +64,7 @@ type agentNode struct {
 func startAgent(t *testing.T, conf, run string) *agentNode {
 	t.Helper()
 	root := t.TempDir()
-	n := &agentNode{conf: conf, run: run, bin: filepath.Join(root, "opt/cni/bin"), tokDir: filepath.Join(root, "sa"), log: &syncBuf{}}
+	n := &agentNode{conf: conf, run: run, bin: filepath.Join(root, "opt/cni/bin"), tokDir: filepath.Join(root, "sa"), log: &testbed.SyncBuffer{}}
 	src := filepath.Join(root, "image", "meshcni")
 	for _, d := range []string{n.bin, n.tokDir, filepath.Dir(src)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
