@@ -13,7 +13,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -32,8 +31,8 @@ import (
 type Options struct {
 	Client   kubernetes.Interface
 	NodeName string
-	// Pods is a started informer on the node's pods to share (the
-	// agent's); nil makes the controller watch them itself.
+	// Pods is a started informer on the node's pods (the agent's one
+	// watch, agent.WatchNodePods).
 	Pods coreinformers.PodInformer
 	Mode Mode
 	// Finder and Rules are used in InPlace mode.
@@ -65,8 +64,8 @@ type Controller struct {
 
 // New checks the options and builds a controller.
 func New(opts Options) (*Controller, error) {
-	if opts.Client == nil || opts.NodeName == "" {
-		return nil, errors.New("repair: a client and a node name are required")
+	if opts.Client == nil || opts.NodeName == "" || opts.Pods == nil {
+		return nil, errors.New("repair: a client, a node name and a watch of the node's pods are required")
 	}
 	if opts.Mode == "" {
 		opts.Mode = InPlace
@@ -111,16 +110,6 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "meshcni-agent", Host: c.opts.NodeName})
 
 	informer := c.opts.Pods
-	if informer == nil {
-		factory := informers.NewSharedInformerFactoryWithOptions(c.opts.Client, 0,
-			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-				o.FieldSelector = "spec.nodeName=" + c.opts.NodeName
-			}))
-		informer = factory.Core().V1().Pods()
-		informer.Informer() // registered before Start
-		factory.Start(ctx.Done())
-		defer factory.Shutdown()
-	}
 	c.pods = informer.Lister()
 	reg, err := informer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    c.enqueue,

@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshcni/meshcni/internal/agent"
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/repair"
@@ -113,15 +114,17 @@ func sandboxProcess(t *testing.T, n ns.NetNS, uid string) {
 
 func start(t *testing.T, mode repair.Mode, reg *prometheus.Registry) {
 	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pods, watchDone := agent.WatchNodePods(ctx, cluster.Client, testbed.NodeName)
 	c, err := repair.New(repair.Options{
-		Client: cluster.Client, NodeName: testbed.NodeName, Mode: mode,
+		Client: cluster.Client, NodeName: testbed.NodeName, Mode: mode, Pods: pods.Informer,
 		Finder: repair.ProcFinder{}, Rules: netfilter.New(netfilter.Options{LockDir: t.TempDir()}),
 		Base: capture.Default(), ExcludeNamespaces: []string{"kube-system"}, Registerer: reg,
 	})
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
 	t.Cleanup(func() {
@@ -129,6 +132,7 @@ func start(t *testing.T, mode repair.Mode, reg *prometheus.Registry) {
 		if err := <-done; err != nil {
 			t.Errorf("controller: %v", err)
 		}
+		<-watchDone
 	})
 }
 
