@@ -88,6 +88,20 @@ type session struct {
 	ctx     context.Context
 	backend Backend
 	env     []string
+
+	// The netns's nftables tables, listed once: detection and each
+	// family's check before its restore read the same listing. Nothing
+	// else writes a sandbox's netns while its ADD runs, and a family's
+	// restore changes no other family's tables.
+	listOnce   sync.Once
+	listed     []nftTable
+	listingErr error
+}
+
+// tables returns the session's listing of the netns's nftables tables.
+func (s *session) tables() ([]nftTable, error) {
+	s.listOnce.Do(func() { s.listed, s.listingErr = listTables() })
+	return s.listed, s.listingErr
 }
 
 func (a *Applier) enter(ctx context.Context, path string, fn func(*session) error) error {
@@ -125,12 +139,12 @@ func (s *session) detect() (Backend, error) {
 	if s.a.opts.Backend != Auto {
 		return s.a.opts.Backend, nil
 	}
-	if ours, _, err := nftState(); err == nil && len(ours) > 0 {
+	if tables, err := s.tables(); err == nil && len(oursIn(tables)) > 0 {
 		return Nftables, nil
 	}
 	for _, b := range []Backend{Legacy, NFT} {
 		for _, f := range []rules.Family{rules.IPv4, rules.IPv6} {
-			if has, err := hasTables(b, f); err == nil && has {
+			if has, err := s.hasTables(b, f); err == nil && has {
 				return b, nil
 			}
 		}
@@ -254,7 +268,7 @@ func (s *session) applyFamily(rs rules.Ruleset) (wrote bool, err error) {
 // (every new pod) costs one save and no scratch namespace.
 func (s *session) alreadyThere(rs rules.Ruleset) (bool, error) {
 	// A new pod's netns has no tables at all: no save needed.
-	if has, err := hasTables(s.backend, rs.Family); err == nil && !has {
+	if has, err := s.hasTables(s.backend, rs.Family); err == nil && !has {
 		return false, nil
 	}
 	all, err := s.save(rs.Family)

@@ -3,6 +3,7 @@ package netfilter
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/google/nftables"
@@ -11,11 +12,11 @@ import (
 	"github.com/meshcni/meshcni/internal/rules"
 )
 
-// hasTables reports whether the current thread's netns holds any iptables
-// table of family f for backend b. It costs a /proc read (legacy) or one
-// netlink dump (nft), instead of an iptables-save fork. meshcni's own
-// nftables table is not an iptables table.
-func hasTables(b Backend, f rules.Family) (bool, error) {
+// hasTables reports whether the session's netns holds any iptables table
+// of family f for backend b. It costs a /proc read (legacy) or the
+// session's one netlink dump (nft), instead of an iptables-save fork.
+// meshcni's own nftables table is not an iptables table.
+func (s *session) hasTables(b Backend, f rules.Family) (bool, error) {
 	if b == Legacy {
 		name := "ip_tables_names"
 		if f == rules.IPv6 {
@@ -34,7 +35,7 @@ func hasTables(b Backend, f rules.Family) (bool, error) {
 	if f == rules.IPv6 {
 		fam = nftables.TableFamilyIPv6
 	}
-	tables, err := listTables()
+	tables, err := s.tables()
 	if err != nil {
 		return false, err
 	}
@@ -46,6 +47,21 @@ func hasTables(b Backend, f rules.Family) (bool, error) {
 	return false, nil
 }
 
+// oursIn returns the families that hold meshcni's nftables table.
+func oursIn(tables []nftTable) []rules.Family {
+	var ours []rules.Family
+	for _, t := range tables {
+		switch {
+		case t.Name != nftrules.TableName:
+		case t.Family == nftables.TableFamilyIPv4:
+			ours = append(ours, rules.IPv4)
+		case t.Family == nftables.TableFamilyIPv6:
+			ours = append(ours, rules.IPv6)
+		}
+	}
+	return ours
+}
+
 // nftState reads, over netlink and without a fork, which families hold
 // meshcni's nftables table in the current thread's netns, and the
 // iptables-nft ISTIO_* chains that would capture alongside it.
@@ -54,18 +70,8 @@ func nftState() (ours []rules.Family, istio []string, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	others := false
-	for _, t := range tables {
-		switch {
-		case t.Name != nftrules.TableName:
-			others = true
-		case t.Family == nftables.TableFamilyIPv4:
-			ours = append(ours, rules.IPv4)
-		case t.Family == nftables.TableFamilyIPv6:
-			ours = append(ours, rules.IPv6)
-		}
-	}
-	if !others {
+	ours = oursIn(tables)
+	if !slices.ContainsFunc(tables, func(t nftTable) bool { return t.Name != nftrules.TableName }) {
 		return ours, nil, nil
 	}
 	// Someone else's tables: rare on a pod, so the full library does it.
