@@ -119,10 +119,16 @@ func (a *Agent) runRepair(ctx context.Context, cs kubernetes.Interface, pods *No
 		return
 	}
 	mode, _ := repair.ParseMode(o.RepairMode) // validated in Options.Validate
+	// The agent's image carries no iptables: use the node's, through the
+	// host's root as seen from the host PID namespace.
+	hostRoot := ""
+	if !netfilter.HasLocalIPTables() {
+		hostRoot = filepath.Join(o.ProcDir, "1", "root")
+	}
 	c, err := repair.New(repair.Options{
 		Client: cs, NodeName: o.NodeName, Mode: mode, Pods: pods.Informer,
 		Finder:            repair.ProcFinder{Proc: o.ProcDir},
-		Rules:             netfilter.New(netfilter.Options{Backend: entry.Backend, LockDir: o.LockDir(), HostRoot: a.hostRoot()}),
+		Rules:             netfilter.New(netfilter.Options{Backend: entry.Backend, LockDir: o.LockDir(), HostRoot: hostRoot}),
 		Base:              entry.Base,
 		ExcludeNamespaces: o.ExcludeNamespaces,
 		Registerer:        a.metrics.reg,
@@ -136,16 +142,6 @@ func (a *Agent) runRepair(ctx context.Context, cs kubernetes.Interface, pods *No
 	if err := c.Run(ctx); err != nil && ctx.Err() == nil {
 		a.log.Error("repair controller stopped", "error", err)
 	}
-}
-
-// hostRoot is where the agent finds the node's iptables: its image
-// carries none, so the node's, through the host's root as seen from the
-// host PID namespace; "" when it has its own (tests, a node-local run).
-func (a *Agent) hostRoot() string {
-	if netfilter.HasLocalIPTables() {
-		return ""
-	}
-	return filepath.Join(a.opts.ProcDir, "1", "root")
 }
 
 // setTaint adds (present) or removes the startup taint on node. A merge

@@ -206,7 +206,6 @@ func (o *Options) Entry() (json.RawMessage, error) {
 	}
 	if o.NodeName != "" {
 		e["pod_cache_socket"] = o.PodCacheSocketPath()
-		e["delegate_add"] = true
 	}
 	b, err := json.Marshal(e)
 	if err != nil {

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -18,7 +17,6 @@ import (
 	listerv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/meshcni/meshcni/internal/plugin"
 	"github.com/meshcni/meshcni/internal/podcache"
 	"github.com/meshcni/meshcni/internal/podspec"
 )
@@ -97,24 +95,15 @@ func (a *Agent) startPodCache(ctx context.Context, store *NodePods) <-chan struc
 	if err := a.metrics.reg.Register(lookups); err != nil {
 		a.log.Warn("pod cache metrics not registered", "error", err)
 	}
-	observe := func(r string) { lookups.WithLabelValues(r).Inc() }
-	adds := plugin.NewInAgent(plugin.InAgent{
-		Pods: store, HostRoot: a.hostRoot(), Observe: observe,
-		// Decision lines go where the plug-in's own would: through relog,
-		// which logs them and counts them in meshcni_plugin_results_total.
-		Log: slog.New(slog.NewJSONHandler(relogWriter{a}, &slog.HandlerOptions{Level: pluginLevel(a.opts.PluginLogLevel)})).
-			With("plugin", "meshcni", "ran_in", "agent"),
-	})
 	srv := &http.Server{
-		Handler:           &podcache.Handler{Store: store, Observe: observe, Add: adds.Add},
-		ConnContext:       podcache.ConnContext,
+		Handler:           &podcache.Handler{Store: store, Observe: func(r string) { lookups.WithLabelValues(r).Inc() }},
 		ReadHeaderTimeout: time.Second,
 		WriteTimeout:      5 * time.Second,
 	}
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		if err := srv.Serve(podcache.FDListener(rootOnly{sock.l, func() { lookups.WithLabelValues(resultRefused).Inc() }})); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(rootOnly{sock.l, func() { lookups.WithLabelValues(resultRefused).Inc() }}); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("pod cache socket stopped serving", "error", err)
 		}
 	}()
@@ -132,24 +121,6 @@ func (a *Agent) startPodCache(ctx context.Context, store *NodePods) <-chan struc
 }
 
 const resultRefused = "refused"
-
-// relogWriter hands each JSON line the in-agent ADDs log to relog, as if
-// the plug-in had sent it on the log socket.
-type relogWriter struct{ a *Agent }
-
-func (w relogWriter) Write(b []byte) (int, error) {
-	w.a.relog(b)
-	return len(b), nil
-}
-
-// pluginLevel is the plug-in's log level (its log_level) for its lines.
-func pluginLevel(s string) slog.Level {
-	var l slog.Level
-	if s == "" || l.UnmarshalText([]byte(s)) != nil {
-		return slog.LevelInfo
-	}
-	return l
-}
 
 // rootOnly accepts only connections from root (SO_PEERCRED), as the log
 // socket does: the pods of the node are for the plug-in, even if the

@@ -34,10 +34,6 @@ type Config struct {
 	// PodCacheSocket is the agent's Unix socket serving its watch of the
 	// node's pods; asked before the API.
 	PodCacheSocket string `json:"pod_cache_socket"`
-	// DelegateAdd hands each ADD to the agent at PodCacheSocket, which
-	// runs it with the pod from its watch; the plug-in runs it itself
-	// when the agent cannot.
-	DelegateAdd bool `json:"delegate_add"`
 
 	IptablesBackend string `json:"iptables_backend"`
 	LockDir         string `json:"lock_dir"`
@@ -113,9 +109,6 @@ func parseConfig(stdin []byte) (*Config, error) {
 	}
 	if conf.PodCacheSocket != "" && !filepath.IsAbs(conf.PodCacheSocket) {
 		return nil, configError("pod_cache_socket %q: must be an absolute path", conf.PodCacheSocket)
-	}
-	if conf.DelegateAdd && conf.PodCacheSocket == "" {
-		return nil, configError("delegate_add needs pod_cache_socket, the agent's socket")
 	}
 	switch strings.ToLower(conf.LogLevel) {
 	case "", "debug", "info", "warn", "error":

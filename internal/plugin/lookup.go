@@ -35,16 +35,13 @@ func (p *Plugin) cacheFor(socket string) PodCache {
 // start uncaptured because it did not know it.
 func (p *Plugin) lookup(ctx context.Context, t *target) (*podspec.Pod, error) {
 	ns, name, uid := string(t.args.K8S_POD_NAMESPACE), string(t.args.K8S_POD_NAME), string(t.args.K8S_POD_UID)
-	if t.conf.PodCacheSocket != "" && !t.askedAgent {
+	if t.conf.PodCacheSocket != "" {
 		pod, miss := p.fromCache(ctx, t.conf.PodCacheSocket, ns, name, uid)
 		if pod != nil {
 			t.source = sourceCache
 			return pod, nil
 		}
 		t.cacheMiss = miss
-	}
-	if p.inAgent {
-		return nil, errMiss{t.cacheMiss}
 	}
 	t.source = sourceAPI
 	pods, err := p.podsFor(t.conf)
@@ -76,9 +73,3 @@ func (p *Plugin) fromCache(ctx context.Context, socket, ns, name, uid string) (*
 	}
 	return pod, ""
 }
-
-// errMiss: in the agent, its watch could not answer for the pod; the
-// plug-in runs the ADD itself and asks the API.
-type errMiss struct{ reason string }
-
-func (e errMiss) Error() string { return "the agent's watch cannot answer: " + e.reason }

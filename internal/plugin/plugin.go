@@ -32,15 +32,8 @@ type Plugin struct {
 	// Cache returns the client of the agent's pod cache at a socket; nil
 	// means podcache.NewClient.
 	Cache func(socket string) PodCache
-	// LogTo overrides where log lines go (tests, the agent); nil means
-	// per config.
+	// LogTo overrides where log lines go (tests); nil means per config.
 	LogTo *slog.Logger
-	// HostRoot is the node's root as the caller sees it, when the
-	// caller's own has no iptables (the agent; see netfilter.Options).
-	HostRoot string
-	// inAgent: the plug-in's ADD runs in the agent; a pod its watch cannot
-	// answer for is a miss (errMiss), never an API request.
-	inAgent bool
 }
 
 // PodSource is a pod getter that can also say whether the API is usable.
@@ -58,7 +51,7 @@ func (p *Plugin) rulesFor(conf *Config) netfilter.Interface {
 	if p.Rules != nil {
 		return p.Rules
 	}
-	return netfilter.New(netfilter.Options{Backend: conf.backend, LockDir: conf.LockDir, HostRoot: p.HostRoot})
+	return netfilter.New(netfilter.Options{Backend: conf.backend, LockDir: conf.LockDir})
 }
 
 func (p *Plugin) podsFor(conf *Config) (PodSource, error) {
@@ -88,9 +81,6 @@ type target struct {
 	// why the cache did not, when it was asked.
 	source    string
 	cacheMiss string
-	// askedAgent: the agent has already said why its watch cannot answer
-	// (cacheMiss), so the cache is not asked again.
-	askedAgent bool
 }
 
 func (t *target) name() string {
@@ -102,16 +92,6 @@ func (t *target) name() string {
 // config and args parse, the target comes back with errors too, so that
 // the failure is reported where the config says (the agent's socket).
 func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult bool) (*target, error) {
-	t, err := p.prepare(args, needResult)
-	if err != nil || !t.needsPod() {
-		return t, err
-	}
-	return t, p.decide(ctx, t)
-}
-
-// prepare parses the config and args and settles what needs no pod:
-// not a Kubernetes pod, or its namespace excluded (t.reason set).
-func (p *Plugin) prepare(args *skel.CmdArgs, needResult bool) (*target, error) {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
 		return nil, err
@@ -137,33 +117,28 @@ func (p *Plugin) prepare(args *skel.CmdArgs, needResult bool) (*target, error) {
 	switch {
 	case kargs.K8S_POD_NAME == "" || kargs.K8S_POD_NAMESPACE == "":
 		t.reason = "not a Kubernetes pod (no K8S_POD_NAME/K8S_POD_NAMESPACE in CNI_ARGS)"
+		return t, nil
 	case conf.excludedByNS[string(kargs.K8S_POD_NAMESPACE)]:
 		t.reason = "namespace " + string(kargs.K8S_POD_NAMESPACE) + " is excluded"
+		return t, nil
 	}
-	return t, nil
-}
 
-// needsPod: the decision depends on the pod.
-func (t *target) needsPod() bool { return t.reason == "" }
-
-// decide looks the pod up and decides.
-func (p *Plugin) decide(ctx context.Context, t *target) error {
 	pod, err := p.lookup(ctx, t)
 	if err != nil {
-		return err
+		return t, err
 	}
 	t.pod = pod
 	t.capture, t.reason = podspec.Decide(pod)
 	if !t.capture {
-		return nil
+		return t, nil
 	}
-	spec, err := podspec.Spec(t.conf.captureBase, pod, t.ipv6)
+	spec, err := podspec.Spec(conf.captureBase, pod, t.ipv6)
 	if err != nil {
-		return types.NewError(types.ErrInvalidNetworkConfig,
+		return t, types.NewError(types.ErrInvalidNetworkConfig,
 			fmt.Sprintf("meshcni: pod %s: %v; correct it in the pod's spec and recreate the pod", t.name(), err), "")
 	}
 	t.spec = spec
-	return nil
+	return t, nil
 }
 
 // lookupError maps API failures to CNI errors that say what to fix. All
@@ -206,37 +181,20 @@ func (p *Plugin) logger(conf *Config) (*slog.Logger, func()) {
 }
 
 // CmdAdd captures the pod if it qualifies and passes prevResult through.
-// With delegate_add the agent runs it (see delegate); otherwise, or when
-// the agent cannot, the plug-in does.
 func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 	start := time.Now()
 	ctx := context.Background()
-	t, err := p.prepare(args, true)
-	if err == nil && t.needsPod() {
-		if res := p.delegate(ctx, t, args); res != nil {
-			if res.Error != nil {
-				return res.Error
-			}
-			return types.PrintResult(t.conf.PrevResult, t.conf.CNIVersion)
+	t, err := p.resolve(ctx, args, true)
+	if err == nil && t.capture {
+		if err = p.rulesFor(t.conf).Apply(ctx, args.Netns, t.spec); err != nil {
+			err = applyError(t.name(), args.Netns, err)
 		}
-		err = p.addHere(ctx, t, args.Netns)
 	}
 	p.report("ADD", args, t, err, start)
 	if err != nil {
 		return err
 	}
 	return types.PrintResult(t.conf.PrevResult, t.conf.CNIVersion)
-}
-
-// addHere looks the pod up, decides and programs the netns at nsPath.
-func (p *Plugin) addHere(ctx context.Context, t *target, nsPath string) error {
-	if err := p.decide(ctx, t); err != nil || !t.capture {
-		return err
-	}
-	if err := p.rulesFor(t.conf).Apply(ctx, nsPath, t.spec); err != nil {
-		return applyError(t.name(), nsPath, err)
-	}
-	return nil
 }
 
 func applyError(pod, path string, err error) *types.Error {

@@ -2,7 +2,6 @@ package podcache
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -32,10 +31,9 @@ type Client struct {
 // its context: the plug-in must fall back to the API quickly.
 func NewClient(path string) *Client { return &Client{path: path} }
 
-// exchange sends req on a new connection, with oob (SCM_RIGHTS) on its
-// first byte when given, and returns the answer's status, type and body
-// (at most maxBody).
-func (c *Client) exchange(ctx context.Context, req *http.Request, oob []byte) (*http.Response, []byte, error) {
+// do sends req on a new connection and returns the answer's status, type
+// and body (at most maxBody).
+func (c *Client) do(ctx context.Context, req *http.Request) (*http.Response, []byte, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.path)
 	if err != nil {
@@ -44,7 +42,7 @@ func (c *Client) exchange(ctx context.Context, req *http.Request, oob []byte) (*
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	if err := write(conn.(*net.UnixConn), req, oob); err != nil {
+	if err := req.Write(conn); err != nil {
 		return nil, nil, err
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
@@ -59,24 +57,6 @@ func (c *Client) exchange(ctx context.Context, req *http.Request, oob []byte) (*
 	return resp, body, nil
 }
 
-// write sends the whole request; descriptors in oob go with the first
-// sendmsg, so the server finds them on the request's first byte.
-func write(conn *net.UnixConn, req *http.Request, oob []byte) error {
-	if oob == nil {
-		return req.Write(conn)
-	}
-	var buf bytes.Buffer
-	if err := req.Write(&buf); err != nil {
-		return err
-	}
-	n, _, err := conn.WriteMsgUnix(buf.Bytes(), oob, nil)
-	if err != nil {
-		return err
-	}
-	_, err = conn.Write(buf.Bytes()[n:])
-	return err
-}
-
 // Pod returns the pod namespace/name with UID uid, or an error:
 // ErrNotFound, ErrStale, ErrNotSynced, or whatever kept the agent from
 // answering. A pod is returned only if its namespace, name and UID are
@@ -86,7 +66,7 @@ func (c *Client) Pod(ctx context.Context, namespace, name, uid string) (*podspec
 	if err != nil {
 		return nil, err
 	}
-	resp, body, err := c.exchange(ctx, req, nil)
+	resp, body, err := c.do(ctx, req)
 	if err != nil {
 		if ctx.Err() != nil {
 			err = ctx.Err()

@@ -62,9 +62,9 @@ func serve(t testing.TB, h http.Handler) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: time.Second, ConnContext: ConnContext}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: time.Second}
 	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(FDListener(l)) }()
+	go func() { defer close(done); _ = srv.Serve(l) }()
 	t.Cleanup(func() {
 		_ = srv.Close()
 		<-done

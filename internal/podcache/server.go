@@ -3,7 +3,6 @@ package podcache
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -34,32 +33,19 @@ const (
 // agent's watch delivers the pod's binding.
 const DefaultWait = 100 * time.Millisecond
 
-// Handler answers lookups from a Store and, with Add, runs the ADDs the
-// plug-in hands over.
+// Handler answers lookups from a Store.
 type Handler struct {
 	Store Store
 	// Wait bounds the wait for a missing pod, or one whose UID is not
 	// the requested one; zero means DefaultWait, negative no wait.
 	Wait time.Duration
-	// Observe, if set, is called once per lookup with its result.
+	// Observe, if set, is called once per request with its result.
 	Observe func(result string)
-	// Add, if set, serves POST /v1/add; the server must then accept
-	// through FDListener with ConnContext. Without it the plug-in is told
-	// that this agent takes no ADDs.
-	Add AddFunc
 }
 
 const pollEvery = 5 * time.Millisecond
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == addPath && h.Add != nil {
-		if r.Method != http.MethodPost {
-			jsonError(w, "want POST "+addPath, http.StatusMethodNotAllowed)
-			return
-		}
-		h.serveAdd(w, r)
-		return
-	}
 	result := h.serve(w, r)
 	if h.Observe != nil {
 		h.Observe(result)
@@ -72,60 +58,33 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) string {
 		http.Error(w, "want GET "+pathPrefix+"{namespace}/{name}?uid={uid}", http.StatusBadRequest)
 		return ResultBadRequest
 	}
-	pod, err := Await(r.Context(), h.Store, namespace, name, r.URL.Query().Get("uid"), h.Wait)
-	switch {
-	case err == nil:
-		if err := writePod(w, pod); err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-		}
-	case errors.Is(err, ErrNotSynced):
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
-	case errors.Is(err, ErrStale):
-		http.Error(w, err.Error(), http.StatusConflict)
-	default:
-		http.Error(w, err.Error(), http.StatusNotFound)
-	}
-	return Result(err)
-}
-
-// Result names a lookup's outcome for metrics: ResultHit for nil, else
-// the miss.
-func Result(err error) string {
-	switch {
-	case err == nil:
-		return ResultHit
-	case errors.Is(err, ErrNotSynced):
+	uid := r.URL.Query().Get("uid")
+	if !h.Store.Synced() {
+		http.Error(w, ErrNotSynced.Error(), http.StatusServiceUnavailable)
 		return ResultNotSynced
-	case errors.Is(err, ErrStale):
-		return ResultStale
 	}
-	return ResultNotFound
-}
-
-// Await returns the pod the store holds under namespace/name with UID
-// uid ("" = any), waiting up to wait (zero: DefaultWait; negative: not
-// at all) for the watch to show it. Otherwise it returns ErrNotSynced,
-// ErrStale (another UID) or ErrNotFound.
-func Await(ctx context.Context, store Store, namespace, name, uid string, wait time.Duration) (*podspec.Pod, error) {
-	if !store.Synced() {
-		return nil, ErrNotSynced
-	}
+	wait := h.Wait
 	if wait == 0 {
 		wait = DefaultWait
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		pod := store.Pod(namespace, name)
+		pod := h.Store.Pod(namespace, name)
 		if pod != nil && (uid == "" || pod.UID == uid) {
-			return pod, nil
+			if err := writePod(w, pod); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+			}
+			return ResultHit
 		}
-		if time.Now().Before(deadline) && sleep(ctx, pollEvery) {
+		if time.Now().Before(deadline) && sleep(r.Context(), pollEvery) {
 			continue
 		}
 		if pod != nil {
-			return nil, fmt.Errorf("%w: it has UID %s, not %s", ErrStale, pod.UID, uid)
+			http.Error(w, fmt.Sprintf("%v: it has UID %s, not %s", ErrStale, pod.UID, uid), http.StatusConflict)
+			return ResultStale
 		}
-		return nil, ErrNotFound
+		http.Error(w, ErrNotFound.Error(), http.StatusNotFound)
+		return ResultNotFound
 	}
 }
 

@@ -131,7 +131,7 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 
-	if slices.Contains(o.lookups, lookupCache) || slices.Contains(o.lookups, lookupAgent) {
+	if slices.Contains(o.lookups, lookupCache) {
 		progress("serving the node's pods on a socket, as the agent does")
 		stopCache, err := b.servePodCache(ctx)
 		if err != nil {
@@ -165,9 +165,8 @@ func run(ctx context.Context, o options) (err error) {
 	return nil
 }
 
-// pluginEntry is the meshcni-shaped config entry; with lookup agent or
-// cache it names the agent's socket, and with agent it hands the ADD
-// over, as the agent's entry does.
+// pluginEntry is the meshcni-shaped config entry; with lookup cache it
+// names the agent's pod cache socket, as the agent's entry does.
 func (b *bench) pluginEntry(lookup string) map[string]any {
 	e := map[string]any{
 		"type":               filepath.Base(b.o.plugin),
@@ -175,10 +174,7 @@ func (b *bench) pluginEntry(lookup string) map[string]any {
 		"exclude_namespaces": []string{"kube-system", "istio-system"},
 		"log_file":           b.logFile,
 	}
-	switch lookup {
-	case lookupAgent:
-		e["pod_cache_socket"], e["delegate_add"] = b.cacheSocket, true
-	case lookupCache:
+	if lookup == lookupCache {
 		e["pod_cache_socket"] = b.cacheSocket
 	}
 	if b.o.backend != "" {
@@ -428,7 +424,7 @@ func (b *bench) measureSet(ctx context.Context, n *node, k kind, scope, lookup s
 			if l.Decision != "captured" {
 				r.NotCaptured++
 			}
-			if l.lookup() != "" && l.lookup() != lookup {
+			if l.Source != "" && l.Source != lookup {
 				r.OtherSource++
 			}
 			if r.FirstMiss == "" {

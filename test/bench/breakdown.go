@@ -90,12 +90,9 @@ func (b *bench) breakdown(ctx context.Context, n *node, k kind) ([]step, error) 
 		run: add(b.pluginEntry(b.o.lookups[0]), excluded), sbs: excluded})
 	excludedStep := last()
 	for _, lookup := range b.o.lookups {
-		what, rules := "+ kubeconfig, client, TLS, pod GET", "+ netns, lock, rules"
-		switch lookup {
-		case lookupCache:
+		what := "+ kubeconfig, client, TLS, pod GET"
+		if lookup == lookupCache {
 			what = "+ the pod from the agent's socket"
-		case lookupAgent:
-			what, rules = "+ the netns and the ADD to the agent, its lookup and decision", "+ the rules, programmed by the agent"
 		}
 		plain, err := prep(func(ns, name string) *corev1.Pod { return kubeharness.NewPod(ns, name, testbed.NodeName) }, benchNS, "plain-"+lookup)
 		if err != nil {
@@ -110,7 +107,7 @@ func (b *bench) breakdown(ctx context.Context, n *node, k kind) ([]step, error) 
 		entry := b.pluginEntry(lookup)
 		probes = append(probes, probe{name: "plug-in ADD, pod without sidecar, " + lookup + " lookup: " + what, addsTo: excludedStep,
 			run: add(entry, plain), sbs: plain})
-		probes = append(probes, probe{name: "plug-in ADD, mesh pod (" + k.Name + "), " + lookup + " lookup: " + rules, addsTo: last(),
+		probes = append(probes, probe{name: "plug-in ADD, mesh pod (" + k.Name + "), " + lookup + " lookup: + netns, lock, rules", addsTo: last(),
 			run: add(entry, mesh), sbs: mesh})
 	}
 	steps := make([]step, len(probes))

@@ -80,7 +80,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.pods, "pods", 30, "ADDs per pod kind measured one at a time (and per step of the breakdown)")
 	batches := fs.String("batches", "10,50,100", "comma-separated batch sizes ADDed concurrently (empty: none)")
 	kinds := fs.String("kinds", "default,tproxy-dns-dual", "comma-separated pod kinds: "+strings.Join(kindNames(), ", "))
-	lookup := fs.String("lookup", "agent,cache,api", "comma-separated pod lookups, each measured one pod at a time: agent (the agent runs the ADD with the pod from its watch, as the agent configures the plug-in), cache (the plug-in asks the agent's watch and runs the ADD itself), api (a GET; the fallback without an agent); the first is also used for batches, the whole chain, the processes and the breakdown's mesh pod")
+	lookup := fs.String("lookup", "cache,api", "comma-separated pod lookups, each measured one pod at a time: cache (the agent's socket, as the agent configures the plug-in), api (a GET; the fallback); the first is also used for batches, the whole chain, the processes and the breakdown's mesh pod")
 	fs.StringVar(&o.backend, "backend", "", "iptables_backend in the plug-in config (empty: leave it out, the plug-in's default)")
 	extra := fs.String("conf", "", `JSON object merged into the plug-in config, e.g. '{"log_level":"debug"}'`)
 	fs.IntVar(&o.procADDs, "proc-adds", 3, "ADDs per pod kind run under strace (execs, forks) and, as many again, under a launcher (peak RSS); 0: skip")

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -21,34 +20,30 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshcni/meshcni/internal/agent"
-	"github.com/meshcni/meshcni/internal/plugin"
 	"github.com/meshcni/meshcni/internal/podcache"
 	"github.com/meshcni/meshcni/test/testbed"
 )
 
-// Pod lookups the bench can configure: the agent runs the ADD with the
-// pod from its watch (delegate_add, how the agent writes the plug-in's
-// entry); the plug-in asks the agent's watch over its Unix socket and
-// runs the ADD itself; or it GETs the pod from the API server (its
-// fallback when there is no agent).
+// Pod lookups the bench can configure: the agent's watch of the node's
+// pods over its Unix socket (how the agent writes the plug-in's entry),
+// or a GET to the API server (the plug-in's fallback).
 const (
-	lookupAgent = "agent"
 	lookupCache = "cache"
 	lookupAPI   = "api"
 )
 
-var lookups = []string{lookupAgent, lookupCache, lookupAPI}
+var lookups = []string{lookupCache, lookupAPI}
 
-// serveEnv makes the bench binary the agent's side of the socket (see
-// servePods) instead of the bench.
+// serveEnv makes the bench binary the agent's side of the pod socket
+// (see servePods) instead of the bench.
 const serveEnv = "MESHCNI_BENCH_SERVE_PODS"
 
-// servePodCache starts the agent's side of its Unix socket in b.dir, in a
-// process of its own as a running agent is: the agent's own watch of the
-// node's pods and its handlers, which answer lookups and run the ADDs
-// handed over (decision lines to the plug-in's log_file). It returns once
-// the watch has listed the node's pods. The plug-in runs in the node
-// netns but shares the mount namespace, so the path reaches it.
+// servePodCache serves the node's pods on a Unix socket in b.dir with the
+// agent's own watch and handler, in a process of its own as a running
+// agent is (in the bench's process, the agent's goroutines would share a
+// scheduler with the bench's forks and pipes), and returns once the watch
+// has listed the node's pods. The plug-in runs in the node netns but
+// shares the mount namespace, so the path reaches it.
 func (b *bench) servePodCache(ctx context.Context) (stop func(), err error) {
 	self, err := os.Executable()
 	if err != nil {
@@ -56,7 +51,7 @@ func (b *bench) servePodCache(ctx context.Context) (stop func(), err error) {
 	}
 	path := filepath.Join(b.dir, "pods.sock")
 	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), serveEnv+"="+strings.Join([]string{path, b.cluster.AdminKubeconfig, b.logFile, testbed.NodeName}, "\x00"))
+	cmd.Env = append(os.Environ(), serveEnv+"="+strings.Join([]string{path, b.cluster.AdminKubeconfig, testbed.NodeName}, "\n"))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -92,13 +87,14 @@ func (b *bench) servePodCache(ctx context.Context) (stop func(), err error) {
 	return stop, nil
 }
 
-// servePods is the agent's side: it serves until SIGTERM.
+// servePods is the agent's side: it prints "ready" once the watch has
+// synced and serves until SIGTERM.
 func servePods(spec string) error {
-	args := strings.Split(spec, "\x00")
-	if len(args) != 4 {
-		return fmt.Errorf("%s: want socket, kubeconfig, log file and node", serveEnv)
+	args := strings.Split(spec, "\n")
+	if len(args) != 3 {
+		return fmt.Errorf("%s: want socket, kubeconfig and node", serveEnv)
 	}
-	path, kubeconfig, logFile, node := args[0], args[1], args[2], args[3]
+	path, kubeconfig, node := args[0], args[1], args[2]
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	config, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
@@ -109,22 +105,14 @@ func servePods(spec string) error {
 	if err != nil {
 		return err
 	}
-	logf, err := os.OpenFile(logFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		return fmt.Errorf("pod cache socket: %w", err)
 	}
 	store, watchDone := agent.WatchNodePods(ctx, cs, node)
-	adds := plugin.NewInAgent(plugin.InAgent{Pods: store,
-		Log: slog.New(slog.NewJSONHandler(logf, nil)).With("plugin", "meshcni", "ran_in", "agent")})
-	srv := &http.Server{Handler: &podcache.Handler{Store: store, Add: adds.Add},
-		ConnContext: podcache.ConnContext, ReadHeaderTimeout: time.Second}
+	srv := &http.Server{Handler: &podcache.Handler{Store: store}, ReadHeaderTimeout: time.Second}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(podcache.FDListener(l)) }()
+	go func() { served <- srv.Serve(l) }()
 	if cache.WaitForCacheSync(ctx.Done(), store.Synced) {
 		fmt.Println("ready")
 	}

@@ -100,15 +100,6 @@ type addLine struct {
 	Decision string
 	Source   string // pod_source: where the plug-in found the pod (meshcni's log)
 	Miss     string // cache_miss: why the agent's cache did not answer
-	RanIn    string // ran_in: "agent" when the agent ran the ADD
-}
-
-// lookup is how the ADD found its pod, in --lookup's terms.
-func (l addLine) lookup() string {
-	if l.RanIn == "agent" {
-		return lookupAgent
-	}
-	return l.Source
 }
 
 // readAddLog maps "namespace/name" to the plug-in's own ADD line: its
@@ -127,7 +118,6 @@ func readAddLog(r io.Reader) map[string]addLine {
 			Decision string    `json:"decision"`
 			Source   string    `json:"pod_source"`
 			Miss     string    `json:"cache_miss"`
-			RanIn    string    `json:"ran_in"`
 		}
 		if json.Unmarshal(sc.Bytes(), &rec) != nil || rec.Msg != "ADD" || rec.Pod == "" {
 			continue
@@ -136,7 +126,7 @@ func readAddLog(r io.Reader) map[string]addLine {
 		if err != nil {
 			continue
 		}
-		out[rec.Pod] = addLine{At: rec.Time, Duration: d, Decision: rec.Decision, Source: rec.Source, Miss: rec.Miss, RanIn: rec.RanIn}
+		out[rec.Pod] = addLine{At: rec.Time, Duration: d, Decision: rec.Decision, Source: rec.Source, Miss: rec.Miss}
 	}
 	return out
 }

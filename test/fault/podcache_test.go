@@ -68,50 +68,40 @@ func TestPodCacheFaults(t *testing.T) {
 			return fakeCache(t, func(w http.ResponseWriter, r *http.Request) { hang(r) })
 		}},
 	} {
-		// With delegate_add the plug-in first hands its ADD to the same
-		// socket (POST /v1/add); each fault then hits that request, and the
-		// plug-in must run the ADD itself and ask the API.
-		for _, delegate := range []bool{false, true} {
-			name := tc.name
-			if delegate {
-				name += ", delegate_add"
+		t.Run(tc.name, func(t *testing.T) {
+			pod := meshPod(t, "fault-cache")
+			p := newAPIProxy(t, pass)
+			kc := p.kubeconfig(t, pluginToken, false)
+			if tc.apiDown {
+				p.srv.Close()
 			}
-			t.Run(name, func(t *testing.T) {
-				pod := meshPod(t, "fault-cache")
-				p := newAPIProxy(t, pass)
-				kc := p.kubeconfig(t, pluginToken, false)
-				if tc.apiDown {
-					p.srv.Close()
+			n := newNS(t)
+			conf := netconf(t, n.Path(), false, map[string]any{"kubeconfig": kc, "lock_dir": t.TempDir(), "pod_cache_socket": tc.cache(t, pod)})
+			inv := runPlugin(t, "ADD", n.Path(), k8sArgs(pod.Namespace, pod.Name, string(pod.UID)), conf)
+			// cache 1 s + 2 API tries × 300 ms + interval, plus slack.
+			if bound := 4 * time.Second; inv.elapsed > bound {
+				t.Errorf("ADD took %v, want under %v", inv.elapsed, bound)
+			}
+			if tc.apiDown {
+				if inv.err == nil || inv.err.Code != types.ErrTryAgainLater {
+					t.Fatalf("ADD with the cache and the API failing: %+v, want code 11", inv.err)
 				}
-				n := newNS(t)
-				conf := netconf(t, n.Path(), false, map[string]any{"kubeconfig": kc, "lock_dir": t.TempDir(), "pod_cache_socket": tc.cache(t, pod), "delegate_add": delegate})
-				inv := runPlugin(t, "ADD", n.Path(), k8sArgs(pod.Namespace, pod.Name, string(pod.UID)), conf)
-				// The agent's 2 s (or the cache's 1 s) + 2 API tries × 300 ms +
-				// interval, plus slack.
-				if bound := 4 * time.Second; inv.elapsed > bound {
-					t.Errorf("ADD took %v, want under %v", inv.elapsed, bound)
-				}
-				if tc.apiDown {
-					if inv.err == nil || inv.err.Code != types.ErrTryAgainLater {
-						t.Fatalf("ADD with the cache and the API failing: %+v, want code 11", inv.err)
-					}
-					assertNoResidue(t, n.Path())
-					return
-				}
-				if inv.err != nil {
-					t.Fatalf("ADD: %+v\n%s", inv.err, inv.stderr)
-				}
-				if p.requests.Load() == 0 {
-					t.Error("the plug-in did not ask the API")
-				}
-				if !strings.Contains(inv.stderr, `"pod_source":"api"`) || !strings.Contains(inv.stderr, `"decision":"captured"`) {
-					t.Errorf("want the pod captured from the API's answer; log:\n%s", inv.stderr)
-				}
-				if len(residue(t, n.Path())) == 0 {
-					t.Error("the pod was not captured")
-				}
-				t.Logf("ADD in %v, %d API requests", inv.elapsed.Round(time.Millisecond), p.requests.Load())
-			})
-		}
+				assertNoResidue(t, n.Path())
+				return
+			}
+			if inv.err != nil {
+				t.Fatalf("ADD: %+v\n%s", inv.err, inv.stderr)
+			}
+			if p.requests.Load() == 0 {
+				t.Error("the plug-in did not ask the API")
+			}
+			if !strings.Contains(inv.stderr, `"pod_source":"api"`) || !strings.Contains(inv.stderr, `"decision":"captured"`) {
+				t.Errorf("want the pod captured from the API's answer; log:\n%s", inv.stderr)
+			}
+			if len(residue(t, n.Path())) == 0 {
+				t.Error("the pod was not captured")
+			}
+			t.Logf("ADD in %v, %d API requests", inv.elapsed.Round(time.Millisecond), p.requests.Load())
+		})
 	}
 }
