@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -57,6 +58,11 @@ func (b *bench) servePodCache(ctx context.Context) (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
+	// The server stops when this pipe closes: with the bench, however it
+	// ends.
+	if _, err := cmd.StdinPipe(); err != nil {
+		return nil, err
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("pod cache server: %w", err)
 	}
@@ -88,7 +94,7 @@ func (b *bench) servePodCache(ctx context.Context) (stop func(), err error) {
 }
 
 // servePods is the agent's side: it prints "ready" once the watch has
-// synced and serves until SIGTERM.
+// synced and serves until SIGTERM or until its stdin (the bench) closes.
 func servePods(spec string) error {
 	args := strings.Split(spec, "\n")
 	if len(args) != 3 {
@@ -97,6 +103,10 @@ func servePods(spec string) error {
 	path, kubeconfig, node := args[0], args[1], args[2]
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		stop()
+	}()
 	config, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return err

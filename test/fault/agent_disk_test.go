@@ -214,10 +214,25 @@ func fill(t *testing.T, dir string) string {
 	return p
 }
 
+// assertNoTemp fails if one of the agent's temp files stays in dir. A
+// file seen once may be an attempt in flight (the agent retries on every
+// change it sees, and each attempt has a new name), so it counts as left
+// only if it is still there 200 ms later.
 func assertNoTemp(t *testing.T, dir string) {
 	t.Helper()
-	if tmps, _ := filepath.Glob(filepath.Join(dir, ".meshcni-*.tmp")); len(tmps) > 0 {
-		t.Errorf("temp files left in %s: %v", dir, tmps)
+	tmps, _ := filepath.Glob(filepath.Join(dir, ".meshcni-*.tmp"))
+	if len(tmps) == 0 {
+		return
+	}
+	time.Sleep(200 * time.Millisecond)
+	var left []string
+	for _, f := range tmps {
+		if _, err := os.Lstat(f); err == nil {
+			left = append(left, f)
+		}
+	}
+	if len(left) > 0 {
+		t.Errorf("temp files left in %s: %v", dir, left)
 	}
 }
 
