@@ -193,16 +193,7 @@ func (b *bench) measureAgent(ctx context.Context) (*agentResult, error) {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		// Stop it by its PID: SIGTERM, then SIGKILL after 15 s.
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	}()
+	defer terminate(cmd, exited)
 	pid := cmd.Process.Pid
 
 	// Ready when the entry is in the node's conflist.
@@ -384,4 +375,17 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// terminate stops a child of the bench whose Wait reports on exited:
+// SIGTERM, then SIGKILL if it has not exited within 15 s, so that a
+// server stuck in its shutdown cannot hang the bench.
+func terminate(cmd *exec.Cmd, exited <-chan error) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(15 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
 }

@@ -66,10 +66,8 @@ func (b *bench) servePodCache(ctx context.Context) (stop func(), err error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("pod cache server: %w", err)
 	}
-	stop = func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	}
+	// Wait closes the pipe only once the server has exited, which is a
+	// failure to start whatever was read.
 	ready := make(chan error, 1)
 	go func() {
 		line, err := bufio.NewReader(out).ReadString('\n')
@@ -78,6 +76,9 @@ func (b *bench) servePodCache(ctx context.Context) (stop func(), err error) {
 		}
 		ready <- err
 	}()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop = func() { terminate(cmd, exited) }
 	select {
 	case err = <-ready:
 	case <-time.After(time.Minute):
