@@ -54,7 +54,7 @@ manifests:
 # dist/meshcni-agent.oci.tar: the agent image as an OCI layout tarball,
 # built offline and reproducibly (SOURCE_DATE_EPOCH, default: the last
 # commit's time). IMAGE_CMDS lists the cmd/ binaries to put in it.
-IMAGE_CMDS ?= meshcni-agent,meshcni,meshcni-iptables
+IMAGE_CMDS ?= meshcni-agent,meshcni,meshcni-lookup,meshcni-iptables
 IMAGE_REF ?= ghcr.io/meshcni/meshcni-agent:0.1.0
 .PHONY: image
 image:
@@ -77,6 +77,6 @@ e2e: deps
 .PHONY: bench
 bench: deps
 	@command -v strace >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null; }
-	$(STATIC) -o bin/ ./cmd/meshcni
+	$(STATIC) -o bin/ ./cmd/meshcni ./cmd/meshcni-lookup
 	$(GO) test -tags integration -run '^$$' -bench . ./internal/netfilter/
 	$(GO) run ./test/bench --plugin bin/meshcni $(BENCH_FLAGS)

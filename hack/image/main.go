@@ -15,7 +15,7 @@ import (
 
 func main() {
 	out := flag.String("o", "dist/meshcni-agent.oci.tar", "output OCI layout tarball")
-	cmds := flag.String("cmds", "meshcni-agent,meshcni,meshcni-iptables", "comma-separated cmd/ binaries to include")
+	cmds := flag.String("cmds", "meshcni-agent,meshcni,meshcni-lookup,meshcni-iptables", "comma-separated cmd/ binaries to include")
 	ref := flag.String("ref", "ghcr.io/meshcni/meshcni-agent:0.1.0", "image name recorded in the layout's index (org.opencontainers.image.ref.name)")
 	arch := flag.String("arch", runtime.GOARCH, "GOARCH of the binaries and the image")
 	flag.Parse()

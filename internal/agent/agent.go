@@ -20,6 +20,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshcni/meshcni/internal/apilookup"
 	"github.com/meshcni/meshcni/internal/install"
 )
 
@@ -41,6 +42,7 @@ type Agent struct {
 	// Loop state, touched only by the reconcile loop.
 	installed bool        // the entry was in place after a round
 	binDirty  bool        // the installed binary may differ from --plugin-binary
+	noHelper  bool        // "no API lookup helper" was logged
 	fights    []time.Time // rewrites of the entry within the fight window
 	warnedAt  time.Time   // last fight warning
 	lastErr   string      // last error logged, so a retry loop logs it once
@@ -191,11 +193,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		cancel()
 	}
-	if err := install.Uninstall(o.CNIConfDir, o.InstalledBinary(), o.KubeconfigPath()); err != nil {
+	if err := install.Uninstall(o.CNIConfDir, o.InstalledBinary(), o.InstalledHelper(), o.KubeconfigPath()); err != nil {
 		a.log.Error("uninstall incomplete", "error", err)
 		return fmt.Errorf("uninstall: %w", err)
 	}
-	a.log.Info("shut down; removed the meshcni entry, binary and kubeconfig", "conf_dir", o.CNIConfDir)
+	a.log.Info("shut down; removed the meshcni entry, binaries and kubeconfig", "conf_dir", o.CNIConfDir)
 	return nil
 }
 
@@ -276,7 +278,7 @@ func (a *Agent) relevant(ev fsnotify.Event) bool {
 			return true
 		}
 	case a.opts.CNIBinDir:
-		return base == filepath.Base(a.opts.PluginBinary)
+		return base == filepath.Base(a.opts.PluginBinary) || base == apilookup.HelperName
 	case a.opts.RunDir:
 		return base == filepath.Base(a.opts.KubeconfigPath())
 	}
@@ -371,13 +373,30 @@ func (a *Agent) logOnce(level slog.Level, msg string, err error) {
 	a.log.Log(context.Background(), level, msg, "error", err)
 }
 
-// installBinary compares the installed binary with --plugin-binary byte
-// for byte and replaces it if they differ. That reads both files, so it
-// runs only when an event in the bin dir (or a new watcher, or a resync)
-// says the binary may have changed.
+// installBinary compares the installed binaries with --plugin-binary and
+// its API lookup helper byte for byte and replaces those that differ.
+// That reads the files, so it runs only when an event in the bin dir (or
+// a new watcher, or a resync) says a binary may have changed. The helper
+// goes first: a new plug-in must never run without the helper it execs.
+// Without a helper beside --plugin-binary the plug-in is still installed:
+// pods the agent's cache answers start, and the others fail their ADD
+// with an error that names the missing file, as they must.
 func (a *Agent) installBinary() error {
 	if !a.binDirty {
 		return nil
+	}
+	if _, err := os.Stat(a.opts.HelperBinary()); err == nil {
+		changed, err := install.InstallBinary(a.opts.HelperBinary(), a.opts.CNIBinDir)
+		if err != nil {
+			return fmt.Errorf("API lookup helper (beside --plugin-binary): %w", err)
+		}
+		if changed {
+			a.log.Info("installed the plug-in's API lookup helper", "path", a.opts.InstalledHelper())
+		}
+	} else if !a.noHelper {
+		a.noHelper = true
+		a.log.Warn("no API lookup helper beside the plug-in binary; pods the agent's cache cannot answer will fail to start",
+			"missing", a.opts.HelperBinary())
 	}
 	changed, err := install.InstallBinary(a.opts.PluginBinary, a.opts.CNIBinDir)
 	if err != nil {

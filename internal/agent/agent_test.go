@@ -61,6 +61,7 @@ func newNode(t *testing.T, files map[string]string) *node {
 	}
 	writeFile(t, filepath.Join(n.bin, "bridge"), "#!/bin/sh\n")
 	writeFile(t, n.src, "\x7fELF fake meshcni plug-in\n")
+	writeFile(t, filepath.Join(filepath.Dir(n.src), "meshcni-lookup"), "\x7fELF fake meshcni-lookup\n")
 	writeFile(t, filepath.Join(n.tokenDir, "token"), "token-1\n")
 	writeFile(t, filepath.Join(n.tokenDir, "ca.crt"), testCA)
 	return n
@@ -269,9 +270,11 @@ func TestInstallAndUninstall(t *testing.T) {
 				e["log_socket"] != filepath.Join(n.run, "log.sock") || e["lock_dir"] != filepath.Join(n.run, "locks") {
 				t.Errorf("entry = %s", last.Bytes)
 			}
-			bin, err := os.Stat(filepath.Join(n.bin, "meshcni"))
-			if err != nil || bin.Mode().Perm() != 0o755 {
-				t.Errorf("binary: %v %v", bin, err)
+			for _, b := range []string{"meshcni", "meshcni-lookup"} {
+				bin, err := os.Stat(filepath.Join(n.bin, b))
+				if err != nil || bin.Mode().Perm() != 0o755 {
+					t.Errorf("binary %s: %v %v", b, bin, err)
+				}
 			}
 			kc := filepath.Join(n.run, "kubeconfig")
 			if fi, err := os.Stat(kc); err != nil || fi.Mode().Perm() != 0o600 {
@@ -314,7 +317,7 @@ func TestInstallAndUninstall(t *testing.T) {
 				t.Errorf("at shutdown: ready %v, /readyz %d, still installed %v", atShutdown.ready, atShutdown.code, atShutdown.installed)
 			}
 			snap(t, n.conf).diff(t, before)
-			for _, p := range []string{filepath.Join(n.bin, "meshcni"), kc, filepath.Join(n.run, "log.sock")} {
+			for _, p := range []string{filepath.Join(n.bin, "meshcni"), filepath.Join(n.bin, "meshcni-lookup"), kc, filepath.Join(n.run, "log.sock")} {
 				if _, err := os.Lstat(p); !os.IsNotExist(err) {
 					t.Errorf("%s still there: %v", p, err)
 				}
@@ -424,6 +427,11 @@ func TestReinsert(t *testing.T) {
 	eventually(t, time.Second, "binary back", func() bool { _, err := os.Stat(bin); return err == nil })
 	writeFile(t, bin, "tampered")
 	eventually(t, time.Second, "binary repaired", func() bool { return mustRead(t, bin) == mustRead(t, n.src) })
+	helper := filepath.Join(n.bin, "meshcni-lookup")
+	if err := os.Remove(helper); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Second, "helper back", func() bool { _, err := os.Stat(helper); return err == nil })
 	kc := filepath.Join(n.run, "kubeconfig")
 	if err := os.Remove(kc); err != nil {
 		t.Fatal(err)

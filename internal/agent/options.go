@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshcni/meshcni/internal/apilookup"
 	"github.com/meshcni/meshcni/internal/install"
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/repair"
@@ -126,6 +127,17 @@ func (o *Options) LockDir() string        { return filepath.Join(o.RunDir, "lock
 // InstalledBinary is where the plug-in lands in the CNI bin dir.
 func (o *Options) InstalledBinary() string {
 	return filepath.Join(o.CNIBinDir, filepath.Base(o.PluginBinary))
+}
+
+// HelperBinary is the plug-in's API lookup helper, beside --plugin-binary
+// (internal/apilookup); InstalledHelper is where it lands, beside the
+// installed plug-in, where the plug-in looks for it.
+func (o *Options) HelperBinary() string {
+	return filepath.Join(filepath.Dir(o.PluginBinary), apilookup.HelperName)
+}
+
+func (o *Options) InstalledHelper() string {
+	return filepath.Join(o.CNIBinDir, apilookup.HelperName)
 }
 
 // Validate rejects settings that would break every pod on the node, and

@@ -2,11 +2,8 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"net"
-	"net/http"
 	"path/filepath"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
@@ -95,15 +92,11 @@ func (a *Agent) startPodCache(ctx context.Context, store *NodePods) <-chan struc
 	if err := a.metrics.reg.Register(lookups); err != nil {
 		a.log.Warn("pod cache metrics not registered", "error", err)
 	}
-	srv := &http.Server{
-		Handler:           &podcache.Handler{Store: store, Observe: func(r string) { lookups.WithLabelValues(r).Inc() }},
-		ReadHeaderTimeout: time.Second,
-		WriteTimeout:      5 * time.Second,
-	}
+	h := &podcache.Handler{Store: store, Observe: func(r string) { lookups.WithLabelValues(r).Inc() }}
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		if err := srv.Serve(rootOnly{sock.l, func() { lookups.WithLabelValues(resultRefused).Inc() }}); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := h.Serve(rootOnly{sock.l, func() { lookups.WithLabelValues(resultRefused).Inc() }}); err != nil {
 			a.log.Error("pod cache socket stopped serving", "error", err)
 		}
 	}()
@@ -113,7 +106,8 @@ func (a *Agent) startPodCache(ctx context.Context, store *NodePods) <-chan struc
 			a.log.Info("serving this node's pods to the plug-in", "socket", path, "node", a.opts.NodeName)
 		}
 		<-ctx.Done()
-		_ = srv.Close()
+		// Serve returns once the lookups in flight are answered.
+		_ = sock.l.Close()
 		<-served
 		sock.close()
 	}()

@@ -21,7 +21,7 @@ func TestBuildFromCmdsTwice(t *testing.T) {
 	var digests []string
 	var tars [][]byte
 	for i := 0; i < 2; i++ {
-		img, err := FromCmds(ctx, CmdOptions{ModuleDir: root, Cmds: []string{"meshcni-agent", "meshcni", "meshcni-iptables"}, Arch: "amd64", Epoch: epoch, Version: "test"})
+		img, err := FromCmds(ctx, CmdOptions{ModuleDir: root, Cmds: []string{"meshcni-agent", "meshcni", "meshcni-lookup", "meshcni-iptables"}, Arch: "amd64", Epoch: epoch, Version: "test"})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -6,12 +6,15 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/meshcni/meshcni/internal/apilookup"
 )
 
 // AgentBinary is where the agent lives in the image; PluginBinary is the
@@ -30,11 +33,14 @@ type CmdOptions struct {
 	Version   string // org.opencontainers.image.version label
 }
 
-// PathOf is where a cmd's binary goes in the image.
+// PathOf is where a cmd's binary goes in the image. The plug-in's API
+// lookup helper goes beside it, where the agent looks for it.
 func PathOf(cmd string) string {
 	switch cmd {
 	case "meshcni":
 		return PluginBinary
+	case apilookup.HelperName:
+		return path.Join(path.Dir(PluginBinary), apilookup.HelperName)
 	}
 	return "/usr/local/bin/" + cmd
 }

@@ -166,3 +166,14 @@ func readLayout(t *testing.T, b []byte) v1.Image {
 	}
 	return img
 }
+
+// The agent installs the helper from beside --plugin-binary, so the image
+// must put it there.
+func TestHelperBesidePlugin(t *testing.T) {
+	if got, want := PathOf("meshcni-lookup"), filepath.Join(filepath.Dir(PluginBinary), "meshcni-lookup"); got != want {
+		t.Fatalf("PathOf(meshcni-lookup) = %s, want %s", got, want)
+	}
+	if got := PathOf("meshcni-iptables"); got != "/usr/local/bin/meshcni-iptables" {
+		t.Fatalf("PathOf(meshcni-iptables) = %s", got)
+	}
+}

@@ -275,9 +275,9 @@ func validWrappedName(name string) bool {
 
 // Uninstall undoes everything the agent installed on the node: meshcni
 // entries in confDir (see Remove), temp files a crash may have left there,
-// the plugin binary and the kubeconfig. Empty paths are skipped; missing
-// files are not an error.
-func Uninstall(confDir, binaryPath, kubeconfigPath string) error {
+// then files: the plug-in's binaries and its kubeconfig. Empty paths are
+// skipped; missing files are not an error.
+func Uninstall(confDir string, files ...string) error {
 	var errs []error
 	if confDir != "" {
 		_, err := Remove(confDir)
@@ -285,7 +285,7 @@ func Uninstall(confDir, binaryPath, kubeconfigPath string) error {
 		_, err = RemoveTemp(confDir)
 		errs = append(errs, err)
 	}
-	for _, p := range []string{binaryPath, kubeconfigPath} {
+	for _, p := range files {
 		if p != "" {
 			errs = append(errs, removeFile(p))
 		}

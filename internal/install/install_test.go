@@ -400,8 +400,14 @@ func TestUninstall(t *testing.T) {
 	if err := os.WriteFile(src, []byte("#!/bin/true\n"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := InstallBinary(src, bin); err != nil {
+	helper := filepath.Join(root, "meshcni-lookup")
+	if err := os.WriteFile(helper, []byte("#!/bin/true\n"), 0o700); err != nil {
 		t.Fatal(err)
+	}
+	for _, b := range []string{src, helper} {
+		if _, err := InstallBinary(b, bin); err != nil {
+			t.Fatal(err)
+		}
 	}
 	kc := filepath.Join(root, "run", "kubeconfig")
 	if _, err := WriteKubeconfig(kc, "https://10.96.0.1:443", []byte("CA"), "tok"); err != nil {
@@ -415,7 +421,7 @@ func TestUninstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 2 { // idempotent
-		if err := Uninstall(confDir, filepath.Join(bin, "meshcni"), kc); err != nil {
+		if err := Uninstall(confDir, filepath.Join(bin, "meshcni"), filepath.Join(bin, "meshcni-lookup"), kc); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -429,7 +435,7 @@ func TestUninstall(t *testing.T) {
 	if strings.Contains(after["20-calico.conflist"], "meshcni") {
 		t.Errorf("stale entry left:\n%s", after["20-calico.conflist"])
 	}
-	for _, p := range []string{filepath.Join(bin, "meshcni"), kc} {
+	for _, p := range []string{filepath.Join(bin, "meshcni"), filepath.Join(bin, "meshcni-lookup"), kc} {
 		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("%s still there (%v)", p, err)
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/meshcni/meshcni/internal/podcache"
-	"github.com/meshcni/meshcni/internal/podinfo"
 	"github.com/meshcni/meshcni/internal/podspec"
 )
 
@@ -30,7 +29,7 @@ func (p *Plugin) cacheFor(socket string) PodCache {
 // known, it asks the agent's cache first and takes only a pod with that
 // UID: no API request, no kubeconfig read. Every other outcome (not
 // found, another UID, not synced, no socket, timeout) is a miss, and the
-// API decides, with the usual retries; so the cache can save a request
+// API decides (the meshcni-lookup helper), with the usual retries; so the cache can save a request
 // but never change a decision the API would make, and never lets a pod
 // start uncaptured because it did not know it.
 func (p *Plugin) lookup(ctx context.Context, t *target) (*podspec.Pod, error) {
@@ -44,15 +43,11 @@ func (p *Plugin) lookup(ctx context.Context, t *target) (*podspec.Pod, error) {
 		t.cacheMiss = miss
 	}
 	t.source = sourceAPI
-	pods, err := p.podsFor(t.conf)
+	api, err := p.api()
 	if err != nil {
 		return nil, err
 	}
-	pod, err := podinfo.Lookup(ctx, pods, ns, name, uid, podinfo.Retry{Attempts: t.conf.lookupTries, Interval: t.conf.lookupRetry})
-	if err != nil {
-		return nil, lookupError(t.name(), err)
-	}
-	return pod, nil
+	return api.Pod(ctx, apiRequest(t.conf, t.args))
 }
 
 // fromCache returns the cached pod, or nil and why not.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/podcache"
+	"github.com/meshcni/meshcni/internal/podinfo"
 	"github.com/meshcni/meshcni/internal/podspec"
 )
 
@@ -80,7 +80,7 @@ func (h *harness) decision(t *testing.T) map[string]any {
 func TestAddFromCache(t *testing.T) {
 	h := newHarness()
 	built := 0
-	h.p.Pods = func(*Config) (PodSource, error) { built++; return h.pods, nil }
+	h.p.API = podinfo.Local{New: func(string, time.Duration) (podinfo.API, error) { built++; return h.pods, nil }}
 	c := h.withCache(meshPod("bookinfo", "reviews", func(p *corev1.Pod) {
 		p.Annotations[capture.AnnotationInterceptionMode] = "TPROXY"
 	}))
@@ -197,8 +197,8 @@ func TestCacheOverASocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: &podcache.Handler{Store: storeOf(meshPod("default", "p"))}, ReadHeaderTimeout: time.Second}
-	go func() { _ = srv.Serve(l) }()
+	served := make(chan error, 1)
+	go func() { served <- (&podcache.Handler{Store: storeOf(meshPod("default", "p"))}).Serve(l) }()
 	conf := netconf("1.0.0", `,"pod_cache_socket":"`+sock+`"`, false)
 
 	h := newHarness(meshPod("default", "p"))
@@ -209,7 +209,10 @@ func TestCacheOverASocket(t *testing.T) {
 		t.Fatalf("API asked %d; decision line %v", h.pods.calls, d)
 	}
 
-	_ = srv.Close()
+	_ = l.Close()
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
 	_ = os.Remove(sock)
 	h = newHarness(meshPod("default", "p"))
 	if _, err := h.add(t, cmdArgs("default", "p", "uid-p", conf)); err != nil {

@@ -15,10 +15,10 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/meshcni/meshcni/internal/apilookup"
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/netns"
-	"github.com/meshcni/meshcni/internal/podinfo"
 	"github.com/meshcni/meshcni/internal/podspec"
 )
 
@@ -26,20 +26,14 @@ import (
 type Plugin struct {
 	// Rules programs the netns; nil builds a netfilter.Applier from config.
 	Rules netfilter.Interface
-	// Pods returns a pod getter for the config; nil builds a
-	// podinfo.Client from the config's kubeconfig.
-	Pods func(*Config) (PodSource, error)
+	// API answers the lookups the agent's cache cannot; nil runs the
+	// meshcni-lookup helper installed next to the plug-in.
+	API apilookup.Source
 	// Cache returns the client of the agent's pod cache at a socket; nil
 	// means podcache.NewClient.
 	Cache func(socket string) PodCache
 	// LogTo overrides where log lines go (tests); nil means per config.
 	LogTo *slog.Logger
-}
-
-// PodSource is a pod getter that can also say whether the API is usable.
-type PodSource interface {
-	podinfo.Getter
-	Ready(ctx context.Context) error
 }
 
 // Funcs wires the plug-in into skel.
@@ -54,18 +48,25 @@ func (p *Plugin) rulesFor(conf *Config) netfilter.Interface {
 	return netfilter.New(netfilter.Options{Backend: conf.backend, LockDir: conf.LockDir})
 }
 
-func (p *Plugin) podsFor(conf *Config) (PodSource, error) {
-	if p.Pods != nil {
-		return p.Pods(conf)
+func (p *Plugin) api() (apilookup.Source, error) {
+	if p.API != nil {
+		return p.API, nil
 	}
-	if conf.Kubeconfig == "" {
-		return nil, configError("kubeconfig: path is required")
+	h, err := apilookup.NextToExecutable()
+	if err != nil {
+		return nil, types.NewError(types.ErrInternal, "meshcni: cannot find the API lookup helper", err.Error())
 	}
-	if _, err := os.Stat(conf.Kubeconfig); err != nil {
-		return nil, types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("meshcni: kubeconfig %s is missing; the meshcni agent writes it when it is ready", conf.Kubeconfig), err.Error())
+	return h, nil
+}
+
+// apiRequest is the lookup of t's pod (or, without t, of nothing: STATUS)
+// as the config bounds it.
+func apiRequest(conf *Config, args *k8sArgs) apilookup.Request {
+	r := apilookup.Request{Kubeconfig: conf.Kubeconfig, Timeout: conf.apiTimeout, Attempts: conf.lookupTries, Interval: conf.lookupRetry}
+	if args != nil {
+		r.Namespace, r.Name, r.UID = string(args.K8S_POD_NAMESPACE), string(args.K8S_POD_NAME), string(args.K8S_POD_UID)
 	}
-	return podinfo.NewClient(conf.Kubeconfig, conf.apiTimeout)
+	return r
 }
 
 // target is the pod an invocation is about, once looked up.
@@ -141,35 +142,6 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 	return t, nil
 }
 
-// lookupError maps API failures to CNI errors that say what to fix. All
-// of them fail the ADD: a mesh pod must never start uncaptured.
-func lookupError(pod string, err error) *types.Error {
-	switch {
-	case podinfo.IsForbidden(err):
-		return types.NewError(types.ErrInvalidNetworkConfig,
-			fmt.Sprintf("meshcni: pod %s: the plug-in's identity may not get pods; grant it get on pods (ClusterRole meshcni-plugin)", pod), err.Error())
-	case podinfo.IsUnauthorized(err):
-		return types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("meshcni: pod %s: the API server rejected the plug-in's token; the agent refreshes it, retry", pod), err.Error())
-	case errors.Is(err, podinfo.ErrUIDMismatch):
-		return types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("meshcni: pod %s: the API shows a different pod under this name (recreated?)", pod), err.Error())
-	case podinfo.IsNotFound(err):
-		return types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("meshcni: pod %s not found in the API", pod), err.Error())
-	case errors.Is(err, podinfo.ErrNotThePod):
-		return types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("meshcni: pod %s: what answered for the Kubernetes API did not send the pod (a proxy in the way?); pods in the mesh cannot start until the API answers", pod), err.Error())
-	}
-	var ae *podinfo.APIError
-	if errors.As(err, &ae) {
-		return types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("meshcni: pod %s: the Kubernetes API answered %d %s; pods in the mesh cannot start until it answers", pod, ae.Code, ae.Reason), err.Error())
-	}
-	return types.NewError(types.ErrTryAgainLater,
-		fmt.Sprintf("meshcni: pod %s: cannot reach the Kubernetes API; pods in the mesh cannot start until it answers", pod), err.Error())
-}
-
 func (p *Plugin) logger(conf *Config) (*slog.Logger, func()) {
 	if p.LogTo != nil {
 		return p.LogTo, func() {}
@@ -240,18 +212,18 @@ func (p *Plugin) CmdStatus(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	pods, err := p.podsFor(conf)
+	api, err := p.api()
 	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), conf.apiTimeout+time.Second)
+	defer cancel()
+	if err := api.Ready(ctx, apiRequest(conf, nil)); err != nil {
 		var te *types.Error
 		if errors.As(err, &te) && te.Code == types.ErrTryAgainLater {
 			return types.NewError(50, te.Msg, te.Details) // 50: plugin not available
 		}
 		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), conf.apiTimeout)
-	defer cancel()
-	if err := pods.Ready(ctx); err != nil {
-		return types.NewError(50, "meshcni: the Kubernetes API is not reachable with the plug-in's kubeconfig", err.Error())
 	}
 	return nil
 }

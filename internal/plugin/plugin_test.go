@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -95,7 +96,7 @@ func newHarness(pods ...*corev1.Pod) *harness {
 	}
 	h.p = &Plugin{
 		Rules: h.rules,
-		Pods:  func(*Config) (PodSource, error) { return h.pods, nil },
+		API:   podinfo.Local{New: func(string, time.Duration) (podinfo.API, error) { return h.pods, nil }},
 		LogTo: slog.New(slog.NewJSONHandler(h.log, nil)),
 	}
 	return h
@@ -326,9 +327,14 @@ func TestStatus(t *testing.T) {
 	if err := h.p.CmdStatus(&skel.CmdArgs{StdinData: conf}); !errors.As(err, &te) || te.Code != 50 {
 		t.Fatalf("STATUS with API down: want code 50, got %v", err)
 	}
-	real := &Plugin{LogTo: h.p.LogTo}
+	real := &Plugin{LogTo: h.p.LogTo, API: podinfo.Local{New: podinfo.NewAPI}}
 	if err := real.CmdStatus(&skel.CmdArgs{StdinData: conf}); !errors.As(err, &te) || te.Code != 50 || !strings.Contains(te.Msg, "kubeconfig") {
 		t.Fatalf("STATUS without kubeconfig: want code 50 naming it, got %v", err)
+	}
+	// The test binary has no meshcni-lookup beside it.
+	noHelper := &Plugin{LogTo: h.p.LogTo}
+	if err := noHelper.CmdStatus(&skel.CmdArgs{StdinData: conf}); !errors.As(err, &te) || te.Code != 50 || !strings.Contains(te.Msg, "meshcni-lookup") {
+		t.Fatalf("STATUS without the lookup helper: want code 50 naming it, got %v", err)
 	}
 }
 

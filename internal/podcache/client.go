@@ -4,25 +4,19 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strings"
 	"time"
 
 	"github.com/meshcni/meshcni/internal/podspec"
 )
 
-// maxBody bounds a pod answer (the API server's own limit on an object
-// is 1.5 MiB in etcd).
-const maxBody = 4 << 20
-
 // Client asks the agent's socket. A plug-in process asks once, so each
-// question is one HTTP/1.1 exchange on its own connection, written and
-// read with net/http's Request.Write and ReadResponse: an http.Transport
-// would add connection pooling and two goroutines per connection, which
-// cost a fresh process more than the question itself.
+// question is one exchange on its own connection: no pooling, no
+// goroutine of its own.
 type Client struct {
 	path string
 }
@@ -31,30 +25,34 @@ type Client struct {
 // its context: the plug-in must fall back to the API quickly.
 func NewClient(path string) *Client { return &Client{path: path} }
 
-// do sends req on a new connection and returns the answer's status, type
-// and body (at most maxBody).
-func (c *Client) do(ctx context.Context, req *http.Request) (*http.Response, []byte, error) {
+// do writes req on a new connection and returns the answer's line (at
+// most maxBody bytes, without its newline). The context's end closes the
+// exchange.
+func (c *Client) do(ctx context.Context, req []byte) ([]byte, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.path)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	if err := req.Write(conn); err != nil {
-		return nil, nil, err
+	if _, err := conn.Write(req); err != nil {
+		return nil, err
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
-	if err != nil {
-		return nil, nil, err
+	line, err := bufio.NewReader(io.LimitReader(conn, maxBody)).ReadBytes('\n')
+	switch {
+	case err == nil:
+		return line[:len(line)-1], nil
+	case !errors.Is(err, io.EOF):
+		return nil, fmt.Errorf("read answer: %w", err)
+	case len(line) >= maxBody:
+		return nil, fmt.Errorf("answer longer than %d bytes", maxBody)
+	case len(line) == 0:
+		return nil, errors.New("the agent closed the connection without an answer")
+	default:
+		return nil, fmt.Errorf("answer cut short after %d bytes", len(line))
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return nil, nil, fmt.Errorf("read answer: %w", err)
-	}
-	return resp, body, nil
 }
 
 // Pod returns the pod namespace/name with UID uid, or an error:
@@ -62,31 +60,35 @@ func (c *Client) do(ctx context.Context, req *http.Request) (*http.Response, []b
 // answering. A pod is returned only if its namespace, name and UID are
 // the ones asked for.
 func (c *Client) Pod(ctx context.Context, namespace, name, uid string) (*podspec.Pod, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+requestPath(namespace, name, uid), nil)
+	req, err := json.Marshal(request{Namespace: namespace, Name: name, UID: uid})
 	if err != nil {
 		return nil, err
 	}
-	resp, body, err := c.do(ctx, req)
+	line, err := c.do(ctx, append(req, '\n'))
 	if err != nil {
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		}
 		return nil, fmt.Errorf("pod cache: %w", err)
 	}
-	switch resp.StatusCode {
-	case http.StatusOK:
-	case http.StatusNotFound:
+	var a answer
+	if err := json.Unmarshal(line, &a); err != nil {
+		return nil, fmt.Errorf("pod cache: decode answer: %w", err)
+	}
+	switch a.Result {
+	case ResultHit:
+	case ResultNotFound:
 		return nil, ErrNotFound
-	case http.StatusConflict:
-		return nil, fmt.Errorf("%w%s", ErrStale, strings.TrimPrefix(strings.TrimSpace(string(body)), ErrStale.Error()))
-	case http.StatusServiceUnavailable:
+	case ResultStale:
+		return nil, fmt.Errorf("%w%s", ErrStale, strings.TrimPrefix(a.Error, ErrStale.Error()))
+	case ResultNotSynced:
 		return nil, ErrNotSynced
 	default:
-		return nil, fmt.Errorf("pod cache: %s: %s", resp.Status, strings.TrimSpace(string(body)))
+		return nil, fmt.Errorf("pod cache: %q: %s", a.Result, a.Error)
 	}
-	pod := &podspec.Pod{}
-	if err := json.Unmarshal(body, pod); err != nil {
-		return nil, fmt.Errorf("pod cache: decode pod: %w", err)
+	pod := a.Pod
+	if pod == nil {
+		return nil, errors.New("pod cache: a hit without a pod")
 	}
 	if pod.Namespace != namespace || pod.Name != name || (uid != "" && pod.UID != uid) {
 		return nil, fmt.Errorf("%w: asked for %s/%s %s, got %s/%s %s", ErrStale, namespace, name, uid, pod.Namespace, pod.Name, pod.UID)

@@ -1,10 +1,16 @@
 package podcache
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"net/http"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/meshcni/meshcni/internal/podspec"
@@ -19,7 +25,8 @@ type Store interface {
 	Synced() bool
 }
 
-// Results a Handler reports to Observe.
+// Results of a lookup: the answer's "result", and what a Handler reports
+// to Observe.
 const (
 	ResultHit        = "hit"
 	ResultNotFound   = "not_found"
@@ -27,6 +34,10 @@ const (
 	ResultNotSynced  = "not_synced"
 	ResultBadRequest = "bad_request"
 )
+
+// resultError answers a pod the handler failed to encode: the client
+// takes it, as any result it does not know, for no answer.
+const resultError = "error"
 
 // DefaultWait is how long the handler waits for the watch to show a pod
 // it does not hold yet: the runtime can ask a few milliseconds before the
@@ -39,29 +50,106 @@ type Handler struct {
 	// Wait bounds the wait for a missing pod, or one whose UID is not
 	// the requested one; zero means DefaultWait, negative no wait.
 	Wait time.Duration
-	// Observe, if set, is called once per request with its result.
+	// Observe, if set, is called once per request with its result. A
+	// connection that sends no request (closed, or not within
+	// readTimeout) is not one.
 	Observe func(result string)
 }
 
-const pollEvery = 5 * time.Millisecond
+const (
+	pollEvery = 5 * time.Millisecond
+	// readTimeout bounds the wait for the request line, writeTimeout
+	// the writing of the answer.
+	readTimeout  = time.Second
+	writeTimeout = 5 * time.Second
+)
 
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	result := h.serve(w, r)
-	if h.Observe != nil {
-		h.Observe(result)
+// Serve answers the connections l accepts, each on a goroutine of its
+// own, until l is closed.
+//
+// To stop it, close l. Serve then cuts short the requests waiting for
+// the watch (they get the answer the watch gives at that moment), waits
+// for every connection in flight to be answered and closed, and returns
+// nil: once it has returned, no goroutine of it is left. That takes at
+// most the request's read timeout (1 s) plus the answer's write timeout
+// (5 s), in practice microseconds.
+//
+// Accept errors that mean a lack of resources (EMFILE, ENFILE, ENOBUFS,
+// ENOMEM) are retried after a pause, as net/http's server does; any other
+// ends Serve, which returns it once the connections in flight are done.
+func (h *Handler) Serve(l net.Listener) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	var pause time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			if outOfResources(err) {
+				pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+				time.Sleep(pause)
+				continue
+			}
+			return fmt.Errorf("pod cache: accept: %w", err)
+		}
+		pause = 0
+		wg.Go(func() { h.serveConn(ctx, c) })
 	}
 }
 
-func (h *Handler) serve(w http.ResponseWriter, r *http.Request) string {
-	namespace, name, ok := parsePath(r.URL.Path)
-	if r.Method != http.MethodGet || !ok {
-		http.Error(w, "want GET "+pathPrefix+"{namespace}/{name}?uid={uid}", http.StatusBadRequest)
-		return ResultBadRequest
+func outOfResources(err error) bool {
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM} {
+		if errors.Is(err, errno) {
+			return true
+		}
 	}
-	uid := r.URL.Query().Get("uid")
+	return false
+}
+
+// serveConn reads one request from c, answers it and closes c. The
+// waits for the watch end with ctx.
+func (h *Handler) serveConn(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(readTimeout))
+	var result string
+	var pod *podspec.Pod
+	var msg string
+	line, err := bufio.NewReaderSize(c, maxRequest).ReadSlice('\n')
+	switch {
+	case err == nil || errors.Is(err, io.EOF) && len(line) > 0:
+		result, pod, msg = h.lookup(ctx, line)
+	case errors.Is(err, bufio.ErrBufferFull):
+		result, msg = ResultBadRequest, fmt.Sprintf("request line longer than %d bytes", maxRequest)
+	default:
+		return // no request: the peer left, or was too slow
+	}
+	if h.Observe != nil { // first: a client that has its answer finds it counted
+		h.Observe(result)
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_, _ = c.Write(answerLine(result, pod, msg))
+}
+
+const usage = `want one line {"namespace":…,"name":…,"uid":…}, namespace and name not empty and without "/"`
+
+// lookup answers the request line: the result, the pod for a hit, a
+// message for anything else.
+func (h *Handler) lookup(ctx context.Context, line []byte) (string, *podspec.Pod, string) {
+	var req request
+	if err := json.Unmarshal(line, &req); err != nil {
+		return ResultBadRequest, nil, fmt.Sprintf("decode request: %v; %s", err, usage)
+	}
+	if req.Namespace == "" || req.Name == "" || strings.Contains(req.Namespace, "/") || strings.Contains(req.Name, "/") {
+		return ResultBadRequest, nil, fmt.Sprintf("namespace %q, name %q: %s", req.Namespace, req.Name, usage)
+	}
 	if !h.Store.Synced() {
-		http.Error(w, ErrNotSynced.Error(), http.StatusServiceUnavailable)
-		return ResultNotSynced
+		return ResultNotSynced, nil, ErrNotSynced.Error()
 	}
 	wait := h.Wait
 	if wait == 0 {
@@ -69,22 +157,17 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) string {
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		pod := h.Store.Pod(namespace, name)
-		if pod != nil && (uid == "" || pod.UID == uid) {
-			if err := writePod(w, pod); err != nil {
-				http.Error(w, err.Error(), http.StatusInternalServerError)
-			}
-			return ResultHit
+		pod := h.Store.Pod(req.Namespace, req.Name)
+		if pod != nil && (req.UID == "" || pod.UID == req.UID) {
+			return ResultHit, pod, ""
 		}
-		if time.Now().Before(deadline) && sleep(r.Context(), pollEvery) {
+		if time.Now().Before(deadline) && sleep(ctx, pollEvery) {
 			continue
 		}
 		if pod != nil {
-			http.Error(w, fmt.Sprintf("%v: it has UID %s, not %s", ErrStale, pod.UID, uid), http.StatusConflict)
-			return ResultStale
+			return ResultStale, nil, fmt.Sprintf("%v: it has UID %s, not %s", ErrStale, pod.UID, req.UID)
 		}
-		http.Error(w, ErrNotFound.Error(), http.StatusNotFound)
-		return ResultNotFound
+		return ResultNotFound, nil, ErrNotFound.Error()
 	}
 }
 
@@ -100,12 +183,17 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-func writePod(w http.ResponseWriter, pod *podspec.Pod) error {
-	body, err := json.Marshal(pod)
-	if err != nil {
-		return fmt.Errorf("encode pod %s/%s: %w", pod.Namespace, pod.Name, err)
+// answerLine encodes an answer, newline included: a hit if pod is not
+// nil, its JSON (json.Marshal of the podspec.Pod) spliced in as is.
+func answerLine(result string, pod *podspec.Pod, msg string) []byte {
+	if pod != nil {
+		body, err := json.Marshal(pod)
+		if err != nil {
+			return answerLine(resultError, nil, fmt.Sprintf("encode pod %s/%s: %v", pod.Namespace, pod.Name, err))
+		}
+		const head, tail = `{"result":"` + ResultHit + `","pod":`, "}\n"
+		return append(append(append(make([]byte, 0, len(head)+len(body)+len(tail)), head...), body...), tail...)
 	}
-	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(body)
-	return nil
+	line, _ := json.Marshal(answer{Result: result, Error: msg}) // strings only: cannot fail
+	return append(line, '\n')
 }

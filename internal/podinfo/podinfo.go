@@ -1,12 +1,15 @@
 // Package podinfo looks pods up in the Kubernetes API for the plug-in,
 // retrying the errors that go away (pod not visible yet, API briefly
-// unreachable) and failing at once on those that don't (RBAC, auth).
+// unreachable), failing at once on those that don't (RBAC, auth), and
+// turning each into the CNI error that says what to fix (Local). It runs
+// in the meshcni-lookup helper, which the plug-in execs when the agent's
+// pod cache cannot answer (internal/apilookup).
 //
 // It talks to the API with net/http and reads the kubeconfig itself, not
-// through client-go: the plug-in is a new process for every pod, and
+// through client-go: the helper is a new process for every lookup, and
 // linking k8s.io/client-go and k8s.io/api cost about 3.5 ms of start-up
-// of an ADD that takes about 5 ms (measured). All it needs is one GET of
-// one pod, decoded from JSON into podspec.Pod.
+// (measured). All it needs is one GET of one pod, decoded from JSON into
+// podspec.Pod.
 //
 // The kubeconfig reader takes what a client on a node uses, with
 // clientcmd's meaning (kubeconfig_test.go compares the two): the current

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -121,15 +120,15 @@ func servePods(spec string) error {
 		return fmt.Errorf("pod cache socket: %w", err)
 	}
 	store, watchDone := agent.WatchNodePods(ctx, cs, node)
-	srv := &http.Server{Handler: &podcache.Handler{Store: store}, ReadHeaderTimeout: time.Second}
+	h := &podcache.Handler{Store: store}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
+	go func() { served <- h.Serve(l) }()
 	if cache.WaitForCacheSync(ctx.Done(), store.Synced) {
 		fmt.Println("ready")
 	}
 	<-ctx.Done()
-	_ = srv.Close()
-	<-served
+	_ = l.Close() // Serve returns once the lookups in flight are answered
+	err = <-served
 	<-watchDone
-	return nil
+	return err
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -98,7 +99,7 @@ func newInproc(t testing.TB, b netfilter.Backend, run netfilter.Runner) *inproc 
 	ip := &inproc{pods: &memPods{pods: map[string]*corev1.Pod{}}, lockDir: t.TempDir(), log: &bytes.Buffer{}, ran: map[string][]string{}}
 	ip.p = &plugin.Plugin{
 		Rules: netfilter.New(netfilter.Options{Backend: b, LockDir: ip.lockDir, Run: guard(run, ip.record)}),
-		Pods:  func(*plugin.Config) (plugin.PodSource, error) { return ip.pods, nil },
+		API:   podinfo.Local{New: func(string, time.Duration) (podinfo.API, error) { return ip.pods, nil }},
 		LogTo: slog.New(slog.NewJSONHandler(ip.log, nil)),
 	}
 	return ip
@@ -147,7 +148,7 @@ func newInprocNetlink(t testing.TB) *inproc {
 	ip := &inproc{pods: &memPods{pods: map[string]*corev1.Pod{}}, lockDir: t.TempDir(), log: &bytes.Buffer{}, ran: map[string][]string{}}
 	ip.p = &plugin.Plugin{
 		Rules: netfilter.New(netfilter.Options{Backend: netfilter.Nftables, LockDir: ip.lockDir}),
-		Pods:  func(*plugin.Config) (plugin.PodSource, error) { return ip.pods, nil },
+		API:   podinfo.Local{New: func(string, time.Duration) (podinfo.API, error) { return ip.pods, nil }},
 		LogTo: slog.New(slog.NewJSONHandler(ip.log, nil)),
 	}
 	return ip

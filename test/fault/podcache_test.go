@@ -3,9 +3,9 @@
 package fault
 
 import (
+	"bufio"
 	"encoding/json"
 	"net"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,19 +15,37 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// fakeCache serves handler on a Unix socket, as the agent's pod cache
-// would, and returns the socket's path.
-func fakeCache(t *testing.T, handler http.HandlerFunc) string {
+// fakeCache listens on a Unix socket as the agent's pod cache would and,
+// for each connection, reads the plug-in's request line and hands the
+// connection to answer; it returns the socket's path.
+func fakeCache(t *testing.T, answer func(c net.Conn)) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "pods.sock")
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: handler}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	t.Cleanup(func() { _ = l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+					answer(c)
+				}
+			}()
+		}
+	}()
 	return path
+}
+
+// says answers with a fixed text.
+func says(text string) func(net.Conn) {
+	return func(c net.Conn) { _, _ = c.Write([]byte(text)) }
 }
 
 // The agent's pod cache is a shortcut, never a source of truth the
@@ -42,30 +60,29 @@ func TestPodCacheFaults(t *testing.T) {
 	}{
 		{name: "no socket", cache: func(t *testing.T, _ *corev1.Pod) string { return filepath.Join(t.TempDir(), "absent.sock") }},
 		{name: "hangs", cache: func(t *testing.T, _ *corev1.Pod) string {
-			return fakeCache(t, func(w http.ResponseWriter, r *http.Request) { hang(r) })
+			return fakeCache(t, func(net.Conn) { time.Sleep(10 * time.Second) })
 		}},
-		{name: "500", cache: func(t *testing.T, _ *corev1.Pod) string {
-			return fakeCache(t, func(w http.ResponseWriter, r *http.Request) {
-				http.Error(w, "injected", http.StatusInternalServerError)
-			})
+		{name: "fails", cache: func(t *testing.T, _ *corev1.Pod) string {
+			return fakeCache(t, says(`{"result":"error","error":"injected"}`+"\n"))
 		}},
 		{name: "garbage", cache: func(t *testing.T, _ *corev1.Pod) string {
-			return fakeCache(t, func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Type", "application/json")
-				_, _ = w.Write([]byte(`{"metadata": 42`))
-			})
+			return fakeCache(t, says(`{"result":"hit","pod":{"metadata": 42`+"\n"))
+		}},
+		{name: "speaks HTTP (an agent from before the line protocol)", cache: func(t *testing.T, _ *corev1.Pod) string {
+			return fakeCache(t, says("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"))
 		}},
 		{name: "another pod under the name", cache: func(t *testing.T, pod *corev1.Pod) string {
-			return fakeCache(t, func(w http.ResponseWriter, r *http.Request) {
-				other := pod.DeepCopy()
-				other.UID = "00000000-0000-0000-0000-00000000beef"
-				other.Annotations["sidecar.istio.io/inject"] = "false" // would skip capture
-				w.Header().Set("Content-Type", "application/json")
-				_ = json.NewEncoder(w).Encode(other)
-			})
+			other := pod.DeepCopy()
+			other.UID = "00000000-0000-0000-0000-00000000beef"
+			other.Annotations["sidecar.istio.io/inject"] = "false" // would skip capture
+			line, err := json.Marshal(map[string]any{"result": "hit", "pod": other})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fakeCache(t, says(string(line)+"\n"))
 		}},
 		{name: "hangs, API down", apiDown: true, cache: func(t *testing.T, _ *corev1.Pod) string {
-			return fakeCache(t, func(w http.ResponseWriter, r *http.Request) { hang(r) })
+			return fakeCache(t, func(net.Conn) { time.Sleep(10 * time.Second) })
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -81,6 +98,9 @@ func TestPodCacheFaults(t *testing.T) {
 			// cache 1 s + 2 API tries × 300 ms + interval, plus slack.
 			if bound := 4 * time.Second; inv.elapsed > bound {
 				t.Errorf("ADD took %v, want under %v", inv.elapsed, bound)
+			}
+			if !strings.Contains(inv.stderr, `"cache_miss":`) {
+				t.Errorf("the log does not say why the cache did not answer:\n%s", inv.stderr)
 			}
 			if tc.apiDown {
 				if inv.err == nil || inv.err.Code != types.ErrTryAgainLater {

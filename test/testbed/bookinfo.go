@@ -8,6 +8,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshcni/meshcni/internal/apilookup"
 )
 
 // Node name every testbed pod is bound to.
@@ -46,15 +48,15 @@ var Bookinfo = []struct {
 	{"productpage", 9080}, {"details", 9080}, {"reviews", 9080}, {"ratings", 9080},
 }
 
-// BuildPlugin compiles the meshcni binary into dir, static as the image
-// ships it.
+// BuildPlugin compiles the meshcni binary and its API lookup helper into
+// dir, static as the image ships them, and returns the plug-in's path.
 func BuildPlugin(dir string) (string, error) {
-	out := filepath.Join(dir, "meshcni")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "github.com/meshcni/meshcni/cmd/meshcni")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/",
+		"github.com/meshcni/meshcni/cmd/meshcni", "github.com/meshcni/meshcni/cmd/"+apilookup.HelperName)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("build meshcni: %w", err)
 	}
-	return out, nil
+	return filepath.Join(dir, "meshcni"), nil
 }

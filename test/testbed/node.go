@@ -22,6 +22,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshcni/meshcni/internal/apilookup"
 )
 
 // DebianPlugins is where Debian's containernetworking-plugins live.
@@ -85,6 +87,14 @@ func NewNode(opts Options) (_ *Node, err error) {
 	if opts.PluginBinary != "" {
 		if err := CopyExecutable(opts.PluginBinary, filepath.Join(n.BinDir, filepath.Base(opts.PluginBinary))); err != nil {
 			return nil, err
+		}
+		// meshcni's API fallback runs the helper beside it, as the agent
+		// installs the two; another plug-in has none.
+		helper := filepath.Join(filepath.Dir(opts.PluginBinary), apilookup.HelperName)
+		if _, err := os.Stat(helper); err == nil {
+			if err := CopyExecutable(helper, filepath.Join(n.BinDir, apilookup.HelperName)); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if n.NS, err = testutils.NewNS(); err != nil {
