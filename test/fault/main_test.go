@@ -230,12 +230,18 @@ func runPlugin(t testing.TB, command, netnsPath, cniArgs string, conf []byte) in
 // a runtime living in a node netns would.
 func runPluginIn(t testing.TB, within, command, netnsPath, cniArgs string, conf []byte) invocation {
 	t.Helper()
+	return runBinaryIn(t, pluginBin, within, command, netnsPath, cniArgs, conf)
+}
+
+// runBinaryIn is runPluginIn with another build or copy of the plug-in.
+func runBinaryIn(t testing.TB, bin, within, command, netnsPath, cniArgs string, conf []byte) invocation {
+	t.Helper()
 	if command != "DEL" && !strings.HasPrefix(netnsPath, "/var/run/netns/") && !strings.HasPrefix(netnsPath, "/run/netns/") {
 		t.Fatalf("fault guard: %s is not a netns this test created", netnsPath)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, pluginBin)
+	cmd := exec.CommandContext(ctx, bin)
 	cmd.Env = append(os.Environ(), "CNI_COMMAND="+command, "CNI_CONTAINERID=fault-"+filepath.Base(netnsPath),
 		"CNI_NETNS="+netnsPath, "CNI_IFNAME=eth0", "CNI_PATH=/nonexistent", "CNI_ARGS="+cniArgs)
 	cmd.Stdin = bytes.NewReader(conf)
@@ -264,7 +270,7 @@ func runPluginIn(t testing.TB, within, command, netnsPath, cniArgs string, conf 
 			t.Fatalf("%s failed without a CNI error on stdout: %v\nstdout %s\nstderr %s", command, runErr, inv.stdout, inv.stderr)
 		}
 	default:
-		t.Fatalf("run %s: %v", pluginBin, runErr)
+		t.Fatalf("run %s: %v", bin, runErr)
 	}
 	return inv
 }

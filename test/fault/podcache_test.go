@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/meshcni/meshcni/test/testbed"
 )
 
 // fakeCache listens on a Unix socket as the agent's pod cache would and,
@@ -122,6 +125,51 @@ func TestPodCacheFaults(t *testing.T) {
 				t.Error("the pod was not captured")
 			}
 			t.Logf("ADD in %v, %d API requests", inv.elapsed.Round(time.Millisecond), p.requests.Load())
+		})
+	}
+}
+
+// When the cache cannot answer, the pod comes from the meshcni-lookup
+// helper beside the plug-in. A helper that is missing, hangs or dies
+// fails the ADD, with no rules: the pod must not start uncaptured.
+func TestLookupHelperFaults(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		helper string // the helper's script; "" for none
+		code   uint
+		msg    string
+	}{
+		{name: "missing", code: types.ErrTryAgainLater, msg: "meshcni-lookup is missing"},
+		{name: "hangs", helper: "#!/bin/sh\nexec sleep 60\n", code: types.ErrTryAgainLater, msg: "did not finish"},
+		{name: "dies", helper: "#!/bin/sh\nkill -9 $$\n", code: types.ErrInternal, msg: "meshcni-lookup failed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			bin := filepath.Join(dir, "meshcni")
+			if err := testbed.CopyExecutable(pluginBin, bin); err != nil {
+				t.Fatal(err)
+			}
+			if tc.helper != "" {
+				if err := os.WriteFile(filepath.Join(dir, "meshcni-lookup"), []byte(tc.helper), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			pod := meshPod(t, "fault-helper")
+			p := newAPIProxy(t, pass)
+			n := newNS(t)
+			conf := netconf(t, n.Path(), false, map[string]any{"kubeconfig": p.kubeconfig(t, pluginToken, false), "lock_dir": t.TempDir()})
+			inv := runBinaryIn(t, bin, "", "ADD", n.Path(), k8sArgs(pod.Namespace, pod.Name, string(pod.UID)), conf)
+			if inv.err == nil || inv.err.Code != tc.code || !strings.Contains(inv.err.Msg, tc.msg) {
+				t.Fatalf("ADD: %+v, want code %d with %q", inv.err, tc.code, tc.msg)
+			}
+			if bound := 10 * time.Second; inv.elapsed > bound {
+				t.Errorf("ADD took %v, want under %v", inv.elapsed, bound)
+			}
+			if got := p.requests.Load(); got != 0 {
+				t.Errorf("the API saw %d requests; only the helper asks it", got)
+			}
+			assertNoResidue(t, n.Path())
+			t.Logf("failed in %v: %s", inv.elapsed.Round(time.Millisecond), inv.err.Msg)
 		})
 	}
 }
