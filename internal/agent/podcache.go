@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"path/filepath"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
@@ -11,7 +12,6 @@ import (
 	"k8s.io/client-go/informers"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
-	listerv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/meshcni/meshcni/internal/podcache"
@@ -27,28 +27,59 @@ func (o *Options) PodCacheSocketPath() string { return filepath.Join(o.RunDir, "
 // reacts to it, so the node costs the API server one LIST and one watch.
 type NodePods struct {
 	Informer coreinformers.PodInformer
-	pods     listerv1.PodLister
-	synced   cache.InformerSynced
+	synced   func() bool
+
+	mu sync.RWMutex
+	// entries is the pods' view for the plug-in, encoded when the watch
+	// delivers a pod: a lookup then does no JSON work (podcache.Entry).
+	entries map[string]*podcache.Entry
 }
 
 // Pod returns meshcni's view of the pod, the fields the plug-in reads.
-func (s *NodePods) Pod(namespace, name string) *podspec.Pod {
-	p, err := s.pods.Pods(namespace).Get(name)
-	if err != nil {
-		return nil
-	}
-	v, err := podspec.Of(p)
-	if err != nil {
-		return nil // the plug-in asks the API, which decides
-	}
-	return v
+func (s *NodePods) Pod(namespace, name string) *podcache.Entry {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.entries[namespace+"/"+name]
 }
 
+// Synced reports whether the view holds every pod of the first LIST.
 func (s *NodePods) Synced() bool { return s.synced() }
 
+// set encodes a pod the watch delivered. One that cannot be encoded is
+// dropped: the plug-in then asks the API, which decides.
+func (s *NodePods) set(obj any) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	key := p.Namespace + "/" + p.Name
+	var e *podcache.Entry
+	if v, err := podspec.Of(p); err == nil {
+		e, _ = podcache.NewEntry(v)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e == nil {
+		delete(s.entries, key)
+		return
+	}
+	s.entries[key] = e
+}
+
+func (s *NodePods) forget(obj any) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.entries, key)
+}
+
 // WatchNodePods starts an informer on the pods bound to node; it stops
-// when ctx ends, and the returned channel closes once it has. The objects are kept without managedFields, which the
-// plug-in never reads and which are a large part of a pod.
+// when ctx ends, and the returned channel closes once it has. The objects
+// are kept without managedFields, which the plug-in never reads and which
+// are a large part of a pod.
 func WatchNodePods(ctx context.Context, cs kubernetes.Interface, node string) (*NodePods, <-chan struct{}) {
 	factory := informers.NewSharedInformerFactoryWithOptions(cs, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + node }),
@@ -59,7 +90,19 @@ func WatchNodePods(ctx context.Context, cs kubernetes.Interface, node string) (*
 			return obj, nil
 		}))
 	inf := factory.Core().V1().Pods()
-	s := &NodePods{Informer: inf, pods: inf.Lister(), synced: inf.Informer().HasSynced}
+	s := &NodePods{Informer: inf, entries: map[string]*podcache.Entry{}}
+	reg, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    s.set,
+		UpdateFunc: func(_, cur any) { s.set(cur) },
+		DeleteFunc: s.forget,
+	})
+	if err != nil {
+		// Only a stopped informer refuses a handler, and this one has not
+		// started: never synced, the plug-in asks the API.
+		s.synced = func() bool { return false }
+	} else {
+		s.synced = reg.HasSynced
+	}
 	factory.Start(ctx.Done())
 	done := make(chan struct{})
 	go func() {
@@ -102,7 +145,7 @@ func (a *Agent) startPodCache(ctx context.Context, store *NodePods) <-chan struc
 	}()
 	go func() {
 		defer close(done)
-		if cache.WaitForCacheSync(ctx.Done(), store.synced) {
+		if cache.WaitForCacheSync(ctx.Done(), store.Synced) {
 			a.log.Info("serving this node's pods to the plug-in", "socket", path, "node", a.opts.NodeName)
 		}
 		<-ctx.Done()

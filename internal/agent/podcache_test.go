@@ -62,6 +62,18 @@ func TestPodCacheServesTheWatch(t *testing.T) {
 		t.Fatalf("cached pod %+v; want its two containers", got)
 	}
 
+	// An update reaches the view: it is re-encoded when the watch
+	// delivers it, not at the lookup.
+	updated := pod.DeepCopy()
+	updated.Annotations = map[string]string{"sidecar.istio.io/interceptionMode": "TPROXY"}
+	if _, err := cs.CoreV1().Pods("bookinfo").Update(ctx, updated, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the update to reach the cache", func() bool {
+		got, err = ask("uid-1")
+		return err == nil && got.Annotations["sidecar.istio.io/interceptionMode"] == "TPROXY"
+	})
+
 	if err := cs.CoreV1().Pods("bookinfo").Delete(ctx, "reviews", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}

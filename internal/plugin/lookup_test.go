@@ -236,7 +236,7 @@ func storeOf(pods ...*corev1.Pod) podStore {
 	return s
 }
 
-func (s podStore) Pod(ns, name string) *podspec.Pod {
+func (s podStore) Pod(ns, name string) *podcache.Entry {
 	p, ok := s[ns+"/"+name]
 	if !ok {
 		return nil
@@ -245,7 +245,11 @@ func (s podStore) Pod(ns, name string) *podspec.Pod {
 	if err != nil {
 		panic(err)
 	}
-	return v
+	e, err := podcache.NewEntry(v)
+	if err != nil {
+		panic(err)
+	}
+	return e
 }
 
 func (s podStore) Synced() bool { return true }

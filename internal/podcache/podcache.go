@@ -22,8 +22,8 @@
 //	             most 4 KiB, an empty namespace or name, or a "/" in one
 //
 // A missing or empty uid matches any UID. Every answer but a hit carries
-// a human-readable "error"; the client takes any other result ("error":
-// the agent failed to encode the pod) as no answer. By hand:
+// a human-readable "error"; the client takes any result it does not know
+// (from a newer agent) as no answer. By hand:
 //
 //	echo '{"namespace":"bookinfo","name":"reviews"}' | socat - UNIX-CONNECT:/var/run/meshcni/pods.sock
 //

@@ -27,11 +27,19 @@ type fakeStore struct {
 	calls  int // of Pod
 }
 
-func (s *fakeStore) Pod(ns, name string) *podspec.Pod {
+func (s *fakeStore) Pod(ns, name string) *Entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls++
-	return s.pods[ns+"/"+name]
+	p := s.pods[ns+"/"+name]
+	if p == nil {
+		return nil
+	}
+	e, err := NewEntry(p)
+	if err != nil {
+		panic(err)
+	}
+	return e
 }
 
 func (s *fakeStore) asked() int {
@@ -269,7 +277,10 @@ func TestClientChecksTheAnswer(t *testing.T) {
 		{"other UID", "bookinfo", "reviews", "uid-2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			liar := pod(tc.ns, tc.pod, tc.uid)
+			liar, err := NewEntry(pod(tc.ns, tc.pod, tc.uid))
+			if err != nil {
+				t.Fatal(err)
+			}
 			sock := serveRaw(t, func(c net.Conn) {
 				readRequest(t, c)
 				_, _ = c.Write(answerLine(ResultHit, liar, ""))
@@ -520,3 +531,31 @@ func BenchmarkLookup(b *testing.B) {
 		}
 	}
 }
+
+// A hit carries the entry's JSON as the store encoded it: the handler
+// does no JSON work for the pod on the path of its start.
+func TestHitIsTheEntrysJSON(t *testing.T) {
+	e, err := NewEntry(pod("bookinfo", "reviews", "uid-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.json = []byte(`{"metadata":{"name":"reviews","namespace":"bookinfo","uid":"uid-1","annotations":{"as":"stored"}}}`)
+	store := &entryStore{e: e}
+	sock := serve(t, &Handler{Store: store})
+	want := `{"result":"hit","pod":` + string(e.json) + "}\n"
+	if out := roundTrip(t, sock, `{"namespace":"bookinfo","name":"reviews","uid":"uid-1"}`+"\n"); out != want {
+		t.Fatalf("answer %q, want %q", out, want)
+	}
+}
+
+// entryStore holds one entry as given.
+type entryStore struct{ e *Entry }
+
+func (s *entryStore) Pod(ns, name string) *Entry {
+	if ns == s.e.Pod.Namespace && name == s.e.Pod.Name {
+		return s.e
+	}
+	return nil
+}
+
+func (s *entryStore) Synced() bool { return true }

@@ -18,11 +18,30 @@ import (
 
 // Store is the agent's watch of its node's pods.
 type Store interface {
-	// Pod returns the pod the watch holds under namespace/name, or nil.
-	// The caller must not modify it.
-	Pod(namespace, name string) *podspec.Pod
+	// Pod returns the entry the watch holds under namespace/name, or
+	// nil. The caller must not modify it.
+	Pod(namespace, name string) *Entry
 	// Synced reports whether the watch has listed the node's pods once.
 	Synced() bool
+}
+
+// Entry is a pod as a Store holds it: meshcni's view and the view's
+// JSON, encoded once, when the watch delivered the pod. A lookup is on
+// the path of the pod's start and the pod is new then, so encoding it
+// at the lookup would put the JSON work (about 0.14 ms for a 6 KiB
+// injected pod, measured) on that path every time.
+type Entry struct {
+	Pod  *podspec.Pod
+	json []byte
+}
+
+// NewEntry encodes pod for a Store.
+func NewEntry(pod *podspec.Pod) (*Entry, error) {
+	b, err := json.Marshal(pod)
+	if err != nil {
+		return nil, fmt.Errorf("encode pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	return &Entry{Pod: pod, json: b}, nil
 }
 
 // Results of a lookup: the answer's "result", and what a Handler reports
@@ -34,10 +53,6 @@ const (
 	ResultNotSynced  = "not_synced"
 	ResultBadRequest = "bad_request"
 )
-
-// resultError answers a pod the handler failed to encode: the client
-// takes it, as any result it does not know, for no answer.
-const resultError = "error"
 
 // DefaultWait is how long the handler waits for the watch to show a pod
 // it does not hold yet: the runtime can ask a few milliseconds before the
@@ -118,12 +133,12 @@ func (h *Handler) serveConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	_ = c.SetReadDeadline(time.Now().Add(readTimeout))
 	var result string
-	var pod *podspec.Pod
+	var entry *Entry
 	var msg string
 	line, err := bufio.NewReaderSize(c, maxRequest).ReadSlice('\n')
 	switch {
 	case err == nil || errors.Is(err, io.EOF) && len(line) > 0:
-		result, pod, msg = h.lookup(ctx, line)
+		result, entry, msg = h.lookup(ctx, line)
 	case errors.Is(err, bufio.ErrBufferFull):
 		result, msg = ResultBadRequest, fmt.Sprintf("request line longer than %d bytes", maxRequest)
 	default:
@@ -133,14 +148,14 @@ func (h *Handler) serveConn(ctx context.Context, c net.Conn) {
 		h.Observe(result)
 	}
 	_ = c.SetWriteDeadline(time.Now().Add(writeTimeout))
-	_, _ = c.Write(answerLine(result, pod, msg))
+	_, _ = c.Write(answerLine(result, entry, msg))
 }
 
 const usage = `want one line {"namespace":…,"name":…,"uid":…}, namespace and name not empty and without "/"`
 
-// lookup answers the request line: the result, the pod for a hit, a
+// lookup answers the request line: the result, the entry for a hit, a
 // message for anything else.
-func (h *Handler) lookup(ctx context.Context, line []byte) (string, *podspec.Pod, string) {
+func (h *Handler) lookup(ctx context.Context, line []byte) (string, *Entry, string) {
 	var req request
 	if err := json.Unmarshal(line, &req); err != nil {
 		return ResultBadRequest, nil, fmt.Sprintf("decode request: %v; %s", err, usage)
@@ -157,15 +172,15 @@ func (h *Handler) lookup(ctx context.Context, line []byte) (string, *podspec.Pod
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		pod := h.Store.Pod(req.Namespace, req.Name)
-		if pod != nil && (req.UID == "" || pod.UID == req.UID) {
-			return ResultHit, pod, ""
+		e := h.Store.Pod(req.Namespace, req.Name)
+		if e != nil && (req.UID == "" || e.Pod.UID == req.UID) {
+			return ResultHit, e, ""
 		}
 		if time.Now().Before(deadline) && sleep(ctx, pollEvery) {
 			continue
 		}
-		if pod != nil {
-			return ResultStale, nil, fmt.Sprintf("%v: it has UID %s, not %s", ErrStale, pod.UID, req.UID)
+		if e != nil {
+			return ResultStale, nil, fmt.Sprintf("%v: it has UID %s, not %s", ErrStale, e.Pod.UID, req.UID)
 		}
 		return ResultNotFound, nil, ErrNotFound.Error()
 	}
@@ -183,16 +198,12 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// answerLine encodes an answer, newline included: a hit if pod is not
-// nil, its JSON (json.Marshal of the podspec.Pod) spliced in as is.
-func answerLine(result string, pod *podspec.Pod, msg string) []byte {
-	if pod != nil {
-		body, err := json.Marshal(pod)
-		if err != nil {
-			return answerLine(resultError, nil, fmt.Sprintf("encode pod %s/%s: %v", pod.Namespace, pod.Name, err))
-		}
+// answerLine encodes an answer, newline included: a hit if e is not nil,
+// the entry's JSON spliced in as it is.
+func answerLine(result string, e *Entry, msg string) []byte {
+	if e != nil {
 		const head, tail = `{"result":"` + ResultHit + `","pod":`, "}\n"
-		return append(append(append(make([]byte, 0, len(head)+len(body)+len(tail)), head...), body...), tail...)
+		return append(append(append(make([]byte, 0, len(head)+len(e.json)+len(tail)), head...), e.json...), tail...)
 	}
 	line, _ := json.Marshal(answer{Result: result, Error: msg}) // strings only: cannot fail
 	return append(line, '\n')
