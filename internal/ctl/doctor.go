@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -23,6 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/meshcni/meshcni/internal/apilookup"
 	"github.com/meshcni/meshcni/internal/install"
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/plugin"
@@ -191,19 +193,25 @@ func (o *DoctorOptions) Checks(ctx context.Context) []Check {
 		}
 	}
 
-	// 2. Binaries of every plug-in in the chain.
+	// 2. Binaries of every plug-in in the chain, and meshcni's API lookup
+	// helper beside it: without it, a pod the agent's cache cannot answer
+	// fails its ADD.
 	if len(chain) > 0 {
 		var missing []string
-		for _, t := range chain {
+		bins := chain
+		if slices.Contains(chain, install.PluginType) {
+			bins = append(slices.Clone(chain), apilookup.HelperName)
+		}
+		for _, t := range bins {
 			if err := executable(filepath.Join(o.CNIBinDir, t)); err != nil {
 				missing = append(missing, err.Error())
 			}
 		}
 		switch {
 		case len(missing) > 0:
-			add("binaries", Fail, "%s: every pod's network set-up fails until they are there (meshcni: the agent copies it; others: their CNI's installer)", strings.Join(missing, "; "))
+			add("binaries", Fail, "%s: every pod's network set-up fails until they are there (meshcni and %s: the agent copies them; others: their CNI's installer)", strings.Join(missing, "; "), apilookup.HelperName)
 		default:
-			add("binaries", Pass, "%s holds %s", o.CNIBinDir, strings.Join(chain, ", "))
+			add("binaries", Pass, "%s holds %s", o.CNIBinDir, strings.Join(bins, ", "))
 		}
 	} else if err := executable(filepath.Join(o.CNIBinDir, install.PluginType)); err != nil {
 		add("binaries", Warn, "%v", err)

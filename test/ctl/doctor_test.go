@@ -16,7 +16,8 @@ import (
 )
 
 // doctorNode is a node's CNI dirs in temp dirs: a bridge conflist with
-// meshcni last, both binaries, and a kubeconfig that may get pods.
+// meshcni last, their binaries and meshcni's lookup helper, and a
+// kubeconfig that may get pods.
 type doctorNode struct {
 	conf, bin, kubeconfig, socket string
 }
@@ -26,7 +27,7 @@ func newDoctorNode(t *testing.T) *doctorNode {
 	d := &doctorNode{conf: t.TempDir(), bin: t.TempDir(), kubeconfig: pluginKubeconfig(t, "meshcni-doctor")}
 	d.socket = filepath.Join(t.TempDir(), "log.sock")
 	d.writeConflist(t, "bridge", "meshcni")
-	for _, b := range []string{"bridge", "meshcni"} {
+	for _, b := range []string{"bridge", "meshcni", "meshcni-lookup"} {
 		if err := os.WriteFile(filepath.Join(d.bin, b), []byte("#!/bin/sh\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -77,7 +78,7 @@ func TestDoctor(t *testing.T) {
 		}
 		t.Logf("meshcnictl doctor:\n%s", out)
 		expectLine(t, out, "OK", "conflist", "meshcni last of 2 plug-ins (bridge -> meshcni)")
-		expectLine(t, out, "OK", "binaries", "holds bridge, meshcni")
+		expectLine(t, out, "OK", "binaries", "holds bridge, meshcni, meshcni-lookup")
 		expectLine(t, out, "OK", "kubeconfig", "as system:serviceaccount:kube-system:meshcni-doctor, who may get pods")
 		expectLine(t, out, "WARN", "agent", "the agent is not running on this node")
 		expectLine(t, out, "OK", "iptables", "backend ")
@@ -99,6 +100,8 @@ func TestDoctor(t *testing.T) {
 		}, "conflist", "no CNI config yet"},
 		{"binary missing", func(t *testing.T, d *doctorNode) { _ = os.Remove(filepath.Join(d.bin, "meshcni")) },
 			"binaries", "/meshcni missing"},
+		{"lookup helper missing", func(t *testing.T, d *doctorNode) { _ = os.Remove(filepath.Join(d.bin, "meshcni-lookup")) },
+			"binaries", "/meshcni-lookup missing"},
 		{"token refused", func(t *testing.T, d *doctorNode) {
 			if err := kubeharness.WriteKubeconfig(d.kubeconfig, cluster.URL, cluster.CAData, "not-a-token"); err != nil {
 				t.Fatal(err)
