@@ -112,10 +112,11 @@ func (h Helper) run(ctx context.Context, r Request) ([]byte, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.Deadline())
 	defer cancel()
-	// No environment: the helper needs none, and a runtime's CNI_*
-	// variables mean nothing to it. Proxy settings are the exception, as
-	// the API may be reached through one (client-go honours them too).
-	out, err := (&invoke.RawExec{Stderr: os.Stderr}).ExecPlugin(ctx, h.Path, in, proxyEnv())
+	// Only what a client of the API reads from its environment (as
+	// client-go does): proxy settings, and where the system's CA
+	// certificates are, for a kubeconfig that names no CA. A runtime's
+	// CNI_* variables mean nothing to the helper.
+	out, err := (&invoke.RawExec{Stderr: os.Stderr}).ExecPlugin(ctx, h.Path, in, clientEnv())
 	if err == nil {
 		return bytes.TrimSpace(out), nil
 	}
@@ -130,9 +131,9 @@ func (h Helper) run(ctx context.Context, r Request) ([]byte, error) {
 	return nil, types.NewError(types.ErrInternal, fmt.Sprintf("meshcni: the API lookup helper %s failed", h.Path), err.Error())
 }
 
-func proxyEnv() []string {
+func clientEnv() []string {
 	var env []string
-	for _, k := range []string{"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"} {
+	for _, k := range []string{"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR"} {
 		if v, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+v)
 		}

@@ -129,3 +129,28 @@ func TestDeadline(t *testing.T) {
 		t.Fatalf("zero attempts count as one: %v", got)
 	}
 }
+
+// The helper gets what an API client reads from the environment, and
+// nothing of the runtime's CNI_* variables.
+func TestHelperEnvironment(t *testing.T) {
+	t.Setenv("HTTPS_PROXY", "http://proxy.example:3128")
+	t.Setenv("SSL_CERT_DIR", "/etc/pki/certs")
+	t.Setenv("CNI_COMMAND", "ADD")
+	h := helper(t, `env > "$(dirname "$0")/env"; echo '{"metadata":{"name":"reviews","namespace":"bookinfo","uid":"u-1"}}'`)
+	if _, err := h.Pod(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(h.Path), "env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := string(b)
+	for _, want := range []string{"HTTPS_PROXY=http://proxy.example:3128", "SSL_CERT_DIR=/etc/pki/certs"} {
+		if !strings.Contains(env, want+"\n") {
+			t.Errorf("the helper's environment lacks %s:\n%s", want, env)
+		}
+	}
+	if strings.Contains(env, "CNI_COMMAND") {
+		t.Errorf("the helper got the runtime's CNI_COMMAND:\n%s", env)
+	}
+}
