@@ -29,9 +29,10 @@ func (p *Plugin) cacheFor(socket string) PodCache {
 // known, it asks the agent's cache first and takes only a pod with that
 // UID: no API request, no kubeconfig read. Every other outcome (not
 // found, another UID, not synced, no socket, timeout) is a miss, and the
-// API decides (the meshcni-lookup helper), with the usual retries; so the cache can save a request
-// but never change a decision the API would make, and never lets a pod
-// start uncaptured because it did not know it.
+// API decides, through the meshcni-lookup helper, with the usual
+// retries; so the cache can save a request but never change a decision
+// the API would make, and never lets a pod start uncaptured because it
+// did not know it.
 func (p *Plugin) lookup(ctx context.Context, t *target) (*podspec.Pod, error) {
 	ns, name, uid := string(t.args.K8S_POD_NAMESPACE), string(t.args.K8S_POD_NAME), string(t.args.K8S_POD_UID)
 	if t.conf.PodCacheSocket != "" {
