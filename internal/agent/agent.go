@@ -6,6 +6,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -38,9 +39,15 @@ type Agent struct {
 	stopping bool
 	health   net.Addr
 	client   kubernetes.Interface // the agent's API client, once built
+	// settled: the node's own settings (BackendLabel) are read and in
+	// entry; always true without --node-name. kick wakes the loop when
+	// they change the entry.
+	settled bool
+	kick    chan struct{}
 
 	// Loop state, touched only by the reconcile loop.
 	installed bool        // the entry was in place after a round
+	wrote     []byte      // the entry the loop last put in place
 	binDirty  bool        // the installed binary may differ from --plugin-binary
 	noHelper  bool        // "no API lookup helper" was logged
 	fights    []time.Time // rewrites of the entry within the fight window
@@ -76,7 +83,8 @@ func New(opts Options, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{opts: opts, log: log, entry: entry, api: api, metrics: newMetrics(), reason: "starting"}
+	a := &Agent{opts: opts, log: log, entry: entry, api: api, metrics: newMetrics(), reason: "starting",
+		settled: opts.NodeName == "", kick: make(chan struct{}, 1)}
 	a.metrics.ready.Set(0)
 	return a, nil
 }
@@ -316,6 +324,8 @@ func (a *Agent) wait(ctx context.Context, w *fsnotify.Watcher, retry time.Durati
 		select {
 		case <-ctx.Done():
 			return false
+		case <-a.kick:
+			return false
 		case <-t.C:
 			if resync {
 				a.binDirty = true
@@ -433,7 +443,8 @@ func (a *Agent) writeKubeconfig() error {
 // config, unless a fight is being throttled.
 func (a *Agent) ensureEntry() time.Duration {
 	dir := a.opts.CNIConfDir
-	st, err := install.Check(dir, a.entry)
+	entry := a.currentEntry()
+	st, err := install.Check(dir, entry)
 	switch {
 	case errors.Is(err, install.ErrNoConfig):
 		return a.noConfig(err)
@@ -444,10 +455,13 @@ func (a *Agent) ensureEntry() time.Duration {
 		return 0
 	}
 
-	if wait := a.throttle(time.Now(), st.Path); wait > 0 {
+	// The agent's own change of the entry (the node's settings, read
+	// after the first install) is no fight with another writer.
+	ours := a.installed && !bytes.Equal(entry, a.wrote)
+	if wait := a.throttle(time.Now(), st.Path); wait > 0 && !ours {
 		return wait
 	}
-	res, err := install.Insert(dir, a.entry)
+	res, err := install.Insert(dir, entry)
 	switch {
 	case errors.Is(err, install.ErrNoConfig):
 		return a.noConfig(err)
@@ -467,11 +481,14 @@ func (a *Agent) ensureEntry() time.Duration {
 		case st.Present:
 			what = "differs"
 		}
-		if a.installed {
+		switch {
+		case ours:
+			a.log.Info("updated the meshcni entry to this node's settings", "file", res.Path, "entry", string(entry))
+		case a.installed:
 			a.fights = append(a.fights, time.Now())
 			a.metrics.reinserts.Inc()
 			a.log.Info("put the meshcni entry back", "file", res.Path, "was", what)
-		} else {
+		default:
 			a.metrics.installs.Inc()
 			a.log.Info("installed the meshcni entry", "file", res.Path, "wrapped", res.Wrapped)
 		}
@@ -485,7 +502,44 @@ func (a *Agent) done(path string) {
 		a.log.Info("meshcni is installed; watching", "file", path)
 	}
 	a.installed, a.waiting, a.lastErr = true, false, ""
+	a.wrote = a.currentEntry()
+	if !a.nodeSettled() {
+		// Installed with the flags' settings, so that no mesh pod starts
+		// uncaptured meanwhile; ready (and the startup taint lifted) once
+		// the entry holds the node's own.
+		a.setReady(false, "reading this node's settings (label "+BackendLabel+")")
+		return
+	}
 	a.setReady(true, "")
+}
+
+// currentEntry is the entry to install: the flags', with the node's
+// settings once read.
+func (a *Agent) currentEntry() json.RawMessage {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.entry
+}
+
+func (a *Agent) nodeSettled() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.settled
+}
+
+// settle records that the node's settings are read, with the entry they
+// make (nil: the flags' entry stands), and wakes the loop to install it.
+func (a *Agent) settle(entry json.RawMessage) {
+	a.mu.Lock()
+	if entry != nil {
+		a.entry = entry
+	}
+	a.settled = true
+	a.mu.Unlock()
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
 }
 
 func (a *Agent) noConfig(err error) time.Duration {

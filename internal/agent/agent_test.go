@@ -154,7 +154,7 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 }
 
 func (r *running) installed(t *testing.T) bool {
-	st, err := install.Check(r.opts.CNIConfDir, r.entry)
+	st, err := install.Check(r.opts.CNIConfDir, r.currentEntry())
 	return err == nil && st.Installed()
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -28,6 +29,12 @@ var StartupTaint = corev1.Taint{Key: "meshcni.io/agent-not-ready", Effect: corev
 
 // RepairOff disables the repair controller.
 const RepairOff = "off"
+
+// BackendLabel on the agent's Node overrides --iptables-backend for the
+// pods of that node (legacy, nft, nftables or auto), so that one install
+// can run, say, native nftables on some nodes only. The agent reads it
+// when it starts; restart the node's agent pod after changing it.
+const BackendLabel = "meshcni.io/iptables-backend"
 
 // kubeClient is the agent's own API client: the plug-in's server and CA,
 // and the agent's own (re-read) token, never the plug-in's: that one may
@@ -79,6 +86,9 @@ func (a *Agent) runNode(ctx context.Context) {
 	a.mu.Lock()
 	a.client = cs
 	a.mu.Unlock()
+	if !a.readNodeSettings(ctx, cs) {
+		return
+	}
 	pods, watchDone := WatchNodePods(ctx, cs, o.NodeName)
 	defer func() { <-watchDone }()
 	cacheDone := a.startPodCache(ctx, pods)
@@ -111,9 +121,64 @@ func (a *Agent) runNode(ctx context.Context) {
 	}
 }
 
+// readNodeSettings reads the node's BackendLabel into the entry, retrying
+// while the API does not answer; false if ctx ended first. A node that is
+// not there, an identity that may not read it, or a label that names no
+// backend leave the flags' setting, with the reason logged.
+func (a *Agent) readNodeSettings(ctx context.Context, cs kubernetes.Interface) bool {
+	for {
+		entry, err := a.nodeEntry(ctx, cs)
+		if err == nil {
+			a.settle(entry)
+			return true
+		}
+		a.log.Warn("cannot read this node's settings yet; retrying", "node", a.opts.NodeName, "error", err)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// nodeEntry is the entry with the node's settings, nil for the flags'
+// one; an error only when the API should be asked again.
+func (a *Agent) nodeEntry(ctx context.Context, cs kubernetes.Interface) (json.RawMessage, error) {
+	o := a.opts
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := cs.CoreV1().Nodes().Get(gctx, o.NodeName, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		a.log.Warn("no Node of this name; the flags' backend stands", "node", o.NodeName, "backend", o.IptablesBackend)
+		return nil, nil
+	case apierrors.IsForbidden(err):
+		a.log.Warn("may not read this node (grant get on nodes); the flags' backend stands", "node", o.NodeName, "error", err)
+		return nil, nil
+	case err != nil:
+		return nil, err
+	}
+	backend := n.Labels[BackendLabel]
+	if backend == "" || backend == o.IptablesBackend {
+		return nil, nil
+	}
+	if _, err := netfilter.ParseBackend(backend); err != nil {
+		a.log.Error("ignoring the node's backend label; the flags' backend stands", "node", o.NodeName,
+			"label", BackendLabel+"="+backend, "backend", o.IptablesBackend, "error", err)
+		return nil, nil
+	}
+	o.IptablesBackend = backend
+	entry, err := o.Entry()
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("this node's backend comes from its label", "node", o.NodeName, "label", BackendLabel, "backend", backend)
+	return entry, nil
+}
+
 func (a *Agent) runRepair(ctx context.Context, cs kubernetes.Interface, pods *NodePods) {
 	o := &a.opts
-	entry, err := plugin.ParseEntry(a.entry)
+	entry, err := plugin.ParseEntry(a.currentEntry())
 	if err != nil {
 		a.log.Error("repair controller not started: the entry does not parse", "error", err)
 		return
