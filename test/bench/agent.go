@@ -21,6 +21,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshcni/meshcni/internal/apilookup"
 	"github.com/meshcni/meshcni/test/testbed"
 )
 
@@ -143,10 +144,17 @@ func (b *bench) measureAgent(ctx context.Context) (*agentResult, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	// The agent wants a binary named like the entry's type.
+	// The agent wants a binary named like the entry's type, and installs
+	// meshcni's API lookup helper from beside it.
 	plugin := filepath.Join(dir, "meshcni")
 	if err := testbed.CopyExecutable(b.o.plugin, plugin); err != nil {
 		return nil, err
+	}
+	helper := filepath.Join(filepath.Dir(b.o.plugin), apilookup.HelperName)
+	if _, err := os.Stat(helper); err == nil {
+		if err := testbed.CopyExecutable(helper, filepath.Join(dir, apilookup.HelperName)); err != nil {
+			return nil, err
+		}
 	}
 	// The chart's ClusterRole meshcni-agent (charts/meshcni/templates/rbac.yaml).
 	kubeconfig, token, err := b.cluster.ServiceAccountKubeconfig(ctx, "kube-system", "meshcni-agent", []rbacv1.PolicyRule{
