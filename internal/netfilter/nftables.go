@@ -33,7 +33,7 @@ func (s *session) nftApply(spec capture.Spec) error {
 	if err != nil {
 		return err
 	}
-	ours, istio, err := nftState()
+	ours, istio, err := s.nftState()
 	if err != nil {
 		return err
 	}
@@ -98,7 +98,7 @@ func (s *session) nftCheck(spec capture.Spec) error {
 	if err != nil {
 		return err
 	}
-	ours, _, err := nftState()
+	ours, _, err := s.nftState()
 	if err != nil {
 		return err
 	}
@@ -113,7 +113,7 @@ func (s *session) nftCheck(spec capture.Spec) error {
 }
 
 func (s *session) nftRemove() error {
-	ours, _, err := nftState()
+	ours, _, err := s.nftState()
 	if err != nil {
 		return err
 	}
@@ -126,7 +126,7 @@ func (s *session) nftRemove() error {
 }
 
 func (s *session) nftSave(f rules.Family) (string, error) {
-	ours, _, err := nftState()
+	ours, _, err := s.nftState()
 	if err != nil || !slices.Contains(ours, f) {
 		return "", err
 	}

@@ -70,6 +70,21 @@ func nftState() (ours []rules.Family, istio []string, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	return stateOf(tables)
+}
+
+// nftState is the state before the session writes anything, from the
+// listing detection may already have taken.
+func (s *session) nftState() (ours []rules.Family, istio []string, err error) {
+	tables, err := s.tables()
+	if err != nil {
+		return nil, nil, err
+	}
+	return stateOf(tables)
+}
+
+// stateOf is nftState for a listing of the current thread's netns.
+func stateOf(tables []nftTable) (ours []rules.Family, istio []string, err error) {
 	ours = oursIn(tables)
 	if !slices.ContainsFunc(tables, func(t nftTable) bool { return t.Name != nftrules.TableName }) {
 		return ours, nil, nil
