@@ -255,8 +255,8 @@ func (b *batch) send() error {
 			if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
 				continue
 			}
-			if code := int32(binaryutil.NativeEndian.Uint32(m.Data[:4])); code != 0 {
-				return fmt.Errorf("nftables batch, message %d of %d: %w", m.Header.Seq, b.seq, syscall.Errno(-code))
+			if err := replyErr(m); err != nil {
+				return fmt.Errorf("nftables batch, message %d of %d: %w", m.Header.Seq, b.seq, err)
 			}
 			if m.Header.Seq == lastSeq {
 				return nil
@@ -299,6 +299,18 @@ func recvNFT(fd int, buf []byte) ([]syscall.NetlinkMessage, error) {
 	}
 }
 
+// replyErr is the errno an NLMSG_ERROR reply carries; nil for an ack
+// (error 0) or a reply too short to carry one.
+func replyErr(m syscall.NetlinkMessage) error {
+	if len(m.Data) < 4 {
+		return nil
+	}
+	if code := int32(binaryutil.NativeEndian.Uint32(m.Data[:4])); code != 0 {
+		return syscall.Errno(-code)
+	}
+	return nil
+}
+
 // nftTable names one nftables table.
 type nftTable struct {
 	Family nftables.TableFamily
@@ -330,10 +342,8 @@ func listTables() ([]nftTable, error) {
 			case unix.NLMSG_DONE:
 				return tables, nil
 			case unix.NLMSG_ERROR:
-				if len(m.Data) >= 4 {
-					if code := int32(binaryutil.NativeEndian.Uint32(m.Data[:4])); code != 0 {
-						return nil, fmt.Errorf("list nftables tables: %w", syscall.Errno(-code))
-					}
+				if err := replyErr(m); err != nil {
+					return nil, fmt.Errorf("list nftables tables: %w", err)
 				}
 				return tables, nil
 			case unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWTABLE:
