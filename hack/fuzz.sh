@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fuzztime=${FUZZTIME:-30s}
+
+# finding: whether a failed run ($1, its output) found something. On a
+# loaded machine the fuzz coordinator can miss its own deadline while
+# stopping its workers ("context deadline exceeded", no input written): a
+# harness hiccup, not a finding. Anything that wrote a failing input is one.
+finding() {
+	grep -q "Failing input written" <<<"$1" || ! grep -q "context deadline exceeded" <<<"$1"
+}
+
 grep -rl --include='*_test.go' '^func Fuzz' internal test 2>/dev/null | sort | while read -r file; do
 	pkg=./$(dirname "$file")
 	for target in $(grep -o '^func Fuzz[A-Za-z0-9_]*' "$file" | cut -d' ' -f2); do
@@ -14,17 +23,13 @@ grep -rl --include='*_test.go' '^func Fuzz' internal test 2>/dev/null | sort | w
 				ok=1
 				break
 			fi
-			# On a loaded machine the fuzz coordinator can miss its own
-			# deadline while stopping its workers ("context deadline
-			# exceeded", no input written): a harness hiccup, not a finding.
-			# Anything that wrote a failing input is a finding.
-			if grep -q "Failing input written" <<<"$out" || ! grep -q "context deadline exceeded" <<<"$out"; then
+			if finding "$out"; then
 				break
 			fi
 			echo ">> $target: the fuzzer missed its own deadline (no failing input); try $try of 2"
 		done
 		if [ $ok = 0 ]; then
-			if grep -q "Failing input written" <<<"$out" || ! grep -q "context deadline exceeded" <<<"$out"; then
+			if finding "$out"; then
 				echo "$out"
 				exit 1
 			fi
