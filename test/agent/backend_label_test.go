@@ -27,7 +27,7 @@ func TestBackendLabel(t *testing.T) {
 	node := newNode(t)
 	nodeName := "label-node-1"
 	createNode(t, nodeName, map[string]string{agentpkg.BackendLabel: "nftables"}, agentpkg.StartupTaint)
-	o, _, _ := agentOnNode(t, node, nodeName, "meshcni-agent-label")
+	o, _, _ := agentOnNode(t, node, nodeName, "meshcni-agent-label", nodeRules)
 	o.IptablesBackend = "nft"
 	logs := &testbed.SyncBuffer{}
 	a, err := agentpkg.New(o, slog.New(slog.NewJSONHandler(logs, nil)))

@@ -32,7 +32,7 @@ func TestStartupTaint(t *testing.T) {
 	createNode(t, nodeName, nil, agentpkg.StartupTaint, corev1.Taint{Key: "other", Effect: corev1.TaintEffectNoExecute})
 	// No token yet: the agent cannot install, so it must not be ready and
 	// must leave the taint in place.
-	o, tokenPath, token := agentOnNode(t, node, nodeName, "meshcni-agent-taint")
+	o, tokenPath, token := agentOnNode(t, node, nodeName, "meshcni-agent-taint", nodeRules)
 	a, err := agentpkg.New(o, slog.New(slog.NewJSONHandler(testWriter{t}, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -84,17 +84,20 @@ func createNode(t *testing.T, nodeName string, labels map[string]string, taints 
 	t.Cleanup(func() { _ = cluster.Client.CoreV1().Nodes().Delete(ctx, nodeName, metav1.DeleteOptions{}) })
 }
 
+// nodeRules let an agent watch its node's pods, read and taint its Node,
+// and record events.
+var nodeRules = []rbacv1.PolicyRule{
+	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
+	{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}},
+	{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+}
+
 // agentOnNode returns an agent's options for the testbed node as the Node
-// nodeName, with a service account named sa holding what the agent needs
-// for the taint and its node's settings; its token is written at
-// tokenPath.
-func agentOnNode(t *testing.T, node *testbed.Node, nodeName, sa string) (o agentpkg.Options, tokenPath, token string) {
+// nodeName, with a service account named sa that may do what rules allow;
+// its token is written at tokenPath.
+func agentOnNode(t *testing.T, node *testbed.Node, nodeName, sa string, rules []rbacv1.PolicyRule) (o agentpkg.Options, tokenPath, token string) {
 	t.Helper()
-	_, token, err := cluster.ServiceAccountKubeconfig(context.Background(), "kube-system", sa, []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
-		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}},
-		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
-	}, time.Hour)
+	_, token, err := cluster.ServiceAccountKubeconfig(context.Background(), "kube-system", sa, rules, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,25 +57,16 @@ func TestUpgradeKeepsUninstallRemoves(t *testing.T) {
 	if _, err := cluster.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	_, token, err := cluster.ServiceAccountKubeconfig(ctx, "kube-system", "meshcni-agent-upgrade", []rbacv1.PolicyRule{
+	base, _, _ := agentOnNode(t, node, testbed.NodeName, "meshcni-agent-upgrade", []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 		{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, Verbs: []string{"get"}},
-	}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sa := t.TempDir()
-	tokenPath, caPath := filepath.Join(sa, "token"), filepath.Join(sa, "ca.crt")
-	writeAtomic(t, caPath, string(cluster.CAData))
-	writeAtomic(t, tokenPath, token)
+	})
 
 	runOnce := func() {
 		t.Helper()
-		o := agentpkg.DefaultOptions()
-		o.CNIConfDir, o.CNIBinDir, o.RunDir = node.ConfDir, node.BinDir, filepath.Join(node.Dir, "run")
-		o.PluginBinary, o.APIServer, o.TokenPath, o.CAPath = pluginBin, cluster.URL, tokenPath, caPath
-		o.HealthAddr, o.NodeName, o.StartupTaint = "", testbed.NodeName, false
+		o := base
+		o.StartupTaint = false
 		o.PodName, o.PodNamespace = pod.Name, ns
 		a, err := agentpkg.New(o, slog.New(slog.NewJSONHandler(testWriter{t}, nil)))
 		if err != nil {
