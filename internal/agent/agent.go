@@ -56,6 +56,7 @@ type Agent struct {
 	waiting   bool        // "waiting for a CNI config" was logged
 
 	beforeUninstall func() // test hook: shutdown has begun, nothing removed yet
+	afterCheck      func() // test hook: a round has read the config, nothing written yet
 }
 
 // New checks opts and resolves the API server the plug-in will use.
@@ -441,17 +442,26 @@ func (a *Agent) writeKubeconfig() error {
 
 // ensureEntry makes the meshcni entry the last plugin of the primary
 // config, unless a fight is being throttled.
+//
+// The round works on one snapshot of the entry and of whether the node's
+// settings are read: settle may change both at any moment from the node
+// goroutine, and a round that checked one entry but recorded another
+// would count its own next update as a fight (or be ready with the
+// flags' entry still in place).
 func (a *Agent) ensureEntry() time.Duration {
 	dir := a.opts.CNIConfDir
-	entry := a.currentEntry()
+	entry, settled := a.currentEntry()
 	st, err := install.Check(dir, entry)
+	if a.afterCheck != nil {
+		a.afterCheck()
+	}
 	switch {
 	case errors.Is(err, install.ErrNoConfig):
 		return a.noConfig(err)
 	case err != nil:
 		return a.fail(fmt.Errorf("check %s: %w", dir, err))
 	case st.Installed():
-		a.done(st.Path)
+		a.done(st.Path, entry, settled)
 		return 0
 	}
 
@@ -493,17 +503,19 @@ func (a *Agent) ensureEntry() time.Duration {
 			a.log.Info("installed the meshcni entry", "file", res.Path, "wrapped", res.Wrapped)
 		}
 	}
-	a.done(res.Path)
+	a.done(res.Path, entry, settled)
 	return 0
 }
 
-func (a *Agent) done(path string) {
+// done records that entry is in place in path; settled is whether it
+// holds the node's own settings (both as the round read them).
+func (a *Agent) done(path string, entry json.RawMessage, settled bool) {
 	if !a.installed || a.waiting {
 		a.log.Info("meshcni is installed; watching", "file", path)
 	}
 	a.installed, a.waiting, a.lastErr = true, false, ""
-	a.wrote = a.currentEntry()
-	if !a.nodeSettled() {
+	a.wrote = entry
+	if !settled {
 		// Installed with the flags' settings, so that no mesh pod starts
 		// uncaptured meanwhile; ready (and the startup taint lifted) once
 		// the entry holds the node's own.
@@ -513,18 +525,12 @@ func (a *Agent) done(path string) {
 	a.setReady(true, "")
 }
 
-// currentEntry is the entry to install: the flags', with the node's
-// settings once read.
-func (a *Agent) currentEntry() json.RawMessage {
+// currentEntry is the entry to install (the flags', with the node's
+// settings once read) and whether those settings are read, read together.
+func (a *Agent) currentEntry() (json.RawMessage, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.entry
-}
-
-func (a *Agent) nodeSettled() bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.settled
+	return a.entry, a.settled
 }
 
 // settle records that the node's settings are read, with the entry they

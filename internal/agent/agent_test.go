@@ -154,7 +154,8 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 }
 
 func (r *running) installed(t *testing.T) bool {
-	st, err := install.Check(r.opts.CNIConfDir, r.currentEntry())
+	entry, _ := r.currentEntry()
+	st, err := install.Check(r.opts.CNIConfDir, entry)
 	return err == nil && st.Installed()
 }
 

@@ -178,7 +178,8 @@ func (a *Agent) nodeEntry(ctx context.Context, cs kubernetes.Interface) (json.Ra
 
 func (a *Agent) runRepair(ctx context.Context, cs kubernetes.Interface, pods *NodePods) {
 	o := &a.opts
-	entry, err := plugin.ParseEntry(a.currentEntry())
+	raw, _ := a.currentEntry()
+	entry, err := plugin.ParseEntry(raw)
 	if err != nil {
 		a.log.Error("repair controller not started: the entry does not parse", "error", err)
 		return

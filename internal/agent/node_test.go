@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -93,10 +94,11 @@ func TestNodeSettingsUpdateTheEntry(t *testing.T) {
 	o.NodeName, o.IptablesBackend = "node-1", "nft"
 	o.APIServer = "https://127.0.0.1:1" // refused at once: the node stays unread
 	r := start(t, o)
-	eventually(t, 5*time.Second, "the flags' entry installed", func() bool { return r.installed(t) })
-	if ready, why := r.Ready(); ready || !strings.Contains(why, BackendLabel) {
-		t.Fatalf("ready=%v (%s) before the node's settings are read; want not ready, naming the label", ready, why)
-	}
+	// The file is in place before the round records it: wait for both.
+	eventually(t, 5*time.Second, "the flags' entry installed, not ready naming the label", func() bool {
+		ready, why := r.Ready()
+		return r.installed(t) && !ready && strings.Contains(why, BackendLabel)
+	})
 	conflist := filepath.Join(n.conf, "10-bridge.conflist")
 	if b := mustRead(t, conflist); !strings.Contains(b, `"iptables_backend":"nft"`) {
 		t.Fatalf("conflist before the node's settings:\n%s", b)
@@ -118,5 +120,50 @@ func TestNodeSettingsUpdateTheEntry(t *testing.T) {
 	}
 	if !strings.Contains(r.logs.String(), "updated the meshcni entry to this node's settings") {
 		t.Errorf("no update logged:\n%s", r.logs)
+	}
+}
+
+// The node's settings may be read while a round is between its check of
+// the conflist and its record of what is in place. That round must record
+// the entry it checked, not the one settle just made: otherwise the next
+// round takes the agent's own update for another writer's (a fight), as CI
+// saw about once in three runs. Deterministic: settle runs inside the
+// round through the afterCheck hook.
+func TestSettleDuringARound(t *testing.T) {
+	n := newNode(t, map[string]string{"10-bridge.conflist": bridgeList})
+	o := n.options()
+	o.NodeName, o.IptablesBackend = "node-1", "nft"
+	a, err := New(o, slog.New(slog.NewJSONHandler(&testbed.SyncBuffer{}, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.binDirty = true
+	if retry := a.reconcile(); retry != 0 {
+		t.Fatalf("first round: retry %v, want installed", retry)
+	}
+	if ready, _ := a.Ready(); ready {
+		t.Fatal("ready before the node's settings are read")
+	}
+
+	withLabel := o
+	withLabel.IptablesBackend = "nftables"
+	labelled, err := withLabel.Entry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.afterCheck = func() { a.afterCheck = nil; a.settle(labelled) }
+	a.reconcile() // checks the flags' entry (in place); the settings arrive meanwhile
+	if ready, why := a.Ready(); ready {
+		t.Fatalf("ready with the flags' entry still in place (%s)", why)
+	}
+	a.reconcile() // installs the node's entry
+	if v := testutil.ToFloat64(a.metrics.reinserts); v != 0 {
+		t.Errorf("reinserts = %v: the agent's own update counted as a fight", v)
+	}
+	if b := mustRead(t, filepath.Join(n.conf, "10-bridge.conflist")); !strings.Contains(b, `"iptables_backend":"nftables"`) {
+		t.Fatalf("conflist after the node's settings:\n%s", b)
+	}
+	if ready, why := a.Ready(); !ready {
+		t.Fatalf("not ready with the node's entry in place: %s", why)
 	}
 }
