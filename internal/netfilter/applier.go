@@ -44,8 +44,9 @@ var (
 type Options struct {
 	// Backend forces legacy or nft; Auto follows the netns, then the node.
 	Backend Backend
-	// LockDir holds the per-netns xtables lock files (legacy only), so
-	// that pods don't queue on the host's global /run/xtables.lock.
+	// LockDir holds the per-netns lock files: the one that serialises
+	// visits to a netns (every backend), and the xtables lock (legacy),
+	// so that pods don't queue on the host's global /run/xtables.lock.
 	LockDir string
 	// HostRoot, when set, runs the iptables of that root file system
 	// (chrooted, see HostRootRunner) instead of this one's.
@@ -90,9 +91,9 @@ type session struct {
 	env     []string
 
 	// The netns's nftables tables, listed once: detection and each
-	// family's check before its restore read the same listing. Nothing
-	// else writes a sandbox's netns while its ADD runs, and a family's
-	// restore changes no other family's tables.
+	// family's check before its restore read the same listing. No other
+	// meshcni visit writes the netns while this one holds its lock, and a
+	// family's restore changes no other family's tables.
 	listOnce   sync.Once
 	listed     []nftTable
 	listingErr error
@@ -117,8 +118,15 @@ func (a *Applier) enter(ctx context.Context, path string, fn func(*session) erro
 		return err
 	}
 	if err := os.MkdirAll(a.opts.LockDir, 0o700); err != nil {
-		return fmt.Errorf("create xtables lock dir: %w", err)
+		return fmt.Errorf("create lock dir: %w", err)
 	}
+	// One visit per netns at a time, on every backend (see netnsLock).
+	held, err := lockNetns(ctx, filepath.Join(a.opts.LockDir, "netns-"+id+".lock"))
+	if err != nil {
+		return err
+	}
+	defer held.unlock()
+	// Only this visit uses the xtables lock of this netns, so it can go.
 	lock := filepath.Join(a.opts.LockDir, "xtables-"+id+".lock")
 	defer os.Remove(lock)
 	return netns.Do(path, func() error {

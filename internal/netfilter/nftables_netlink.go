@@ -3,6 +3,7 @@ package netfilter
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"syscall"
 	"time"
 
@@ -22,8 +23,10 @@ import (
 // no exec and no NSS lookup. Each nftrules.Expr becomes the expressions
 // nft 1.0.6 compiles its text into (as `nft --debug=netlink` shows), so
 // that `nft list ruleset` prints the same tables either way
-// (TestNetlinkEqualsNft). An Expr outside the vocabulary makes nftBatch
-// return errNotNative, and the caller runs `nft -f -` instead.
+// (TestNetlinkEqualsNft). An Expr whose value this encoder does not write
+// (an interface name of 16 bytes, a /0 prefix, a set with a repeated port)
+// makes nftBatch return errNotNative, and the caller runs `nft -f -`,
+// whose own checks then apply.
 //
 // google/nftables provides the expressions' encoding (expr.Marshal); the
 // messages around them are written here, because its Conn.Flush asks the
@@ -80,14 +83,7 @@ func nftBatch(tables []nftrules.Table) (*batch, error) {
 					return nil, err
 				}
 			}
-			if len(c.Exprs) != len(c.Rules) {
-				return nil, fmt.Errorf("%w: %s %s: %d rules, %d structured", errNotNative, nftrules.NFTFamily(t.Family), c.Name, len(c.Rules), len(c.Exprs))
-			}
-			for j, r := range c.Exprs {
-				if r.String() != c.Rules[j] {
-					// Only the text is known to be what nft writes.
-					return nil, fmt.Errorf("%w: %s %s: rule %q is structured as %q", errNotNative, nftrules.NFTFamily(t.Family), c.Name, c.Rules[j], r)
-				}
+			for _, r := range c.Rules {
 				exprs, sets, err := ruleExprs(t.Family, r)
 				if err != nil {
 					return nil, fmt.Errorf("%w: %s %s: %s: %v", errNotNative, nftrules.NFTFamily(t.Family), c.Name, r, err)
@@ -419,6 +415,9 @@ func ruleExprs(f rules.Family, r nftrules.Rule) ([]expr.Any, []anonSet, error) {
 	for _, e := range r {
 		switch e.Kind {
 		case nftrules.KindL4Proto:
+			if l4proto[e.Proto] == 0 {
+				return nil, nil, fmt.Errorf("protocol %q", e.Proto)
+			}
 			out = append(out,
 				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{l4proto[e.Proto]}})
@@ -434,6 +433,9 @@ func ruleExprs(f rules.Family, r nftrules.Rule) ([]expr.Any, []anonSet, error) {
 				key = expr.MetaKeyOIFNAME
 			} else if e.Field != "iifname" {
 				return nil, nil, fmt.Errorf("field %q", e.Field)
+			}
+			if len(e.Name) >= 16 || (e.Name == "" && e.Wildcard) {
+				return nil, nil, fmt.Errorf("interface name %q", e.Name)
 			}
 			data := []byte(e.Name)
 			if !e.Wildcard {
@@ -451,7 +453,7 @@ func ruleExprs(f rules.Family, r nftrules.Rule) ([]expr.Any, []anonSet, error) {
 				return nil, nil, fmt.Errorf("field %q", e.Field)
 			}
 			// A set of one is not a set nft keeps: leave it to nft.
-			if len(e.Ports) == 0 || (len(e.Ports) > 1) != e.Set {
+			if len(e.Ports) == 0 || (len(e.Ports) > 1) != e.Set || hasRepeat(e.Ports) || l4proto[e.Proto] == 0 {
 				return nil, nil, fmt.Errorf("ports %v", e.Ports)
 			}
 			out = append(out,
@@ -515,10 +517,16 @@ func ruleExprs(f rules.Family, r nftrules.Rule) ([]expr.Any, []anonSet, error) {
 			}
 			out = append(out, v)
 		case nftrules.KindRedirect:
+			if e.Port == 0 {
+				return nil, nil, errors.New("redirect to port 0")
+			}
 			imm(binaryutil.BigEndian.PutUint16(e.Port))
 			// NF_NAT_RANGE_PROTO_SPECIFIED, as nft sets it.
 			out = append(out, &expr.Redir{RegisterProtoMin: reg, Flags: 2})
 		case nftrules.KindTProxy:
+			if e.Port == 0 {
+				return nil, nil, errors.New("tproxy to port 0")
+			}
 			imm(binaryutil.BigEndian.PutUint16(e.Port))
 			fam := byte(nftFamily(f))
 			out = append(out, &expr.TProxy{Family: fam, TableFamily: fam, RegPort: reg})
@@ -538,10 +546,19 @@ func ruleExprs(f rules.Family, r nftrules.Rule) ([]expr.Any, []anonSet, error) {
 			imm(binaryutil.NativeEndian.PutUint16(uint16(e.Value)))
 			out = append(out, &expr.Ct{Key: expr.CtKeyZONE, SourceRegister: true, Register: reg})
 		default:
-			return nil, nil, fmt.Errorf("no netlink form for %q", e.Text)
+			return nil, nil, fmt.Errorf("no netlink form for %q", e)
 		}
 	}
 	return out, sets, nil
+}
+
+func hasRepeat(ps []uint16) bool {
+	for i, p := range ps {
+		if slices.Contains(ps[i+1:], p) {
+			return true
+		}
+	}
+	return false
 }
 
 // addrExprs matches ip/ip6 saddr/daddr against a prefix as nft does: the

@@ -1,8 +1,8 @@
-// Package nftrules turns a capture spec into a native nftables ruleset. It
-// does not restate Istio's logic: it takes the iptables rules of package
-// rules, in their order, and translates each into nft syntax, so that both
-// backends capture the same traffic by construction. It is pure: no exec,
-// no netns.
+// Package nftrules renders package rules' typed rules as a native
+// nftables ruleset. It does not restate Istio's logic: it takes the rules
+// of rules.Build, in their order, and maps each typed match and verdict to
+// its nft expression, so that both backends capture the same traffic by
+// construction. It is pure: no exec, no netns, and no rule text is parsed.
 //
 // Each address family gets its own table, "ip meshcni" and "ip6 meshcni",
 // just as iptables and ip6tables each get their ruleset: an IPv4-only spec
@@ -14,23 +14,22 @@
 // with its iptables table where Istio uses the name in two tables
 // (mangle_istio_inbound, raw_istio_output_dns).
 //
-// Each rule comes in two forms built together by one translation: nft
-// text (Chain.Rules, what Script writes) and a structured form
-// (Chain.Exprs, see Rule and Expr) that package netfilter programs over
-// netlink without an exec.
+// A rule is a list of typed expressions (Rule, Expr). Its nft text
+// (Rule.String, what Script writes) is rendered from them, and package
+// netfilter encodes the same expressions as netlink messages, so the text
+// and the messages have one source.
 //
 // The script is nft's own command language, run by one `nft -f -`. It is
 // the text sigs.k8s.io/knftables renders for the same objects (a test
 // holds it to that, and runs it through knftables' Fake), but knftables is
 // not linked into the plug-in: its package init compiles regexps that
-// cost every plug-in exec about 0.25 ms, whatever the backend.
+// cost every plug-in exec a measurable start-up time, whatever the backend
+// (docs/performance.md).
 package nftrules
 
 import (
 	"fmt"
-	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/meshcni/meshcni/internal/capture"
@@ -65,10 +64,8 @@ type Chain struct {
 	Type     string
 	Hook     string
 	Priority int
-	// Rules are the chain's rules as nft text; Exprs the same rules,
-	// structured (Rules[i] is Exprs[i].String()).
-	Rules []string
-	Exprs []Rule
+	// Rules are the chain's rules; Rule.String is each one's nft text.
+	Rules []Rule
 }
 
 // IsBase reports whether the chain is attached to a hook.
@@ -112,7 +109,7 @@ func ChainName(table, chain string) string {
 }
 
 // Build returns one table per family of spec (IPv6 only when spec.IPv6),
-// holding the translation of rules.Build(spec), rule for rule.
+// holding rules.Build(spec) as nft rules, rule for rule.
 func Build(spec capture.Spec) ([]Table, error) {
 	var out []Table
 	for _, rs := range rules.Build(spec) {
@@ -134,7 +131,7 @@ func translateSet(rs rules.Ruleset) (Table, error) {
 		if _, ok := baseChains[[2]string{r.Table, r.Chain}]; !ok && !strings.HasPrefix(r.Chain, "ISTIO_") {
 			return Table{}, fmt.Errorf("no nft chain for %s %s", r.Table, r.Chain)
 		}
-		nft, err := translate(rs.Family, r)
+		nft, err := translate(r)
 		if err != nil {
 			return Table{}, fmt.Errorf("%s: %w", r, err)
 		}
@@ -158,10 +155,7 @@ func translateSet(rs rules.Ruleset) (Table, error) {
 			c.Type, c.Hook, c.Priority = b.typ, b.hook, b.priority
 		}
 		for _, u := range units[table+"/"+chain] {
-			for _, r := range u {
-				c.Rules = append(c.Rules, r.String())
-				c.Exprs = append(c.Exprs, r)
-			}
+			c.Rules = append(c.Rules, u...)
 		}
 		t.Chains = append(t.Chains, c)
 	}
@@ -181,123 +175,63 @@ func translateSet(rs rules.Ruleset) (Table, error) {
 	return t, nil
 }
 
-// translate turns one iptables rule into nft rules (usually one). The
-// vocabulary of package rules is small and closed; anything else is a bug
-// there, reported rather than guessed.
-func translate(f rules.Family, r rules.Rule) ([]Rule, error) {
-	ip := "ip"
-	if f == rules.IPv6 {
-		ip = "ip6"
-	}
-	args := r.Args
-	j := slices.Index(args, "-j")
-	if j < 0 || j+1 >= len(args) {
-		return nil, fmt.Errorf("no target")
-	}
-	match, target, targetArgs := args[:j], args[j+1], args[j+2:]
-
+// translate maps one typed rule to nft rules (usually one). The kinds of
+// package rules are a closed set; one this does not know is a bug there,
+// reported rather than guessed.
+func translate(r rules.Rule) ([]Rule, error) {
 	var (
 		exprs     []Expr
 		proto     string
 		protoAt   = -1
 		portMatch bool
-		module    string
-		neg       bool
 	)
-	for i := 0; i < len(match); i++ {
-		opt := match[i]
-		if opt == "!" {
-			neg = true
-			continue
-		}
-		if i+1 >= len(match) {
-			return nil, fmt.Errorf("%s without a value", opt)
-		}
-		i++
-		v := match[i]
-		op := ""
-		if neg {
-			op = "!= "
-		}
-		neg = false
-		switch opt {
-		case "-p":
-			if op != "" {
+	for _, m := range r.Matches {
+		e := Expr{Neg: m.Neg}
+		switch m.Kind {
+		case rules.MatchProto:
+			if m.Neg {
 				return nil, fmt.Errorf("negated protocol")
 			}
-			proto, protoAt = v, len(exprs)
-			e := Expr{Text: "meta l4proto " + v}
-			if v == "tcp" || v == "udp" {
-				e.Kind, e.Proto = KindL4Proto, v
+			proto, protoAt = m.Proto, len(exprs)
+			e.Kind, e.Proto = KindL4Proto, m.Proto
+		case rules.MatchSrc, rules.MatchDst:
+			e.Kind, e.Field, e.Prefix = KindAddr, "saddr", m.Prefix.Masked()
+			if m.Kind == rules.MatchDst {
+				e.Field = "daddr"
 			}
-			exprs = append(exprs, e)
-		case "-s", "-d":
-			field := "saddr"
-			if opt == "-d" {
-				field = "daddr"
+			if m.Prefix.IsSingleIP() {
+				e.Prefix = m.Prefix
 			}
-			a, p, err := address(v)
-			if err != nil {
-				return nil, err
+		case rules.MatchIn, rules.MatchOut:
+			e.Kind, e.Field = KindIfname, "iifname"
+			if m.Kind == rules.MatchOut {
+				e.Field = "oifname"
 			}
-			e := Expr{Text: ip + " " + field + " " + op + a}
-			if p.Addr().Is4() == (f == rules.IPv4) && p.Bits() > 0 {
-				e.Kind, e.Field, e.Neg, e.Prefix = KindAddr, field, op != "", p
-			}
-			exprs = append(exprs, e)
-		case "-i", "-o":
-			field := "iifname"
-			if opt == "-o" {
-				field = "oifname"
-			}
-			e := Expr{Text: field + " " + op + ifname(v)}
-			name, wild := strings.CutSuffix(v, "+")
-			if len(name) < 16 && (name != "" || !wild) {
-				e.Kind, e.Field, e.Neg, e.Name, e.Wildcard = KindIfname, field, op != "", name, wild
-			}
-			exprs = append(exprs, e)
-		case "--dport", "--sport", "--dports":
+			// iptables' wildcard "eth+" is nft's "eth*".
+			e.Name, e.Wildcard = strings.CutSuffix(m.Iface, "+")
+		case rules.MatchDPort, rules.MatchSPort, rules.MatchDPorts:
 			if proto == "" {
-				return nil, fmt.Errorf("%s without -p", opt)
+				return nil, fmt.Errorf("port match without a protocol")
 			}
-			port := v
-			if opt == "--dports" {
-				port = "{ " + strings.ReplaceAll(v, ",", ", ") + " }"
+			e.Kind, e.Proto, e.Field, e.Ports, e.Set = KindPort, proto, "dport", m.Ports, m.Kind == rules.MatchDPorts
+			if m.Kind == rules.MatchSPort {
+				e.Field = "sport"
 			}
-			field := "dport"
-			if opt == "--sport" {
-				field = "sport"
-			}
-			e := Expr{Text: proto + " " + field + " " + op + port}
-			if ports, ok := parsePorts(v); ok && (proto == "tcp" || proto == "udp") {
-				e.Kind, e.Proto, e.Field, e.Neg, e.Ports, e.Set = KindPort, proto, field, op != "", ports, opt == "--dports"
-			}
-			exprs = append(exprs, e)
 			portMatch = true
-		case "-m":
-			module = v
-		case "--uid-owner":
-			exprs = append(exprs, number(Expr{Text: "meta skuid " + op + v, Kind: KindMeta, Field: "skuid", Neg: op != ""}, v, 32))
-		case "--gid-owner":
-			exprs = append(exprs, number(Expr{Text: "meta skgid " + op + v, Kind: KindMeta, Field: "skgid", Neg: op != ""}, v, 32))
-		case "--ctstate":
-			e := Expr{Text: "ct state " + op + strings.ToLower(v)}
-			if states, ok := ctStates(v); ok && op == "" {
-				e.Kind, e.States = KindCtState, states
-			}
-			exprs = append(exprs, e)
-		case "--mark":
-			switch module {
-			case "mark":
-				exprs = append(exprs, number(Expr{Text: "meta mark " + op + v, Kind: KindMeta, Field: "mark", Neg: op != ""}, v, 32))
-			case "connmark":
-				exprs = append(exprs, number(Expr{Text: "ct mark " + op + v, Kind: KindCtMark, Neg: op != ""}, v, 32))
-			default:
-				return nil, fmt.Errorf("--mark of module %q", module)
-			}
+		case rules.MatchUID:
+			e.Kind, e.Field, e.Value = KindMeta, "skuid", m.Value
+		case rules.MatchGID:
+			e.Kind, e.Field, e.Value = KindMeta, "skgid", m.Value
+		case rules.MatchMark:
+			e.Kind, e.Field, e.Value = KindMeta, "mark", m.Value
+		case rules.MatchConnmark:
+			e.Kind, e.Value = KindCtMark, m.Value
+		case rules.MatchCtState:
+			e.Kind, e.States = KindCtState, uint32(m.States)
 		default:
-			return nil, fmt.Errorf("unknown match %s", opt)
+			return nil, fmt.Errorf("unknown match kind %d", m.Kind)
 		}
+		exprs = append(exprs, e)
 	}
 	// A port match implies its protocol: nft lists the rule without the
 	// protocol match, so neither do we.
@@ -305,150 +239,38 @@ func translate(f rules.Family, r rules.Rule) ([]Rule, error) {
 		exprs = slices.Delete(exprs, protoAt, protoAt+1)
 	}
 	rule := func(stmts ...Expr) Rule { return append(slices.Clone(exprs), stmts...) }
-	verdict := func(v, chain string) Expr {
-		text := v
-		if chain != "" {
-			text += " " + chain
-		}
-		return Expr{Text: text, Kind: KindVerdict, Verdict: v, Chain: chain}
-	}
+	verdict := func(v, chain string) Expr { return Expr{Kind: KindVerdict, Verdict: v, Chain: chain} }
 
-	opt := func(name string) (string, bool) {
-		i := slices.Index(targetArgs, name)
-		if i < 0 || i+1 >= len(targetArgs) {
-			return "", false
-		}
-		return targetArgs[i+1], true
-	}
-	switch {
-	case target == "RETURN" || target == "ACCEPT" || target == "DROP":
-		return []Rule{rule(verdict(strings.ToLower(target), ""))}, nil
-	case strings.HasPrefix(target, "ISTIO_"):
-		return []Rule{rule(verdict("jump", ChainName(r.Table, target)))}, nil
-	case target == "REDIRECT":
-		port, ok := opt("--to-ports")
-		if !ok {
-			port, ok = opt("--to-port")
-		}
-		if !ok {
-			return nil, fmt.Errorf("REDIRECT without a port")
-		}
-		return []Rule{rule(portStmt(Expr{Text: "redirect to :" + port, Kind: KindRedirect}, port))}, nil
-	case target == "TPROXY":
-		port, ok1 := opt("--on-port")
-		mark, ok2 := opt("--tproxy-mark")
-		value, mask, _ := strings.Cut(mark, "/")
-		if !ok1 || !ok2 || (mask != "" && mask != "0xffffffff") {
-			return nil, fmt.Errorf("TPROXY needs --on-port and a full --tproxy-mark")
-		}
+	v := r.Verdict
+	switch v.Kind {
+	case rules.Return:
+		return []Rule{rule(verdict("return", ""))}, nil
+	case rules.Accept:
+		return []Rule{rule(verdict("accept", ""))}, nil
+	case rules.Drop:
+		return []Rule{rule(verdict("drop", ""))}, nil
+	case rules.Jump:
+		return []Rule{rule(verdict("jump", ChainName(r.Table, v.Chain)))}, nil
+	case rules.Redirect:
+		return []Rule{rule(Expr{Kind: KindRedirect, Port: v.Port})}, nil
+	case rules.TProxy:
 		// iptables' TPROXY marks and accepts the packet, and drops it when
 		// no transparent socket listens; nft's tproxy only skips the rest
 		// of its rule then, so the drop is a rule of its own.
 		return []Rule{
-			rule(portStmt(Expr{Text: "tproxy to :" + port, Kind: KindTProxy}, port),
-				number(Expr{Text: "meta mark set " + value, Kind: KindMetaMarkSet}, value, 32),
-				verdict("accept", "")),
+			rule(Expr{Kind: KindTProxy, Port: v.Port}, Expr{Kind: KindMetaMarkSet, Value: v.Value}, verdict("accept", "")),
 			rule(verdict("drop", "")),
 		}, nil
-	case target == "MARK":
-		v, ok := opt("--set-mark")
-		if !ok {
-			return nil, fmt.Errorf("MARK without --set-mark")
-		}
-		return []Rule{rule(number(Expr{Text: "meta mark set " + v, Kind: KindMetaMarkSet}, v, 32))}, nil
-	case target == "CONNMARK" && slices.Equal(targetArgs, []string{"--save-mark"}):
-		return []Rule{rule(Expr{Text: "ct mark set meta mark", Kind: KindCtMarkSetMetaMark})}, nil
-	case target == "CONNMARK" && slices.Equal(targetArgs, []string{"--restore-mark"}):
-		return []Rule{rule(Expr{Text: "meta mark set ct mark", Kind: KindMetaMarkSetCtMark})}, nil
-	case target == "CT":
-		zone, ok := opt("--zone")
-		if !ok {
-			return nil, fmt.Errorf("CT without --zone")
-		}
-		return []Rule{rule(number(Expr{Text: "ct zone set " + zone, Kind: KindCtZoneSet}, zone, 16))}, nil
+	case rules.SetMark:
+		return []Rule{rule(Expr{Kind: KindMetaMarkSet, Value: v.Value})}, nil
+	case rules.SaveMark:
+		return []Rule{rule(Expr{Kind: KindCtMarkSetMetaMark})}, nil
+	case rules.RestoreMark:
+		return []Rule{rule(Expr{Kind: KindMetaMarkSetCtMark})}, nil
+	case rules.CTZone:
+		return []Rule{rule(Expr{Kind: KindCtZoneSet, Value: v.Value})}, nil
 	}
-	return nil, fmt.Errorf("unknown target %s %s", target, strings.Join(targetArgs, " "))
-}
-
-// address renders an iptables address or prefix as nft lists it: a
-// single address without its /32 or /128. It returns the prefix too.
-func address(s string) (string, netip.Prefix, error) {
-	p, err := netip.ParsePrefix(s)
-	if err != nil {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return "", netip.Prefix{}, fmt.Errorf("address %q: %w", s, err)
-		}
-		return a.String(), netip.PrefixFrom(a, a.BitLen()), nil
-	}
-	if p.IsSingleIP() {
-		return p.Addr().String(), p, nil
-	}
-	return p.Masked().String(), p.Masked(), nil
-}
-
-// number sets e.Value from the decimal v, or leaves e of KindUnknown
-// when v is anything else (a netlink builder must not guess).
-func number(e Expr, v string, bits int) Expr {
-	n, err := strconv.ParseUint(v, 10, bits)
-	if err != nil {
-		return Expr{Text: e.Text}
-	}
-	e.Value = uint32(n)
-	return e
-}
-
-// portStmt sets e.Port from the decimal port, as number does.
-func portStmt(e Expr, port string) Expr {
-	n, err := strconv.ParseUint(port, 10, 16)
-	if err != nil || n == 0 {
-		return Expr{Text: e.Text}
-	}
-	e.Port = uint16(n)
-	return e
-}
-
-// parsePorts reads "15008" or "53,15008": single decimal ports only.
-func parsePorts(v string) ([]uint16, bool) {
-	var out []uint16
-	for _, s := range strings.Split(v, ",") {
-		n, err := strconv.ParseUint(s, 10, 16)
-		if err != nil || slices.Contains(out, uint16(n)) {
-			return nil, false
-		}
-		out = append(out, uint16(n))
-	}
-	return out, true
-}
-
-// ctStates reads iptables' --ctstate list into the kernel's bits.
-func ctStates(v string) (uint32, bool) {
-	bits := map[string]uint32{
-		"INVALID": CtStateInvalid, "ESTABLISHED": CtStateEstablished, "RELATED": CtStateRelated,
-		"NEW": CtStateNew, "UNTRACKED": CtStateUntracked,
-	}
-	var out uint32
-	for _, s := range strings.Split(v, ",") {
-		b, ok := bits[s]
-		if !ok {
-			return 0, false
-		}
-		out |= b
-	}
-	return out, true
-}
-
-// ifname quotes an interface name for nft. iptables' wildcard "eth+" is
-// nft's "eth*"; a literal trailing "*" is escaped. capture already
-// rejects quotes, backslashes and whitespace in names.
-func ifname(name string) string {
-	switch {
-	case strings.HasSuffix(name, "+"):
-		name = strings.TrimSuffix(name, "+") + "*"
-	case strings.HasSuffix(name, "*"):
-		name = strings.TrimSuffix(name, "*") + `\*`
-	}
-	return `"` + name + `"`
+	return nil, fmt.Errorf("unknown verdict kind %d", v.Kind)
 }
 
 // Script returns the nft commands that program ts, as one atomic
@@ -469,7 +291,7 @@ func Script(ts []Table) string {
 		}
 		for _, c := range t.Chains {
 			for _, r := range c.Rules {
-				b.WriteString("add rule " + table + " " + c.Name + " " + r + "\n")
+				b.WriteString("add rule " + table + " " + c.Name + " " + r.String() + "\n")
 			}
 		}
 	}

@@ -39,7 +39,7 @@ func TestRuleForRule(t *testing.T) {
 			want := map[string]int{}
 			for _, r := range rs.Rules {
 				want[ChainName(r.Table, r.Chain)]++
-				if r.Target() == "TPROXY" {
+				if r.Verdict.Kind == rules.TProxy {
 					want[ChainName(r.Table, r.Chain)]++
 				}
 			}
@@ -75,7 +75,7 @@ func knftablesTx(ts []Table) *knftables.Transaction {
 		}
 		for _, c := range t.Chains {
 			for _, r := range c.Rules {
-				tx.Add(&knftables.Rule{Family: fam, Table: TableName, Chain: c.Name, Rule: r})
+				tx.Add(&knftables.Rule{Family: fam, Table: TableName, Chain: c.Name, Rule: r.String()})
 			}
 		}
 	}
@@ -145,24 +145,29 @@ func TestIPv4OnlyHasNoIPv6Table(t *testing.T) {
 }
 
 func TestTranslateRejectsUnknown(t *testing.T) {
-	for _, args := range [][]string{
-		{"-p", "tcp", "-j", "LOG"},
-		{"-m", "comment", "--comment", "x", "-j", "RETURN"},
-		{"--dport", "80", "-j", "RETURN"},
-		{"!", "-p", "tcp", "-j", "RETURN"},
-		{"-p", "tcp", "-j", "TPROXY", "--on-port", "1", "--tproxy-mark", "1/0xff"},
-		{"-p", "tcp"},
+	tcp := rules.Match{Kind: rules.MatchProto, Proto: "tcp"}
+	ret := rules.Verdict{Kind: rules.Return}
+	for _, tc := range []struct {
+		name string
+		r    rules.Rule
+	}{
+		{"no verdict", rules.Rule{Matches: []rules.Match{tcp}}},
+		{"unknown verdict", rules.Rule{Verdict: rules.Verdict{Kind: 99}}},
+		{"no match kind", rules.Rule{Matches: []rules.Match{{}}, Verdict: ret}},
+		{"port without protocol", rules.Rule{Matches: []rules.Match{{Kind: rules.MatchDPort, Ports: []uint16{80}}}, Verdict: ret}},
+		{"negated protocol", rules.Rule{Matches: []rules.Match{{Kind: rules.MatchProto, Proto: "tcp", Neg: true}}, Verdict: ret}},
 	} {
-		if got, err := translate(rules.IPv4, rules.Rule{Table: "nat", Chain: "OUTPUT", Args: args}); err == nil {
-			t.Errorf("%v: want an error, got %q", args, got)
+		if got, err := translate(tc.r); err == nil {
+			t.Errorf("%s: want an error, got %q", tc.name, got)
 		}
 	}
 }
 
 func TestNames(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{{"eth0", `"eth0"`}, {"eth+", `"eth*"`}, {"odd*", `"odd\*"`}} {
-		if got := ifname(tc.in); got != tc.want {
-			t.Errorf("ifname(%q) = %s, want %s", tc.in, got, tc.want)
+	for _, tc := range []struct{ in, want string }{{"eth0", `oifname "eth0"`}, {"eth+", `oifname "eth*"`}, {"odd*", `oifname "odd\*"`}} {
+		rs, err := translate(rules.Rule{Matches: []rules.Match{{Kind: rules.MatchOut, Iface: tc.in}}, Verdict: rules.Verdict{Kind: rules.Return}})
+		if err != nil || len(rs) != 1 || rs[0][0].String() != tc.want {
+			t.Errorf("-o %s = %v (%v), want %s", tc.in, rs, err, tc.want)
 		}
 	}
 	for _, tc := range []struct{ table, chain, want string }{

@@ -88,8 +88,9 @@ func checkRule(r rules.Rule) string {
 		return "chain " + r.Chain
 	}
 	jumps := 0
-	for i := 0; i < len(r.Args); i++ {
-		a := r.Args[i]
+	args := r.Args()
+	for i := 0; i < len(args); i++ {
+		a := args[i]
 		if !safe(a) {
 			return "unsafe argument " + strconv.Quote(a)
 		}
@@ -98,12 +99,12 @@ func checkRule(r rules.Rule) string {
 		case a == "-j":
 			i++
 			jumps++
-			if i >= len(r.Args) || !(slices.Contains(targets, r.Args[i]) || strings.HasPrefix(r.Args[i], "ISTIO_")) {
+			if i >= len(args) || !(slices.Contains(targets, args[i]) || strings.HasPrefix(args[i], "ISTIO_")) {
 				return "bad target after -j"
 			}
 		case valueOf[a] != nil:
 			i++
-			if i >= len(r.Args) || !valueOf[a](r.Args[i]) {
+			if i >= len(args) || !valueOf[a](args[i]) {
 				return "bad value for " + a
 			}
 		default:
@@ -168,16 +169,18 @@ func FuzzBuildFromAnnotations(f *testing.F) {
 // The grammar is not vacuous: what an injected value would look like in a
 // rule is caught, and everything Build makes for a rich spec passes.
 func TestBuildGrammar(t *testing.T) {
+	// With typed rules a doubled -j or an option without its value
+	// cannot be written; what pod input can still reach is a value.
+	ret := rules.Verdict{Kind: rules.Return}
+	iface := func(name string) []rules.Match { return []rules.Match{{Kind: rules.MatchIn, Iface: name}} }
 	for _, bad := range []rules.Rule{
-		{Table: "nat", Chain: "PREROUTING", Args: []string{"-i", "-j", "-j", "RETURN"}},
-		{Table: "nat", Chain: "PREROUTING", Args: []string{"-i", "eth0", "--dport", "-j", "RETURN"}},
-		{Table: "nat", Chain: "PREROUTING", Args: []string{"-i", "eth0 -j ACCEPT", "-j", "RETURN"}},
-		{Table: "nat", Chain: "OUTPUT", Args: []string{"-d", "10.0.0.0/8", "-j", "ACCEPT", "-j", "RETURN"}},
-		{Table: "nat", Chain: "OUTPUT", Args: []string{"-p", "tcp", "--dport", "80 ", "-j", "RETURN"}},
-		{Table: "nat", Chain: "OUTPUT", Args: []string{"-d", "10.0.0.1/8", "-j", "RETURN"}},
-		{Table: "nat", Chain: "OUTPUT", Args: []string{"-o", "eth0\n-A", "-j", "RETURN"}},
-		{Table: "filter", Chain: "KUBE-SERVICES", Args: []string{"-j", "RETURN"}},
-		{Table: "security", Chain: "OUTPUT", Args: []string{"-j", "RETURN"}},
+		{Table: "nat", Chain: "PREROUTING", Matches: iface("-j"), Verdict: ret},
+		{Table: "nat", Chain: "PREROUTING", Matches: iface("eth0 -j ACCEPT"), Verdict: ret},
+		{Table: "nat", Chain: "OUTPUT", Matches: iface("eth0\n-A"), Verdict: ret},
+		{Table: "nat", Chain: "OUTPUT", Matches: []rules.Match{{Kind: rules.MatchDst, Prefix: netip.MustParsePrefix("10.0.0.1/8")}}, Verdict: ret},
+		{Table: "nat", Chain: "OUTPUT", Verdict: rules.Verdict{Kind: rules.Jump, Chain: "KUBE-SERVICES"}},
+		{Table: "filter", Chain: "KUBE-SERVICES", Verdict: ret},
+		{Table: "security", Chain: "OUTPUT", Verdict: ret},
 	} {
 		if checkRule(bad) == "" {
 			t.Errorf("grammar accepts %q", bad.String())

@@ -1,6 +1,10 @@
-// Package rules turns a capture spec into iptables rules, rule for rule what
-// Istio's istio-iptables programs for the same settings, and renders them as
-// iptables-restore input. It is pure: no exec, no netns.
+// Package rules is meshcni's one rule model: a capture spec becomes typed
+// rules (tables, chains, matches and verdicts), rule for rule what Istio's
+// istio-iptables programs for the same settings and in its order, built
+// once. This package renders them as iptables-restore input and their
+// cleanup; package nftrules renders the same rules as nft text and
+// netfilter as netlink messages, from the typed fields, never from text.
+// It is pure: no exec, no netns.
 package rules
 
 import (
@@ -40,13 +44,24 @@ var builtinChains = []string{"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTRO
 // IsBuiltin reports whether chain is one of the kernel's own chains.
 func IsBuiltin(chain string) bool { return slices.Contains(builtinChains, chain) }
 
-// Rule is one iptables rule. Pos > 0 inserts at that position (-I), as
-// Istio does for a few rules; otherwise the rule is appended (-A).
+// Rule is one rule: typed matches, in the order iptables writes them, and
+// a verdict. Pos > 0 inserts at that position (-I), as Istio does for a
+// few rules; otherwise the rule is appended (-A).
 type Rule struct {
-	Table string
-	Chain string
-	Pos   int
-	Args  []string
+	Table   string
+	Chain   string
+	Pos     int
+	Matches []Match
+	Verdict Verdict
+}
+
+// Args renders the rule's matches and verdict as iptables arguments.
+func (r Rule) Args() []string {
+	var out []string
+	for _, m := range r.Matches {
+		out = append(out, m.args()...)
+	}
+	return append(out, r.Verdict.args()...)
 }
 
 // String renders the rule as iptables-restore reads it.
@@ -55,20 +70,183 @@ func (r Rule) String() string {
 	if r.Pos > 0 {
 		head = "-I " + r.Chain + " " + strconv.Itoa(r.Pos)
 	}
-	return strings.Join(append([]string{head}, r.Args...), " ")
+	return strings.Join(append([]string{head}, r.Args()...), " ")
 }
 
-// Target is the rule's -j target.
-func (r Rule) Target() string {
-	if n := len(r.Args); n >= 2 && r.Args[n-2] == "-j" {
-		return r.Args[n-1]
-	}
-	for i, a := range r.Args {
-		if a == "-j" && i+1 < len(r.Args) {
-			return r.Args[i+1]
+// Match is one typed match of a rule, rendered in iptables' own order:
+// module ("-m owner"), negation, option, value.
+type Match struct {
+	Kind MatchKind
+	Neg  bool
+	// Proto: tcp or udp (MatchProto).
+	Proto string
+	// Iface: an interface name; a trailing "+" is iptables' wildcard.
+	Iface  string
+	Prefix netip.Prefix
+	Ports  []uint16
+	// Value: the UID, GID or mark.
+	Value  uint32
+	States CtState
+}
+
+// MatchKind says what a Match compares, and which of its fields hold the
+// value.
+type MatchKind int
+
+const (
+	MatchProto    MatchKind = iota + 1 // -p Proto
+	MatchIn                            // -i Iface
+	MatchOut                           // -o Iface
+	MatchSrc                           // -s Prefix
+	MatchDst                           // -d Prefix
+	MatchDPort                         // --dport Ports[0] (after a MatchProto)
+	MatchSPort                         // --sport Ports[0] (after a MatchProto)
+	MatchDPorts                        // -m multiport --dports Ports
+	MatchUID                           // -m owner --uid-owner Value
+	MatchGID                           // -m owner --gid-owner Value
+	MatchCtState                       // -m conntrack --ctstate States
+	MatchMark                          // -m mark --mark Value
+	MatchConnmark                      // -m connmark --mark Value
+)
+
+// CtState is a set of conntrack states, as the kernel's ct state bits.
+type CtState uint32
+
+const (
+	CtInvalid     CtState = 1
+	CtEstablished CtState = 2
+	CtRelated     CtState = 4
+	CtNew         CtState = 8
+	CtUntracked   CtState = 64
+)
+
+// ctStateNames is the order states are written in (Istio's
+// "RELATED,ESTABLISHED").
+var ctStateNames = []struct {
+	bit  CtState
+	name string
+}{{CtInvalid, "INVALID"}, {CtRelated, "RELATED"}, {CtEstablished, "ESTABLISHED"}, {CtNew, "NEW"}, {CtUntracked, "UNTRACKED"}}
+
+// Names lists the states in writing order, as iptables spells them.
+func (s CtState) Names() []string {
+	var out []string
+	for _, n := range ctStateNames {
+		if s&n.bit != 0 {
+			out = append(out, n.name)
 		}
 	}
-	return ""
+	return out
+}
+
+// args renders the match as iptables arguments.
+func (m Match) args() []string {
+	var module, opt, value string
+	switch m.Kind {
+	case MatchProto:
+		opt, value = "-p", m.Proto
+	case MatchIn:
+		opt, value = "-i", m.Iface
+	case MatchOut:
+		opt, value = "-o", m.Iface
+	case MatchSrc:
+		opt, value = "-s", m.Prefix.String()
+	case MatchDst:
+		opt, value = "-d", m.Prefix.String()
+	case MatchDPort:
+		opt, value = "--dport", ports(m.Ports)
+	case MatchSPort:
+		opt, value = "--sport", ports(m.Ports)
+	case MatchDPorts:
+		module, opt, value = "multiport", "--dports", ports(m.Ports)
+	case MatchUID:
+		module, opt, value = "owner", "--uid-owner", itoa(m.Value)
+	case MatchGID:
+		module, opt, value = "owner", "--gid-owner", itoa(m.Value)
+	case MatchCtState:
+		module, opt, value = "conntrack", "--ctstate", strings.Join(m.States.Names(), ",")
+	case MatchMark:
+		module, opt, value = "mark", "--mark", itoa(m.Value)
+	case MatchConnmark:
+		module, opt, value = "connmark", "--mark", itoa(m.Value)
+	}
+	var out []string
+	if module != "" {
+		out = append(out, "-m", module)
+	}
+	if m.Neg {
+		out = append(out, "!")
+	}
+	return append(out, opt, value)
+}
+
+func ports(ps []uint16) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = itoa(p)
+	}
+	return strings.Join(s, ",")
+}
+
+// Verdict is what a rule does with a packet that matches: a typed
+// iptables target.
+type Verdict struct {
+	Kind VerdictKind
+	// Chain: the ISTIO_* chain jumped to (Jump).
+	Chain string
+	// Port: where Redirect and TProxy send the packet.
+	Port uint16
+	// Value: the mark (SetMark, TProxy) or conntrack zone (CTZone).
+	Value uint32
+	// ToPort: Redirect spelt --to-port (Istio's DNS UDP rules), not
+	// --to-ports; the same target.
+	ToPort bool
+}
+
+// VerdictKind names an iptables target.
+type VerdictKind int
+
+const (
+	Return      VerdictKind = iota + 1 // RETURN
+	Accept                             // ACCEPT
+	Drop                               // DROP
+	Jump                               // Chain
+	Redirect                           // REDIRECT --to-ports Port
+	TProxy                             // TPROXY --tproxy-mark Value/0xffffffff --on-port Port
+	SetMark                            // MARK --set-mark Value
+	SaveMark                           // CONNMARK --save-mark
+	RestoreMark                        // CONNMARK --restore-mark
+	CTZone                             // CT --zone Value
+)
+
+// args renders the verdict as iptables arguments, from -j on.
+func (v Verdict) args() []string {
+	switch v.Kind {
+	case Return:
+		return []string{"-j", "RETURN"}
+	case Accept:
+		return []string{"-j", "ACCEPT"}
+	case Drop:
+		return []string{"-j", "DROP"}
+	case Jump:
+		return []string{"-j", v.Chain}
+	case Redirect:
+		flag := "--to-ports"
+		if v.ToPort {
+			flag = "--to-port"
+		}
+		return []string{"-j", "REDIRECT", flag, itoa(v.Port)}
+	case TProxy:
+		return []string{"-j", "TPROXY", "--tproxy-mark", itoa(v.Value) + "/0xffffffff", "--on-port", itoa(v.Port)}
+	case SetMark:
+		return []string{"-j", "MARK", "--set-mark", itoa(v.Value)}
+	case SaveMark:
+		return []string{"-j", "CONNMARK", "--save-mark"}
+	case RestoreMark:
+		return []string{"-j", "CONNMARK", "--restore-mark"}
+	case CTZone:
+		return []string{"-j", "CT", "--zone", itoa(v.Value)}
+	}
+	return nil
 }
 
 // Ruleset is every rule of one family, in the order Istio issues them.
@@ -94,7 +272,9 @@ func (rs Ruleset) Chains() map[string][]string {
 		add(r.Table, r.Chain)
 	}
 	for _, r := range rs.Rules {
-		add(r.Table, r.Target())
+		if r.Verdict.Kind == Jump {
+			add(r.Table, r.Verdict.Chain)
+		}
 	}
 	return out
 }
@@ -140,7 +320,7 @@ func (rs Ruleset) Cleanup() string {
 		for i := len(rs.Rules) - 1; i >= 0; i-- {
 			r := rs.Rules[i]
 			if r.Table == t && IsBuiltin(r.Chain) {
-				b.WriteString(strings.Join(append([]string{"-D", r.Chain}, r.Args...), " ") + "\n")
+				b.WriteString(strings.Join(append([]string{"-D", r.Chain}, r.Args()...), " ") + "\n")
 			}
 		}
 		for _, c := range chains[t] {
@@ -154,8 +334,9 @@ func (rs Ruleset) Cleanup() string {
 	return b.String()
 }
 
-// placeholder in a versioned rule stands for the family's own address.
-const placeholder = "$IP"
+// familyAddr, in a versioned rule's match, stands for the family's own
+// address (an invalid prefix: no real match holds it).
+var familyAddr netip.Prefix
 
 // builder collects rules for both families the way Istio's rule builder
 // does: shared rules go to both, versioned ones get a family-specific value.
@@ -164,41 +345,69 @@ type builder struct {
 	ipv6   bool
 }
 
-func (b *builder) add4(table, chain string, pos int, args ...string) {
-	b.v4 = append(b.v4, Rule{Table: table, Chain: chain, Pos: pos, Args: args})
+func (b *builder) add4(table, chain string, pos int, ms []Match, v Verdict) {
+	b.v4 = append(b.v4, Rule{Table: table, Chain: chain, Pos: pos, Matches: ms, Verdict: v})
 }
 
-func (b *builder) add6(table, chain string, pos int, args ...string) {
+func (b *builder) add6(table, chain string, pos int, ms []Match, v Verdict) {
 	if b.ipv6 {
-		b.v6 = append(b.v6, Rule{Table: table, Chain: chain, Pos: pos, Args: args})
+		b.v6 = append(b.v6, Rule{Table: table, Chain: chain, Pos: pos, Matches: ms, Verdict: v})
 	}
 }
 
-func (b *builder) add(table, chain string, args ...string) {
-	b.add4(table, chain, 0, args...)
-	b.add6(table, chain, 0, args...)
+func (b *builder) add(table, chain string, ms []Match, v Verdict) {
+	b.add4(table, chain, 0, ms, v)
+	b.add6(table, chain, 0, ms, v)
 }
 
-func (b *builder) insert(table, chain string, pos int, args ...string) {
-	b.add4(table, chain, pos, args...)
-	b.add6(table, chain, pos, args...)
+func (b *builder) insert(table, chain string, pos int, ms []Match, v Verdict) {
+	b.add4(table, chain, pos, ms, v)
+	b.add6(table, chain, pos, ms, v)
 }
 
-func (b *builder) versioned(v4, v6, table, chain string, args ...string) {
-	b.add4(table, chain, 0, replace(args, v4)...)
-	b.add6(table, chain, 0, replace(args, v6)...)
+func (b *builder) versioned(v4, v6 netip.Prefix, table, chain string, ms []Match, v Verdict) {
+	b.add4(table, chain, 0, replace(ms, v4), v)
+	b.add6(table, chain, 0, replace(ms, v6), v)
 }
 
-func replace(args []string, v string) []string {
-	out := make([]string, len(args))
-	for i, a := range args {
-		if a == placeholder {
-			a = v
+func replace(ms []Match, p netip.Prefix) []Match {
+	out := slices.Clone(ms)
+	for i, m := range out {
+		if m.Prefix == familyAddr && (m.Kind == MatchSrc || m.Kind == MatchDst) {
+			out[i].Prefix = p
 		}
-		out[i] = a
 	}
 	return out
 }
+
+// The vocabulary Build writes rules in.
+
+func match(ms ...Match) []Match               { return ms }
+func not(m Match) Match                       { m.Neg = true; return m }
+func proto(p string) Match                    { return Match{Kind: MatchProto, Proto: p} }
+func in(nic string) Match                     { return Match{Kind: MatchIn, Iface: nic} }
+func out(nic string) Match                    { return Match{Kind: MatchOut, Iface: nic} }
+func src(p netip.Prefix) Match                { return Match{Kind: MatchSrc, Prefix: p} }
+func dst(p netip.Prefix) Match                { return Match{Kind: MatchDst, Prefix: p} }
+func dport(p uint16) Match                    { return Match{Kind: MatchDPort, Ports: []uint16{p}} }
+func sport(p uint16) Match                    { return Match{Kind: MatchSPort, Ports: []uint16{p}} }
+func dports(ps ...uint16) Match               { return Match{Kind: MatchDPorts, Ports: ps} }
+func ctstate(s CtState) Match                 { return Match{Kind: MatchCtState, States: s} }
+func mark(v uint32) Match                     { return Match{Kind: MatchMark, Value: v} }
+func connmark(v uint32) Match                 { return Match{Kind: MatchConnmark, Value: v} }
+func jump(chain string) Verdict               { return Verdict{Kind: Jump, Chain: chain} }
+func redirect(port uint16) Verdict            { return Verdict{Kind: Redirect, Port: port} }
+func setMark(v uint32) Verdict                { return Verdict{Kind: SetMark, Value: v} }
+func ctZone(z uint32) Verdict                 { return Verdict{Kind: CTZone, Value: z} }
+func tproxy(mark uint32, port uint16) Verdict { return Verdict{Kind: TProxy, Value: mark, Port: port} }
+
+var (
+	ret         = Verdict{Kind: Return}
+	accept      = Verdict{Kind: Accept}
+	drop        = Verdict{Kind: Drop}
+	saveMark    = Verdict{Kind: SaveMark}
+	restoreMark = Verdict{Kind: RestoreMark}
+)
 
 func itoa[T uint16 | uint32 | int](v T) string { return strconv.FormatUint(uint64(v), 10) }
 
