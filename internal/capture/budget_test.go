@@ -75,7 +75,7 @@ func randomSpec(r *rand.Rand) capture.Spec {
 // must be exactly what Build makes, or the budget is not the one measured.
 func TestRuleCountMatchesBuild(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	for i := range 5000 {
+	for i := range 2000 {
 		s := randomSpec(r)
 		built := 0
 		for _, rs := range rules.Build(s) {
