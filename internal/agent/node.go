@@ -193,12 +193,11 @@ func (a *Agent) runRepair(ctx context.Context, cs kubernetes.Interface, pods *No
 	}
 	c, err := repair.New(repair.Options{
 		Client: cs, NodeName: o.NodeName, Mode: mode, Pods: pods.Informer,
-		Finder:            repair.ProcFinder{Proc: o.ProcDir},
-		Rules:             netfilter.New(netfilter.Options{Backend: entry.Backend, LockDir: o.LockDir(), HostRoot: hostRoot}),
-		Base:              entry.Base,
-		ExcludeNamespaces: o.ExcludeNamespaces,
-		Registerer:        a.metrics.reg,
-		Log:               a.log.With("component", "repair"),
+		Finder:     repair.ProcFinder{Proc: o.ProcDir},
+		Rules:      netfilter.New(netfilter.Options{Backend: entry.Backend, LockDir: o.LockDir(), HostRoot: hostRoot}),
+		Judge:      entry.Judge,
+		Registerer: a.metrics.reg,
+		Log:        a.log.With("component", "repair"),
 	})
 	if err != nil {
 		a.log.Error("repair controller not started", "error", err)

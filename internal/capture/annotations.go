@@ -3,9 +3,9 @@ package capture
 import (
 	"fmt"
 	"math"
+	"net/netip"
 	"sort"
 	"strconv"
-	"strings"
 )
 
 // Istio's pod annotations and proxy environment that shape capture.
@@ -26,8 +26,6 @@ const (
 	EnvDNSCapture  = "ISTIO_META_DNS_CAPTURE"
 	EnvInvalidDrop = "INVALID_DROP"
 	EnvDualStack   = "ISTIO_DUAL_STACK"
-	// EnvAgentDualStack is what istio-iptables and istio-agent read.
-	EnvAgentDualStack = "ISTIO_AGENT_DUAL_STACK"
 )
 
 // Proxy is what the pod's istio-proxy container says about itself.
@@ -87,9 +85,11 @@ func (e *AnnotationError) Error() string {
 func (e *AnnotationError) Unwrap() error { return e.Err }
 
 // FromPod derives a pod's spec from base (the node's defaults), its
-// annotations and its proxy container, the way Istio's CNI plug-in does.
-// ipv6 says whether the pod has an IPv6 address.
-func FromPod(base Spec, annotations map[string]string, proxy Proxy, ipv6 bool) (Spec, error) {
+// annotations and its proxy container, the way Istio's CNI plug-in does
+// (cni/pkg/plugin/sidecar_redirect.go, NewRedirect). addrs are the pod's
+// addresses, from which EnableIPv6 decides IPv6. A spec over RuleBudget is
+// refused here, before any rule is built, so that every caller honours it.
+func FromPod(base Spec, annotations map[string]string, proxy Proxy, addrs []netip.Addr) (Spec, error) {
 	s := base.clone()
 	for _, p := range annotationParsers {
 		v, ok := annotations[p.key]
@@ -118,30 +118,50 @@ func FromPod(base Spec, annotations map[string]string, proxy Proxy, ipv6 bool) (
 		}
 		*id.dst = []uint32{uint32(*id.v)}
 	}
-	for _, e := range []struct {
-		name string
-		dst  *bool
-	}{{EnvDNSCapture, &s.RedirectDNS}, {EnvInvalidDrop, &s.DropInvalid}, {EnvDualStack, &s.IPv6}, {EnvAgentDualStack, &s.IPv6}} {
-		v, ok := proxy.Env[e.name]
-		if !ok {
-			continue
-		}
-		b, err := strconv.ParseBool(strings.TrimSpace(v))
-		if err != nil {
-			return Spec{}, fmt.Errorf("istio-proxy env %s=%s: must be true or false", e.name, quote(v))
-		}
-		*e.dst = *e.dst || b
-	}
+	s.RedirectDNS = proxy.flag(EnvDNSCapture)
+	s.DropInvalid = proxy.flag(EnvInvalidDrop)
 	// The plug-in cannot read the pod's resolv.conf, so DNS capture
 	// captures every destination on port 53, as Istio's CNI does.
 	if s.RedirectDNS {
 		s.CaptureAllDNS = true
 	}
-	s.IPv6 = s.IPv6 || ipv6
+	s.IPv6 = EnableIPv6(addrs, proxy.flag(EnvDualStack))
 	if err := s.Validate(); err != nil {
 		return Spec{}, err
 	}
+	if n := s.RuleCount(); n > RuleBudget {
+		return Spec{}, budgetError(n, annotations)
+	}
 	return s, nil
+}
+
+// proxyFlags are the proxy's environment variables Istio's CNI plug-in
+// reads as booleans. It does not read ISTIO_AGENT_DUAL_STACK.
+var proxyFlags = []string{EnvDNSCapture, EnvInvalidDrop, EnvDualStack}
+
+// flag reads a proxy variable as Istio's CNI plug-in does: strconv.ParseBool
+// of the value as written, and anything it refuses ("", a value from
+// valueFrom, "yes", " true") is false. Istio logs a warning and carries on;
+// FlagWarnings says the same for meshcni's log.
+func (p Proxy) flag(name string) bool {
+	b, _ := strconv.ParseBool(p.Env[name])
+	return b
+}
+
+// FlagWarnings names the proxy flag variables that are set but read as
+// false because strconv.ParseBool refuses them.
+func (p Proxy) FlagWarnings() []string {
+	var out []string
+	for _, name := range proxyFlags {
+		v, ok := p.Env[name]
+		if !ok {
+			continue
+		}
+		if _, err := strconv.ParseBool(v); err != nil {
+			out = append(out, fmt.Sprintf("istio-proxy env %s=%s is not a boolean (or is set through valueFrom); read as false, as Istio does", name, quote(v)))
+		}
+	}
+	return out
 }
 
 // KnownAnnotations lists the annotations FromPod reads, sorted.

@@ -8,10 +8,6 @@ import (
 	"unicode/utf8"
 )
 
-// maxListItems bounds every comma-separated list. A pod annotation is user
-// input: a huge list would become a huge ruleset in every restore.
-const maxListItems = 256
-
 // maxQuoted bounds how much of a rejected value an error message repeats,
 // quoted. An annotation value may be 256 KiB; quoting it whole (twice: the
 // annotation, then the item) made a message the agent's log socket drops
@@ -33,6 +29,9 @@ func quote(s string) string {
 	return strconv.Quote(s[:cut]) + fmt.Sprintf("...(%d bytes)", len(s))
 }
 
+// splitList splits a comma-separated list. Lists are as long as Istio
+// lets them be (it bounds none); what bounds the rules they make is
+// RuleBudget, over the whole spec.
 func splitList(s string) []string {
 	var out []string
 	for _, f := range strings.Split(s, ",") {
@@ -41,13 +40,6 @@ func splitList(s string) []string {
 		}
 	}
 	return out
-}
-
-func checkLen(items []string) error {
-	if len(items) > maxListItems {
-		return fmt.Errorf("%d items, at most %d allowed", len(items), maxListItems)
-	}
-	return nil
 }
 
 // ParsePort parses one TCP/UDP port, 1-65535.
@@ -62,9 +54,6 @@ func ParsePort(s string) (uint16, error) {
 // ParsePortList parses "80,443" into ports, dropping duplicates.
 func ParsePortList(s string) ([]uint16, error) {
 	items := splitList(s)
-	if err := checkLen(items); err != nil {
-		return nil, err
-	}
 	var out []uint16
 	seen := map[uint16]bool{}
 	for _, it := range items {
@@ -93,9 +82,6 @@ func ParsePorts(s string) (Ports, error) {
 // host prefix, as iptables would.
 func ParseCIDRList(s string) ([]netip.Prefix, error) {
 	items := splitList(s)
-	if err := checkLen(items); err != nil {
-		return nil, err
-	}
 	var out []netip.Prefix
 	for _, it := range items {
 		p, err := netip.ParsePrefix(it)
@@ -123,9 +109,6 @@ func ParseCIDRs(s string) (CIDRs, error) {
 // ParseIDList parses UIDs or GIDs: "1337" or "1337,1338".
 func ParseIDList(s string) ([]uint32, error) {
 	items := splitList(s)
-	if err := checkLen(items); err != nil {
-		return nil, err
-	}
 	var out []uint32
 	for _, it := range items {
 		n, err := strconv.ParseUint(it, 10, 32)
@@ -140,9 +123,6 @@ func ParseIDList(s string) ([]uint32, error) {
 // ParseInterfaces parses a list of interface names.
 func ParseInterfaces(s string) ([]string, error) {
 	items := splitList(s)
-	if err := checkLen(items); err != nil {
-		return nil, err
-	}
 	for _, it := range items {
 		if err := validInterface(it); err != nil {
 			return nil, err

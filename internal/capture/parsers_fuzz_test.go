@@ -34,7 +34,7 @@ func FuzzParsers(f *testing.F) {
 		ports, err := ParsePortList(s)
 		short("ParsePortList", err)
 		if err == nil {
-			if len(ports) > maxListItems || slices.Contains(ports, 0) {
+			if slices.Contains(ports, 0) {
 				t.Fatalf("ParsePortList(%q) = %v", s, ports)
 			}
 			if again, err := ParsePortList(joinPorts(ports)); err != nil || !slices.Equal(again, ports) {
@@ -45,9 +45,6 @@ func FuzzParsers(f *testing.F) {
 		cidrs, err := ParseCIDRList(s)
 		short("ParseCIDRList", err)
 		if err == nil {
-			if len(cidrs) > maxListItems {
-				t.Fatalf("ParseCIDRList(%q): %d items", s, len(cidrs))
-			}
 			for _, p := range cidrs {
 				if !p.IsValid() || p != p.Masked() || p.Addr().Zone() != "" {
 					t.Fatalf("ParseCIDRList(%q) gave %v", s, p)
@@ -61,9 +58,6 @@ func FuzzParsers(f *testing.F) {
 		names, err := ParseInterfaces(s)
 		short("ParseInterfaces", err)
 		if err == nil {
-			if len(names) > maxListItems {
-				t.Fatalf("ParseInterfaces(%q): %d items", s, len(names))
-			}
 			for _, n := range names {
 				if len(n) < 1 || len(n) > 15 || n[0] == '-' || n[0] == '!' || strings.ContainsAny(n, " \t\r\n\"'\\,/:") {
 					t.Fatalf("ParseInterfaces(%q) accepted %q", s, n)
@@ -76,11 +70,8 @@ func FuzzParsers(f *testing.F) {
 			}
 		}
 
-		ids, err := ParseIDList(s)
+		_, err = ParseIDList(s)
 		short("ParseIDList", err)
-		if err == nil && len(ids) > maxListItems {
-			t.Fatalf("ParseIDList(%q): %d items", s, len(ids))
-		}
 
 		m, err := ParseMode(s)
 		short("ParseMode", err)

@@ -169,21 +169,6 @@ func holdsAny(ips []netip.Addr) bool {
 	return false
 }
 
-// hasGlobalIPv6 reports whether the current netns has a global IPv6
-// address, which is how ADD decided to program ip6tables.
-func hasGlobalIPv6() bool {
-	addrs, err := netlinksafe.AddrList(nil, netlink.FAMILY_V6)
-	if err != nil {
-		return false
-	}
-	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.IsGlobalUnicast() {
-			return true
-		}
-	}
-	return false
-}
-
 // hostNetNSIDs identifies the node's own netns: init's and, where init's
 // cannot be read (a sandbox, a user namespace), our own, since verify runs
 // in the node's netns. Neither is ever a pod's.

@@ -18,6 +18,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/initcmd"
 	"github.com/meshcni/meshcni/internal/install"
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/netns"
@@ -138,15 +139,16 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 	}
 	fmt.Fprintf(o.Out, "Netns:   %s (%s)\n", path, how)
 
-	var ipv6 bool
-	if err := netns.Do(path, func() error { ipv6 = hasGlobalIPv6(); return nil }); err != nil {
+	// The netns's addresses, listed as Istio lists them (and as init
+	// mode does), decide IPv6 through the plug-in's own verdict.
+	addrs, err := initcmd.LocalAddrs(path)
+	if err != nil {
 		return fmt.Errorf("pod %s: enter netns %s: %w (run as root on node %s)", name, path, err, pod.Spec.NodeName)
 	}
 	view, err := podspec.Of(pod)
 	if err != nil {
 		return fmt.Errorf("pod %s: %w", name, err)
 	}
-	ipv6 = ipv6 || podspec.HasIPv6(view)
 
 	lockDir := entry.LockDir
 	if lockDir == "" {
@@ -155,11 +157,8 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 		}
 		defer os.RemoveAll(lockDir)
 	}
-	// Judge it as ADD did.
-	captured, reason := podspec.Decide(view)
-	if entry.Excluded(pod.Namespace) {
-		captured, reason = false, "namespace "+pod.Namespace+" is excluded"
-	}
+	// Judge it as ADD did: the same function, from the same entry.
+	verdict, specErr := entry.Judge.Pod(view, addrs)
 
 	// Read the rules the way they were written: meshcni's nftables tables
 	// when the netns has them, whatever the entry says now. Without them,
@@ -175,13 +174,15 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 		backend = netfilter.Nftables
 	} else if backend == netfilter.Nftables {
 		save, _, err := netfilter.New(netfilter.Options{LockDir: lockDir}).Save(ctx, path, rules.IPv4)
-		if !captured || (err == nil && strings.Contains(save, "ISTIO_")) {
+		if !verdict.Capture || (err == nil && strings.Contains(save, "ISTIO_")) {
 			backend = netfilter.Auto
 		}
 	}
 	nf := netfilter.New(netfilter.Options{Backend: backend, LockDir: lockDir})
+	// IPv6 is listed whenever the pod has an IPv6 address, so that stray
+	// ip6tables rules show even where its spec programs IPv4 only.
 	families := []rules.Family{rules.IPv4}
-	if ipv6 {
+	if capture.EnableIPv6(addrs, true) || verdict.Spec.IPv6 {
 		families = append(families, rules.IPv6)
 	}
 	var saves []string
@@ -207,26 +208,39 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 	}
 	fmt.Fprintln(o.Out)
 
-	if !captured {
-		fmt.Fprintf(o.Out, "Expect:  not captured (%s)\n", reason)
+	if !verdict.Capture {
+		reason := verdict.Reason
+		fmt.Fprintf(o.Out, "Expect:  not captured by meshcni (%s)\n", reason)
 		if nftProgrammed {
 			return fmt.Errorf("pod %s: %w: meshcni does not capture it (%s), yet its netns holds meshcni's nftables tables (above): the pod was created before the exclusion, or they were added by hand; recreate the pod (kubectl -n %s delete pod %s)",
 				name, ErrVerifyMismatch, reason, pod.Namespace, pod.Name)
 		}
-		for _, s := range saves {
-			if strings.Contains(s, "ISTIO_") {
-				return fmt.Errorf("pod %s: %w: meshcni does not capture it (%s), yet its netns holds ISTIO_* rules (above): something else programmed them, e.g. an istio-init container or a pod created before the exclusion; recreate the pod (kubectl -n %s delete pod %s)",
-					name, ErrVerifyMismatch, reason, pod.Namespace, pod.Name)
+		istio := slices.ContainsFunc(saves, func(s string) bool { return strings.Contains(s, "ISTIO_") })
+		// istio-init programs the pod's rules from inside it: its rules
+		// are expected, and they are not meshcni's to judge.
+		if by := verdict.ProgrammedBy; by != "" {
+			if !istio {
+				return fmt.Errorf("pod %s: %w: its %s init container programs its rules, yet its netns holds no ISTIO_* rules (above); see that container's log (kubectl -n %s logs %s -c %s)",
+					name, ErrVerifyMismatch, by, pod.Namespace, pod.Name, by)
 			}
+			fmt.Fprintf(o.Out, "Result:  OK: the ISTIO_* rules (above) are %s's, which programs them from inside the pod; meshcni neither owns nor checks them.\n", by)
+			return nil
+		}
+		if istio {
+			return fmt.Errorf("pod %s: %w: meshcni does not capture it (%s), yet its netns holds ISTIO_* rules (above): something else programmed them, or the pod was created before the exclusion; recreate the pod (kubectl -n %s delete pod %s)",
+				name, ErrVerifyMismatch, reason, pod.Namespace, pod.Name)
 		}
 		fmt.Fprintln(o.Out, "Result:  OK: no ISTIO_* rules, as expected.")
 		return nil
 	}
-	spec, err := podspec.Spec(entry.Base, view, ipv6)
-	if err != nil {
-		return fmt.Errorf("pod %s: %v: meshcni refuses to start such a pod; correct it in the pod's spec and recreate the pod", name, err)
+	if specErr != nil {
+		return fmt.Errorf("pod %s: %v: meshcni refuses to start such a pod; correct it in the pod's spec and recreate the pod", name, specErr)
 	}
-	fmt.Fprintf(o.Out, "Expect:  captured (%s): %s\n", reason, summarize(spec))
+	spec := verdict.Spec
+	for _, w := range verdict.Warnings {
+		fmt.Fprintf(o.Out, "Warning: %s\n", w)
+	}
+	fmt.Fprintf(o.Out, "Expect:  captured (%s): %s\n", verdict.Reason, summarize(spec))
 	if err := nf.Check(ctx, path, spec); err != nil {
 		if errors.Is(err, netfilter.ErrMismatch) {
 			return fmt.Errorf("pod %s: %w: %v; recreate the pod (kubectl -n %s delete pod %s) so that meshcni programs it again, or let the agent's repair controller do it",

@@ -36,7 +36,7 @@ type options struct {
 var extraEnv = map[string][]string{
 	"redirect-dns": {"ISTIO_META_DNS_CAPTURE"},
 	"drop-invalid": {"INVALID_DROP"},
-	"dual-stack":   {"ISTIO_AGENT_DUAL_STACK"},
+	"dual-stack":   {"ISTIO_DUAL_STACK"},
 }
 
 // ownEnv replaces the derived name for meshcni's own flags.
@@ -74,7 +74,7 @@ func (o *options) flagSet() *pflag.FlagSet {
 	fs.BoolVar(&o.redirectDNS, "redirect-dns", false, "capture DNS to istio-agent on port 15053 (default $ISTIO_META_DNS_CAPTURE)")
 	fs.BoolVar(&o.captureAllDNS, "capture-all-dns", false, "with --redirect-dns, capture port 53 to any address, not only the resolv.conf nameservers")
 	fs.BoolVar(&o.dropInvalid, "drop-invalid", false, "drop packets conntrack finds INVALID (default $INVALID_DROP)")
-	fs.BoolVar(&o.dualStack, "dual-stack", false, "also program IPv6 (default $ISTIO_AGENT_DUAL_STACK; on anyway when the pod has an IPv6 address)")
+	fs.BoolVar(&o.dualStack, "dual-stack", false, "also program IPv6 when the pod has an IPv6 address (default $DUAL_STACK, $ISTIO_DUAL_STACK); without it, IPv6 only for an IPv6-only pod, as istio-iptables")
 	fs.BoolVar(&o.runValidation, "run-validation", false, "check that redirection works; must run as the proxy UID; exits 126 when it does not")
 	fs.BoolVar(&o.skipRuleApply, "skip-rule-apply", false, "do not program rules (with --run-validation: the CNI plug-in's validation init container)")
 	s(&o.probePort, "iptables-probe-port", "", "15002", "port the validation probe connects to")

@@ -173,7 +173,7 @@ func TestFlagsAndEnvironment(t *testing.T) {
 					t.Fatalf("proxy port %d, want the default", s.ProxyPort)
 				}
 			}},
-		{"istio's named env defaults", map[string]string{"ISTIO_META_DNS_CAPTURE": "true", "INVALID_DROP": "true", "ISTIO_AGENT_DUAL_STACK": "true"},
+		{"istio's named env defaults", map[string]string{"ISTIO_META_DNS_CAPTURE": "true", "INVALID_DROP": "true", "ISTIO_DUAL_STACK": "true"},
 			[]string{"--capture-all-dns"},
 			func(t *testing.T, s capture.Spec, _ *harness) {
 				if !s.RedirectDNS || !s.DropInvalid || !s.IPv6 {
@@ -222,6 +222,7 @@ func TestFlagsAndEnvironment(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
+			h.addrs = append(h.addrs, netip.MustParseAddr("fd00::5")) // dual stack
 			for k, v := range tc.env {
 				h.env[k] = v
 			}
@@ -238,8 +239,13 @@ func TestIPv6Detection(t *testing.T) {
 		want  bool
 	}{
 		{"ipv4 only", []string{"127.0.0.1", "::1", "10.1.2.3", "fe80::1"}, nil, false},
-		{"dual-stack flag", []string{"10.1.2.3"}, []string{"--dual-stack"}, true},
-		{"pod has ULA", []string{"10.1.2.3", "fd00::5"}, nil, true},
+		// As istio-iptables (getLocalIP): dual stack turns IPv6 on only
+		// with an IPv6 address, and without it a dual-stack pod's first
+		// address (IPv4, in the kernel's order) decides.
+		{"dual-stack flag, IPv4 pod", []string{"10.1.2.3"}, []string{"--dual-stack"}, false},
+		{"dual-stack pod without the flag", []string{"10.1.2.3", "fd00::5"}, nil, false},
+		{"dual-stack pod without the flag, IPv6 listed first", []string{"fd00::5", "10.1.2.3"}, nil, false},
+		{"dual-stack pod with the flag", []string{"10.1.2.3", "fd00::5"}, []string{"--dual-stack"}, true},
 		{"ipv6-only pod", []string{"::1", "2001:db8::5"}, nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -378,6 +384,8 @@ func TestDryRunMatchesGolden(t *testing.T) {
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			h := newHarness(t)
+			// A dual-stack netns: with --dual-stack, IPv6 is programmed.
+			h.addrs = append(h.addrs, netip.MustParseAddr("fd00::5"))
 			// The golden files list the excluded inbound ports in
 			// capture.Default's order.
 			base := []string{"--dry-run", "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT",

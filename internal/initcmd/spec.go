@@ -116,14 +116,9 @@ func (o *options) plan(localAddrs func() ([]netip.Addr, error), resolvConf strin
 	if err != nil {
 		return plan{}, err
 	}
-	// As istio-iptables: IPv6 when asked for, or when the pod has an
-	// IPv6 address that is neither loopback nor link-local.
-	s.IPv6 = o.dualStack
-	for _, a := range addrs {
-		if podAddr(a) && a.Is6() {
-			s.IPv6 = true
-		}
-	}
+	// As istio-iptables: Istio's decision, made in one place for every
+	// mode (capture.EnableIPv6), from the netns's addresses.
+	s.IPv6 = capture.EnableIPv6(addrs, o.dualStack)
 	if s.RedirectDNS && !s.CaptureAllDNS {
 		s.DNSServers, err = nameservers(resolvConf)
 		if err != nil {

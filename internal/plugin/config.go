@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/netfilter"
+	"github.com/meshcni/meshcni/internal/podspec"
 )
 
 // Config is meshcni's entry in the conflist. Keys are flat, snake_case,
@@ -52,6 +53,7 @@ type Config struct {
 	backend      netfilter.Backend
 	captureBase  capture.Spec
 	excludedByNS map[string]bool
+	judge        podspec.Judge
 }
 
 // Supported lists the CNI versions meshcni speaks.
@@ -150,6 +152,7 @@ func parseConfig(stdin []byte) (*Config, error) {
 		base.ProxyGIDs = []uint32{*conf.ProxyGID}
 	}
 	conf.captureBase = base
+	conf.judge = podspec.NewJudge(base, conf.ExcludeNamespaces)
 	return conf, nil
 }
 

@@ -3,11 +3,12 @@ package plugin
 import (
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/netfilter"
+	"github.com/meshcni/meshcni/internal/podspec"
 )
 
 // This file exports the plug-in's config parsing for `meshcnictl verify`
-// and `doctor`, so that they read the entry exactly as ADD does. The pod
-// decision itself is package podspec.
+// and `doctor` and the agent's repair, so that they read the entry exactly
+// as ADD does; Entry.Judge is the pod decision ADD makes.
 
 // Entry is a conflist entry of meshcni, parsed and checked as ADD does.
 type Entry struct {
@@ -17,7 +18,9 @@ type Entry struct {
 	Kubeconfig string
 	LockDir    string
 	LogSocket  string
-	excluded   map[string]bool
+	// Judge decides about pods exactly as ADD does with this entry.
+	Judge    podspec.Judge
+	excluded map[string]bool
 }
 
 // Excluded reports whether the entry excludes namespace ns.
@@ -32,6 +35,6 @@ func ParseEntry(data []byte) (*Entry, error) {
 	}
 	return &Entry{
 		Base: conf.captureBase, Backend: conf.backend, Kubeconfig: conf.Kubeconfig,
-		LockDir: conf.LockDir, LogSocket: conf.LogSocket, excluded: conf.excludedByNS,
+		LockDir: conf.LockDir, LogSocket: conf.LogSocket, Judge: conf.judge, excluded: conf.excludedByNS,
 	}, nil
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"time"
 
@@ -16,7 +17,6 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/meshcni/meshcni/internal/apilookup"
-	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/netns"
 	"github.com/meshcni/meshcni/internal/podspec"
@@ -74,10 +74,8 @@ type target struct {
 	conf    *Config
 	args    *k8sArgs
 	pod     *podspec.Pod
-	ipv6    bool
-	capture bool
-	reason  string
-	spec    capture.Spec
+	addrs   []netip.Addr
+	verdict podspec.Verdict
 	// source says who answered the lookup: "cache" or "api"; cacheMiss
 	// why the cache did not, when it was asked.
 	source    string
@@ -112,15 +110,18 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 			return t, types.NewError(types.ErrDecodingFailure, "meshcni: cannot read prevResult", err.Error())
 		}
 		for _, ip := range res.IPs {
-			t.ipv6 = t.ipv6 || ip.Address.IP.To4() == nil
+			if a, ok := netip.AddrFromSlice(ip.Address.IP); ok {
+				t.addrs = append(t.addrs, a.Unmap())
+			}
 		}
 	}
-	switch {
-	case kargs.K8S_POD_NAME == "" || kargs.K8S_POD_NAMESPACE == "":
-		t.reason = "not a Kubernetes pod (no K8S_POD_NAME/K8S_POD_NAMESPACE in CNI_ARGS)"
+	if kargs.K8S_POD_NAME == "" || kargs.K8S_POD_NAMESPACE == "" {
+		t.verdict.Reason = "not a Kubernetes pod (no K8S_POD_NAME/K8S_POD_NAMESPACE in CNI_ARGS)"
 		return t, nil
-	case conf.excludedByNS[string(kargs.K8S_POD_NAMESPACE)]:
-		t.reason = "namespace " + string(kargs.K8S_POD_NAMESPACE) + " is excluded"
+	}
+	// The verdict's namespace part, before any API call.
+	if v, done := conf.judge.Namespace(string(kargs.K8S_POD_NAMESPACE)); done {
+		t.verdict = v
 		return t, nil
 	}
 
@@ -129,16 +130,11 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 		return t, err
 	}
 	t.pod = pod
-	t.capture, t.reason = podspec.Decide(pod)
-	if !t.capture {
-		return t, nil
-	}
-	spec, err := podspec.Spec(conf.captureBase, pod, t.ipv6)
+	t.verdict, err = conf.judge.Pod(pod, t.addrs)
 	if err != nil {
 		return t, types.NewError(types.ErrInvalidNetworkConfig,
 			fmt.Sprintf("meshcni: pod %s: %v; correct it in the pod's spec and recreate the pod", t.name(), err), "")
 	}
-	t.spec = spec
 	return t, nil
 }
 
@@ -157,8 +153,8 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 	start := time.Now()
 	ctx := context.Background()
 	t, err := p.resolve(ctx, args, true)
-	if err == nil && t.capture {
-		if err = p.rulesFor(t.conf).Apply(ctx, args.Netns, t.spec); err != nil {
+	if err == nil && t.verdict.Capture {
+		if err = p.rulesFor(t.conf).Apply(ctx, args.Netns, t.verdict.Spec); err != nil {
 			err = applyError(t.name(), args.Netns, err)
 		}
 	}
@@ -185,8 +181,8 @@ func (p *Plugin) CmdCheck(args *skel.CmdArgs) error {
 	start := time.Now()
 	ctx := context.Background()
 	t, err := p.resolve(ctx, args, true)
-	if err == nil && t.capture {
-		if err = p.rulesFor(t.conf).Check(ctx, args.Netns, t.spec); netns.IsInvalid(err) {
+	if err == nil && t.verdict.Capture {
+		if err = p.rulesFor(t.conf).Check(ctx, args.Netns, t.verdict.Spec); netns.IsInvalid(err) {
 			err = types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("meshcni: pod %s: cannot check %s", t.name(), args.Netns), err.Error())
 		} else if err != nil {
 			err = types.NewError(types.ErrInternal, fmt.Sprintf("meshcni: pod %s: redirection is not as its spec demands", t.name()), err.Error())
@@ -253,13 +249,18 @@ func (p *Plugin) report(cmd string, args *skel.CmdArgs, t *target, err error, st
 			attrs = append(attrs, "cache_miss", t.cacheMiss)
 		}
 	}
+	if t != nil {
+		for _, w := range t.verdict.Warnings {
+			log.Warn(cmd, append(attrs, "warning", w)...)
+		}
+	}
 	switch {
 	case err != nil:
 		log.Error(cmd+" failed", append(attrs, "decision", "error", "error", err.Error())...)
-	case t.capture:
-		log.Info(cmd, append(attrs, "decision", "captured", "reason", t.reason, "mode", string(t.spec.Mode), "ipv6", t.spec.IPv6)...)
+	case t.verdict.Capture:
+		log.Info(cmd, append(attrs, "decision", "captured", "reason", t.verdict.Reason, "mode", string(t.verdict.Spec.Mode), "ipv6", t.verdict.Spec.IPv6)...)
 	default:
-		log.Info(cmd, append(attrs, "decision", "skipped", "reason", t.reason)...)
+		log.Info(cmd, append(attrs, "decision", "skipped", "reason", t.verdict.Reason)...)
 	}
 }
 

@@ -139,13 +139,57 @@ func TestAddCapturesAndPassesResultThrough(t *testing.T) {
 			if !ok {
 				t.Fatal("pod was not captured")
 			}
-			if !spec.IPv6 {
-				t.Error("an IPv6 address in prevResult must enable ip6tables rules")
+			// As Istio: a dual-stack pod without ISTIO_DUAL_STACK gets
+			// IPv4 rules only (Envoy has no IPv6 listener to send to).
+			if spec.IPv6 {
+				t.Error("a dual-stack prevResult without ISTIO_DUAL_STACK enabled ip6tables rules")
 			}
 			if !strings.Contains(h.log.String(), `"decision":"captured"`) {
 				t.Errorf("no decision line: %s", h.log)
 			}
 		})
+	}
+}
+
+// The IPv6 decision from prevResult's addresses and the proxy's
+// ISTIO_DUAL_STACK, as Istio makes it (capture.EnableIPv6).
+func TestAddDecidesIPv6AsIstio(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		dualStack string
+		want      bool
+	}{{"no flag", "", false}, {"flag from valueFrom", "valueFrom", false}, {"flag true", "true", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(meshPod("bookinfo", "productpage", func(p *corev1.Pod) {
+				switch tc.dualStack {
+				case "":
+				case "valueFrom":
+					p.Spec.Containers[1].Env = []corev1.EnvVar{{Name: "ISTIO_DUAL_STACK",
+						ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}}
+				default:
+					p.Spec.Containers[1].Env = []corev1.EnvVar{{Name: "ISTIO_DUAL_STACK", Value: tc.dualStack}}
+				}
+			}))
+			if _, err := h.add(t, cmdArgs("bookinfo", "productpage", "uid-productpage", netconf("1.0.0", "", true))); err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			spec, ok := h.rules.Spec("/var/run/netns/productpage")
+			if !ok || spec.IPv6 != tc.want {
+				t.Fatalf("captured %v, IPv6 %v; want IPv6 %v", ok, spec.IPv6, tc.want)
+			}
+			if tc.dualStack == "valueFrom" && !strings.Contains(h.log.String(), "read as false") {
+				t.Errorf("no warning for a flag set through valueFrom: %s", h.log)
+			}
+		})
+	}
+	// An IPv6-only pod gets IPv6 rules without the flag.
+	h := newHarness(meshPod("bookinfo", "productpage"))
+	conf := strings.Replace(string(netconf("1.0.0", "", false)), `"10.22.0.5/16","gateway":"10.22.0.1"`, `"fd00::5/64","gateway":"fd00::1"`, 1)
+	if _, err := h.add(t, cmdArgs("bookinfo", "productpage", "uid-productpage", []byte(conf))); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if spec, ok := h.rules.Spec("/var/run/netns/productpage"); !ok || !spec.IPv6 {
+		t.Fatalf("IPv6-only pod: captured %v, IPv6 %v", ok, spec.IPv6)
 	}
 }
 
@@ -350,5 +394,45 @@ func TestFailedLookupIsLoggedWhereTheConfigSays(t *testing.T) {
 	b, err := os.ReadFile(logFile)
 	if err != nil || !strings.Contains(string(b), `"decision":"error"`) || !strings.Contains(string(b), "default/p") {
 		t.Fatalf("the failure is not in log_file: %q %v", b, err)
+	}
+}
+
+// Lists as long as Istio allows start (257 CIDRs); a pod over the rule
+// budget fails its ADD with code 7 naming the annotations and the budget,
+// and nothing is programmed.
+func TestAddRuleBudget(t *testing.T) {
+	cidrs := func(n int) string {
+		var l []string
+		for i := range n {
+			l = append(l, fmt.Sprintf("10.%d.%d.0/24", i/256, i%256))
+		}
+		return strings.Join(l, ",")
+	}
+	long := meshPod("bookinfo", "long", func(p *corev1.Pod) {
+		p.Annotations[capture.AnnotationExcludeOutboundCIDRs] = cidrs(257)
+	})
+	multiplied := meshPod("bookinfo", "multiplied", func(p *corev1.Pod) {
+		p.Annotations[capture.AnnotationIncludeOutboundCIDRs] = cidrs(256)
+		p.Annotations[capture.AnnotationRerouteInterfaces] = "vm0,vm1,vm2,vm3,vm4,vm5,vm6,vm7,vm8,vm9,vm10,vm11,vm12,vm13,vm14,vm15"
+	})
+	h := newHarness(long, multiplied)
+	if _, err := h.add(t, cmdArgs("bookinfo", "long", "uid-long", netconf("1.0.0", "", false))); err != nil {
+		t.Fatalf("257 CIDRs, as Istio accepts: %v", err)
+	}
+	if spec, ok := h.rules.Spec("/var/run/netns/long"); !ok || len(spec.ExcludeOutboundCIDRs) != 257 {
+		t.Fatalf("257 CIDRs: captured %v with %d", ok, len(spec.ExcludeOutboundCIDRs))
+	}
+	_, err := h.add(t, cmdArgs("bookinfo", "multiplied", "uid-multiplied", netconf("1.0.0", "", false)))
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig {
+		t.Fatalf("ADD over the budget: %v, want code 7", err)
+	}
+	for _, want := range []string{capture.AnnotationIncludeOutboundCIDRs, capture.AnnotationRerouteInterfaces, fmt.Sprintf("budget of %d", capture.RuleBudget)} {
+		if !strings.Contains(te.Msg, want) {
+			t.Errorf("message %q does not name %q", te.Msg, want)
+		}
+	}
+	if _, ok := h.rules.Spec("/var/run/netns/multiplied"); ok {
+		t.Error("rules were programmed for a pod over the budget")
 	}
 }

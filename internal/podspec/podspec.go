@@ -1,9 +1,10 @@
 // Package podspec judges a pod the way the plug-in does: whether it is
-// captured, why, and with which capture spec. The plug-in, the repair
-// controller and meshcnictl verify share it, so they never disagree.
+// captured, why, and with which capture spec (Judge.Pod). The plug-in, the
+// repair controller and meshcnictl verify share it, so they never disagree.
 package podspec
 
 import (
+	"net/netip"
 	"strings"
 
 	"github.com/meshcni/meshcni/internal/capture"
@@ -15,9 +16,9 @@ const (
 	sidecarValue = "false"
 )
 
-// Decide says whether a pod is captured, and why. The namespace exclusion
-// is the caller's: the plug-in checks it before any API call.
-func Decide(pod *Pod) (bool, string) {
+// decide says whether a pod in a namespace meshcni captures is captured,
+// and why.
+func decide(pod *Pod) (bool, string) {
 	if strings.EqualFold(pod.Annotations[capture.AnnotationInject], sidecarValue) {
 		return false, "annotation " + capture.AnnotationInject + "=false"
 	}
@@ -32,10 +33,8 @@ func Decide(pod *Pod) (bool, string) {
 	if n < 2 {
 		return false, "only one container"
 	}
-	for _, c := range pod.Spec.InitContainers {
-		if c.Name == initName {
-			return false, "has an " + initName + " init container, which programs the rules itself"
-		}
+	if hasInit(pod) {
+		return false, "has an " + initName + " init container, which programs the rules itself"
 	}
 	return true, "sidecar " + sidecarName + " present"
 }
@@ -92,16 +91,23 @@ func isRegular(pod *Pod, c *Container) bool {
 	return false
 }
 
-// Spec derives a captured pod's spec from the node's base spec, its
-// annotations and sidecar. ipv6 says whether the pod has an IPv6 address.
-func Spec(base capture.Spec, pod *Pod, ipv6 bool) (capture.Spec, error) {
-	return capture.FromPod(base, pod.Annotations, ProxyOf(pod), ipv6)
+// Addrs are the pod's addresses as the API lists them (status.podIPs),
+// for callers that have no netns or prevResult to read them from.
+func Addrs(pod *Pod) []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range pod.Status.PodIPs {
+		if a, err := netip.ParseAddr(ip.IP); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
-// HasIPv6 reports whether the API lists an IPv6 address for the pod.
-func HasIPv6(pod *Pod) bool {
-	for _, ip := range pod.Status.PodIPs {
-		if strings.Contains(ip.IP, ":") {
+// hasInit reports whether the pod carries istio-init, which programs its
+// rules from inside the pod.
+func hasInit(pod *Pod) bool {
+	for _, c := range pod.Spec.InitContainers {
+		if c.Name == initName {
 			return true
 		}
 	}

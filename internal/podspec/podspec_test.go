@@ -6,6 +6,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshcni/meshcni/internal/capture"
 )
 
 func pod(containers []string, init []corev1.Container, ann map[string]string) *corev1.Pod {
@@ -34,22 +36,62 @@ func TestDecide(t *testing.T) {
 		{"native sidecar", pod([]string{"app"}, []corev1.Container{{Name: "istio-proxy", RestartPolicy: &always}}, nil), true, "present"},
 		{"init istio-proxy that is not a sidecar", pod([]string{"app"}, []corev1.Container{{Name: "istio-proxy"}}, nil), false, "no istio-proxy"},
 	}
+	judge := NewJudge(capture.Default(), []string{"kube-system"})
 	for _, tc := range cases {
-		got, why := Decide(view(t, tc.pod))
-		if got != tc.capture || !strings.Contains(why, tc.reason) {
-			t.Errorf("%s: got (%v, %q), want (%v, ...%q...)", tc.name, got, why, tc.capture, tc.reason)
+		v, err := judge.Pod(view(t, tc.pod), nil)
+		if err != nil || v.Capture != tc.capture || !strings.Contains(v.Reason, tc.reason) {
+			t.Errorf("%s: got (%v, %q, %v), want (%v, ...%q...)", tc.name, v.Capture, v.Reason, err, tc.capture, tc.reason)
 		}
 	}
 }
 
-func TestHasIPv6(t *testing.T) {
-	p := &corev1.Pod{Status: corev1.PodStatus{PodIPs: []corev1.PodIP{{IP: "10.0.0.1"}}}}
-	if HasIPv6(view(t, p)) {
-		t.Fatal("IPv4-only pod reported as IPv6")
+// The verdict's namespace part decides alone (the plug-in's fast path,
+// before any API call), and Pod makes the same decision.
+func TestExcludedNamespace(t *testing.T) {
+	judge := NewJudge(capture.Default(), []string{"kube-system"})
+	if _, done := judge.Namespace("shop"); done {
+		t.Error("namespace shop decided without the pod")
 	}
-	p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: "fd00::1"})
-	if !HasIPv6(view(t, p)) {
-		t.Fatal("dual-stack pod not reported as IPv6")
+	v, done := judge.Namespace("kube-system")
+	if !done || v.Capture || !strings.Contains(v.Reason, "excluded") {
+		t.Errorf("kube-system: %+v, done %v", v, done)
+	}
+	p := pod([]string{"app", "istio-proxy"}, nil, nil)
+	p.Namespace = "kube-system"
+	if v, err := judge.Pod(view(t, p), nil); err != nil || v.Capture || v.ProgrammedBy != "" || !strings.Contains(v.Reason, "excluded") {
+		t.Errorf("a mesh pod in kube-system: %+v, %v", v, err)
+	}
+	// In an excluded namespace, istio-init programs the rules: verify
+	// must expect them rather than call them strays.
+	p.Spec.InitContainers = []corev1.Container{{Name: "istio-init"}}
+	if v, err := judge.Pod(view(t, p), nil); err != nil || v.Capture || v.ProgrammedBy != "istio-init" {
+		t.Errorf("an istio-init pod in kube-system: %+v, %v", v, err)
+	}
+}
+
+// The spec's IPv6 comes from the addresses the caller passes, decided as
+// Istio decides it; the API's podIPs are one such list.
+func TestVerdictIPv6(t *testing.T) {
+	p := pod([]string{"app", "istio-proxy"}, nil, nil)
+	p.Namespace = "shop"
+	p.Status.PodIPs = []corev1.PodIP{{IP: "fd00::1"}, {IP: "10.0.0.1"}}
+	judge := NewJudge(capture.Default(), nil)
+	addrs := Addrs(view(t, p))
+	if len(addrs) != 2 || !addrs[0].Is6() {
+		t.Fatalf("Addrs = %v", addrs)
+	}
+	v, err := judge.Pod(view(t, p), addrs)
+	if err != nil || !v.Capture || v.Spec.IPv6 {
+		t.Errorf("dual-stack pod, IPv6 first, no ISTIO_DUAL_STACK: %+v, %v; want IPv4 only, as Istio", v.Spec.IPv6, err)
+	}
+	p.Spec.Containers[1].Env = []corev1.EnvVar{{Name: "ISTIO_DUAL_STACK", Value: "true"}}
+	if v, err := judge.Pod(view(t, p), addrs); err != nil || !v.Spec.IPv6 {
+		t.Errorf("with ISTIO_DUAL_STACK: IPv6 %v, %v", v.Spec.IPv6, err)
+	}
+	// A flag set through valueFrom is false, with a warning, not an error.
+	p.Spec.Containers[1].Env = []corev1.EnvVar{{Name: "INVALID_DROP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}}
+	if v, err := judge.Pod(view(t, p), addrs); err != nil || v.Spec.DropInvalid || len(v.Warnings) != 1 {
+		t.Errorf("INVALID_DROP from valueFrom: %+v, %v", v, err)
 	}
 }
 

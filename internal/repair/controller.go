@@ -22,7 +22,6 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 
-	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/podspec"
 )
@@ -38,9 +37,9 @@ type Options struct {
 	// Finder and Rules are used in InPlace mode.
 	Finder Finder
 	Rules  netfilter.Interface
-	// Base is the node's capture defaults, as in the plug-in's entry.
-	Base              capture.Spec
-	ExcludeNamespaces []string
+	// Judge decides about pods as the plug-in does: built from the same
+	// entry (plugin.Entry.Judge), never from the agent's own flags.
+	Judge podspec.Judge
 	// MaxAttempts bounds the tries for one failure (default 5).
 	MaxAttempts int
 	// Registerer receives the controller's metrics; nil: not registered.
@@ -52,7 +51,6 @@ type Options struct {
 // Run.
 type Controller struct {
 	opts     Options
-	excluded map[string]bool
 	queue    workqueue.TypedRateLimitingInterface[string]
 	pods     listerv1.PodLister
 	recorder record.EventRecorder
@@ -80,9 +78,8 @@ func New(opts Options) (*Controller, error) {
 		opts.Log = slog.Default()
 	}
 	c := &Controller{
-		opts:     opts,
-		excluded: map[string]bool{},
-		done:     map[failure]bool{},
+		opts: opts,
+		done: map[failure]bool{},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](500*time.Millisecond, 30*time.Second),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "meshcni-repair"}),
@@ -90,9 +87,6 @@ func New(opts Options) (*Controller, error) {
 			Name: "meshcni_repair_actions_total",
 			Help: "Actions on pods found uncaptured, by mode and result (success, failure, gave_up).",
 		}, []string{"mode", "result"}),
-	}
-	for _, ns := range opts.ExcludeNamespaces {
-		c.excluded[ns] = true
 	}
 	if opts.Registerer != nil {
 		if err := opts.Registerer.Register(c.actions); err != nil {
@@ -136,7 +130,7 @@ func (c *Controller) enqueue(obj any) {
 	if !ok {
 		return
 	}
-	if f, broken := brokenBy(pod, c.excluded); broken && !c.isDone(f) {
+	if f, broken := brokenBy(pod, c.opts.Judge); broken && !c.isDone(f) {
 		c.queue.Add(pod.Namespace + "/" + pod.Name)
 	}
 }
@@ -165,7 +159,7 @@ func (c *Controller) next(ctx context.Context) bool {
 		c.queue.Forget(key) // gone
 		return true
 	}
-	f, broken := brokenBy(pod, c.excluded)
+	f, broken := brokenBy(pod, c.opts.Judge)
 	if !broken || c.isDone(f) {
 		c.queue.Forget(key)
 		return true
@@ -227,11 +221,15 @@ func (c *Controller) act(ctx context.Context, pod *corev1.Pod) error {
 		if err != nil {
 			return fmt.Errorf("pod %s: %w", key, err)
 		}
-		spec, err := podspec.Spec(c.opts.Base, view, podspec.HasIPv6(view))
+		v, err := c.opts.Judge.Pod(view, podspec.Addrs(view))
 		if err != nil {
 			c.recorder.Eventf(pod, corev1.EventTypeWarning, "RepairFailed", "meshcni cannot derive the capture spec: %v", err)
 			return err
 		}
+		if !v.Capture {
+			return nil // no longer ours (brokenBy judged it a moment ago)
+		}
+		spec := v.Spec
 		if err := c.opts.Rules.Apply(ctx, path, spec); err != nil {
 			return fmt.Errorf("program pod %s in %s: %w", key, path, err)
 		}

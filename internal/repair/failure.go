@@ -48,9 +48,9 @@ type failure string
 
 // brokenBy returns the failure to repair, if the pod has one: its
 // validation container exited with the validation code, and the pod is one
-// meshcni captures.
-func brokenBy(pod *corev1.Pod, excluded map[string]bool) (failure, bool) {
-	if excluded[pod.Namespace] || pod.DeletionTimestamp != nil {
+// meshcni captures, as the judge (the plug-in's decision) says.
+func brokenBy(pod *corev1.Pod, judge podspec.Judge) (failure, bool) {
+	if _, excluded := judge.Namespace(pod.Namespace); excluded || pod.DeletionTimestamp != nil {
 		return "", false
 	}
 	f, ok := validationFailed(pod)
@@ -62,7 +62,8 @@ func brokenBy(pod *corev1.Pod, excluded map[string]bool) (failure, bool) {
 	if err != nil {
 		return "", false
 	}
-	if capture, _ := podspec.Decide(view); !capture {
+	// A spec error still counts as broken: act reports it on the pod.
+	if v, err := judge.Pod(view, podspec.Addrs(view)); err == nil && !v.Capture {
 		return "", false
 	}
 	return f, true

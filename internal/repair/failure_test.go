@@ -6,6 +6,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/podspec"
 )
 
 func meshPod(ns string, st ...corev1.ContainerStatus) *corev1.Pod {
@@ -30,17 +33,17 @@ func TestBrokenBy(t *testing.T) {
 	passed := corev1.ContainerStatus{Name: ValidationContainer, State: corev1.ContainerState{Terminated: terminated(0, t0)}}
 	unrelated := corev1.ContainerStatus{Name: "init-db", State: corev1.ContainerState{Terminated: terminated(126, t0)}}
 
-	f1, ok := brokenBy(meshPod("shop", failedNow), nil)
+	f1, ok := brokenBy(meshPod("shop", failedNow), podspec.NewJudge(capture.Default(), nil))
 	if !ok {
 		t.Fatal("a validation exit 126 must be repaired")
 	}
-	f2, ok := brokenBy(meshPod("shop", crashLoop), nil)
+	f2, ok := brokenBy(meshPod("shop", crashLoop), podspec.NewJudge(capture.Default(), nil))
 	if !ok || f1 != f2 {
 		t.Fatalf("the same failure seen in crash loop must have the same key: %q vs %q", f1, f2)
 	}
 	later := crashLoop
 	later.LastTerminationState.Terminated = terminated(126, t0.Add(time.Minute))
-	if f3, _ := brokenBy(meshPod("shop", later), nil); f3 == f1 {
+	if f3, _ := brokenBy(meshPod("shop", later), podspec.NewJudge(capture.Default(), nil)); f3 == f1 {
 		t.Fatal("a new failure must have a new key")
 	}
 	for name, pod := range map[string]*corev1.Pod{
@@ -49,13 +52,13 @@ func TestBrokenBy(t *testing.T) {
 		"unrelated init":     meshPod("shop", unrelated),
 		"excluded namespace": meshPod("kube-system", failedNow),
 	} {
-		if _, ok := brokenBy(pod, map[string]bool{"kube-system": true}); ok {
+		if _, ok := brokenBy(pod, podspec.NewJudge(capture.Default(), []string{"kube-system"})); ok {
 			t.Errorf("%s: must not be repaired", name)
 		}
 	}
 	noSidecar := meshPod("shop", failedNow)
 	noSidecar.Spec.Containers = noSidecar.Spec.Containers[:1]
-	if _, ok := brokenBy(noSidecar, nil); ok {
+	if _, ok := brokenBy(noSidecar, podspec.NewJudge(capture.Default(), nil)); ok {
 		t.Error("a pod meshcni does not capture must not be repaired")
 	}
 }

@@ -137,7 +137,11 @@ func FuzzBuildFromAnnotations(f *testing.F) {
 			}
 		}
 		proxy := capture.Proxy{UID: &uid, Env: map[string]string{capture.EnvDNSCapture: strconv.FormatBool(dns)}}
-		spec, err := capture.FromPod(capture.Default(), ann, proxy, ipv6)
+		addr := netip.MustParseAddr("10.0.0.5")
+		if ipv6 {
+			addr = netip.MustParseAddr("fd00::5")
+		}
+		spec, err := capture.FromPod(capture.Default(), ann, proxy, []netip.Addr{addr})
 		if err != nil {
 			return
 		}

@@ -4,6 +4,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -17,7 +18,8 @@ import (
 var istioInitArgs = []string{"-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT",
 	"-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020", "--log_output_level=default:info"}
 
-// istioInitSpec is what those flags mean in a pod with an IPv6 address.
+// istioInitSpec is what those flags mean in a pod with an IPv6 address,
+// with --dual-stack (or an IPv6-only pod).
 func istioInitSpec() capture.Spec {
 	s := capture.Default()
 	s.ExcludeInboundPorts = []uint16{15090, 15021, 15020}
@@ -44,55 +46,75 @@ func saveBoth(t *testing.T, a *netfilter.Applier, path string) string {
 	return out.String()
 }
 
-// TestInitCommand runs the built meshcni-iptables inside a pod netns with
-// istio-init's arguments, as the init container would.
+// TestInitCommand runs the built meshcni-iptables inside a dual-stack pod
+// netns with istio-init's arguments, as the init container would: IPv4
+// only, as istio-iptables decides for a pod whose first address is IPv4,
+// and IPv6 too with --dual-stack.
 func TestInitCommand(t *testing.T) {
 	requireRoot(t)
 	bin := binaries(t).iptables
 	for _, backend := range backends {
-		t.Run(string(backend), func(t *testing.T) {
-			a := netfilter.New(netfilter.Options{Backend: backend, LockDir: t.TempDir()})
-			tp := newTopology(t)
-			args := append([]string{"--iptables-backend", string(backend)}, istioInitArgs...)
+		for _, dual := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/dual-stack=%v", backend, dual), func(t *testing.T) {
+				a := netfilter.New(netfilter.Options{Backend: backend, LockDir: t.TempDir()})
+				tp := newTopology(t)
+				args := append([]string{"--iptables-backend", string(backend)}, istioInitArgs...)
+				spec := istioInitSpec()
+				// The pod has fd48:248::1 and 10.248.0.x: without dual
+				// stack, Istio programs no IPv6, and neither does meshcni.
+				spec.IPv6 = dual
+				v6 := "peer:8080"
+				if dual {
+					args = append(args, "--dual-stack")
+					v6 = "pod:15001"
+				}
 
-			_, errOut, code := runAs(t, tp.pod, 0, bin, nil, args...)
-			if code != 0 {
-				t.Fatalf("exit %d: %s", code, errOut)
-			}
-			// The pod has fd48:248::1, so IPv6 is programmed unasked.
-			if err := a.Check(context.Background(), tp.pod.Path(), istioInitSpec()); err != nil {
-				t.Fatalf("rules differ from istio-init's: %v\nstderr: %s", err, errOut)
-			}
-			before := saveBoth(t, a, tp.pod.Path())
+				_, errOut, code := runAs(t, tp.pod, 0, bin, nil, args...)
+				if code != 0 {
+					t.Fatalf("exit %d: %s", code, errOut)
+				}
+				if err := a.Check(context.Background(), tp.pod.Path(), spec); err != nil {
+					t.Fatalf("rules differ from istio-iptables': %v\nstderr: %s", err, errOut)
+				}
+				before := saveBoth(t, a, tp.pod.Path())
+				v6rules, _, err := a.Save(context.Background(), tp.pod.Path(), rules.IPv6)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := strings.Contains(strings.ToUpper(v6rules), "ISTIO_"); got != dual {
+					t.Fatalf("IPv6 rules present %v, want %v:\n%s", got, dual, v6rules)
+				}
 
-			if _, errOut, code := runAs(t, tp.pod, 0, bin, nil, args...); code != 0 {
-				t.Fatalf("rerun: exit %d: %s", code, errOut)
-			}
-			if after := saveBoth(t, a, tp.pod.Path()); after != before {
-				t.Fatalf("rerun changed the rules:\n%s\n---\n%s", before, after)
-			}
+				if _, errOut, code := runAs(t, tp.pod, 0, bin, nil, args...); code != 0 {
+					t.Fatalf("rerun: exit %d: %s", code, errOut)
+				}
+				if after := saveBoth(t, a, tp.pod.Path()); after != before {
+					t.Fatalf("rerun changed the rules:\n%s\n---\n%s", before, after)
+				}
 
-			_, errOut, code = runAs(t, tp.pod, 0, bin, nil, append(args, "-q", "3306")...)
-			t.Logf("different flags: exit %d\n%s", code, errOut)
-			if code != 1 || !strings.Contains(errOut, "different capture rules") || !strings.Contains(errOut, "does not replace") {
-				t.Fatalf("different flags over existing rules: exit %d, stderr %q; want 1 and a clear refusal", code, errOut)
-			}
-			if after := saveBoth(t, a, tp.pod.Path()); after != before {
-				t.Fatalf("refused run changed the rules")
-			}
+				_, errOut, code = runAs(t, tp.pod, 0, bin, nil, append(args, "-q", "3306")...)
+				t.Logf("different flags: exit %d\n%s", code, errOut)
+				if code != 1 || !strings.Contains(errOut, "different capture rules") || !strings.Contains(errOut, "does not replace") {
+					t.Fatalf("different flags over existing rules: exit %d, stderr %q; want 1 and a clear refusal", code, errOut)
+				}
+				if after := saveBoth(t, a, tp.pod.Path()); after != before {
+					t.Fatalf("refused run changed the rules")
+				}
 
-			// And the rules it programmed redirect real connections.
-			servers := startServers(t, tp, istioInitSpec())
-			for _, p := range []probe{
-				{from: fromApp, to: hostPort(peer4, 8080), want: "pod:15001"},
-				{from: fromApp, to: hostPort(peer6, 8080), want: "pod:15001"},
-				{from: fromProxy, to: hostPort(peer4, 8080), want: "peer:8080"},
-				{from: fromPeer, to: hostPort(pod4, 9080), want: "pod:15006"},
-				{from: fromPeer, to: hostPort(pod4, 15021), want: "pod:15021"},
-			} {
-				p.run(t, tp, servers)
-			}
-		})
+				// And the rules it programmed redirect real connections:
+				// IPv6 ones only with dual stack.
+				servers := startServers(t, tp, spec)
+				for _, p := range []probe{
+					{from: fromApp, to: hostPort(peer4, 8080), want: "pod:15001"},
+					{from: fromApp, to: hostPort(peer6, 8080), want: v6},
+					{from: fromProxy, to: hostPort(peer4, 8080), want: "peer:8080"},
+					{from: fromPeer, to: hostPort(pod4, 9080), want: "pod:15006"},
+					{from: fromPeer, to: hostPort(pod4, 15021), want: "pod:15021"},
+				} {
+					p.run(t, tp, servers)
+				}
+			})
+		}
 	}
 }
 
@@ -118,7 +140,7 @@ func TestInitCommandNetworkNamespace(t *testing.T) {
 	requireRoot(t)
 	runner, tp := newNS(t), newTopology(t)
 	a := netfilter.New(netfilter.Options{Backend: netfilter.NFT, LockDir: t.TempDir()})
-	args := append([]string{"--iptables-backend", "nft", "--network-namespace", tp.pod.Path()}, istioInitArgs...)
+	args := append([]string{"--iptables-backend", "nft", "--network-namespace", tp.pod.Path(), "--dual-stack"}, istioInitArgs...)
 	if _, errOut, code := runAs(t, runner, 0, binaries(t).iptables, nil, args...); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/meshcni/meshcni/internal/agent"
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/netfilter"
+	"github.com/meshcni/meshcni/internal/podspec"
 	"github.com/meshcni/meshcni/internal/repair"
 	"github.com/meshcni/meshcni/test/kubeharness"
 	"github.com/meshcni/meshcni/test/testbed"
@@ -119,7 +120,7 @@ func start(t *testing.T, mode repair.Mode, reg *prometheus.Registry) {
 	c, err := repair.New(repair.Options{
 		Client: cluster.Client, NodeName: testbed.NodeName, Mode: mode, Pods: pods.Informer,
 		Finder: repair.ProcFinder{}, Rules: netfilter.New(netfilter.Options{LockDir: t.TempDir()}),
-		Base: capture.Default(), ExcludeNamespaces: []string{"kube-system"}, Registerer: reg,
+		Judge: podspec.NewJudge(capture.Default(), []string{"kube-system"}), Registerer: reg,
 	})
 	if err != nil {
 		cancel()
