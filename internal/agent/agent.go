@@ -133,8 +133,8 @@ func (a *Agent) beginShutdown() {
 // or the uninstall fails.
 func (a *Agent) Run(ctx context.Context) error {
 	o := &a.opts
-	if err := os.MkdirAll(o.RunDir, 0o755); err != nil {
-		return fmt.Errorf("run dir (--run-dir): %w", err)
+	if err := a.secureRunDir(); err != nil {
+		return err
 	}
 	for _, dir := range []string{o.CNIConfDir, o.CNIBinDir, o.RunDir} {
 		if gone, err := install.RemoveTemp(dir); err != nil {

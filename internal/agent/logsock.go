@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshcni/meshcni/internal/trust"
 )
 
 // The plug-in dials the log socket once per invocation, writes one slog
@@ -39,8 +42,13 @@ func listenLog(path string) (*unixSocket, error) { return listenUnix("log socket
 
 // listenUnix opens a Unix socket for the plug-in, mode 0600 (only root,
 // as the plug-in runs, may connect). A socket file a killed agent left
-// behind is replaced. what names it in errors.
+// behind is replaced. It refuses to serve from a directory others can
+// write (see secureRunDir): the plug-in would not trust the socket there,
+// and rightly, since anyone could replace it. what names it in errors.
 func listenUnix(what, path string) (*unixSocket, error) {
+	if err := trust.Dir(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != fs.ModeSocket {
 			return nil, fmt.Errorf("%s %s: a %v is in the way", what, path, fi.Mode().Type())
@@ -126,22 +134,31 @@ func (a *Agent) serveLog(l *net.UnixListener) {
 
 // peerCred returns the credentials of the process that connected c, as
 // the kernel recorded them at connect time, in the agent's user namespace.
-func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return nil, fmt.Errorf("peer credentials: %w", err)
+func peerCred(c *net.UnixConn) (*unix.Ucred, error) { return trust.PeerCred(c) }
+
+// secureRunDir creates the run dir, or repairs it, root-owned and 0755
+// or stricter, and its lock dir likewise (0700 when new), before anything
+// is written or served there. With a run dir others could write, a user
+// replaced pods.sock with a socket of their own and a mesh pod started
+// uncaptured; with a lock dir others could write, a user could hold a
+// pod's xtables lock (ADD fails after 20 s) or have root create files
+// where they chose. A repair is logged: something on the node opened the
+// directory, and what it left there is not removed.
+func (a *Agent) secureRunDir() error {
+	for _, d := range []struct {
+		path string
+		perm fs.FileMode
+		flag string
+	}{{a.opts.RunDir, 0o755, "run dir (--run-dir)"}, {a.opts.LockDir(), 0o700, "lock dir (in --run-dir)"}} {
+		repaired, err := trust.Secure(d.path, d.perm)
+		if len(repaired) > 0 {
+			a.log.Warn("repaired a directory others could change; check the node for what changed it", "dir", d.path, "repaired", repaired)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", d.flag, err)
+		}
 	}
-	var cred *unix.Ucred
-	var credErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, fmt.Errorf("peer credentials: %w", err)
-	}
-	if credErr != nil {
-		return nil, fmt.Errorf("peer credentials: %w", credErr)
-	}
-	return cred, nil
+	return nil
 }
 
 // rejectedCounter registers meshcni_agent_log_rejected_total in the

@@ -102,8 +102,12 @@ var ErrRaced = errRaced
 // Insert makes entry (a JSON object with "type": "meshcni") the last plugin
 // of the primary config in dir. A .conflist is updated in place (atomically);
 // a single-plugin .conf or .json becomes <base>.conflist and the original is
-// removed; Remove restores it. If the primary config changes while Insert
-// works, Insert starts over (a few times).
+// removed; Remove restores it. A .conflist that is a symbolic link is
+// edited through it: its target is rewritten (atomically, in the target's
+// directory) and the link stays (a single-plugin .conf that is a link is
+// wrapped like any other, and Remove restores it as a regular file). If
+// the primary config changes while Insert works, Insert starts over (a
+// few times).
 func Insert(dir string, entry json.RawMessage) (Result, error) {
 	for attempt := 1; ; attempt++ {
 		res, err := insertOnce(dir, entry)
@@ -119,11 +123,15 @@ func insertOnce(dir string, entry json.RawMessage) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	data, fi, err := readFile(path)
-	if err != nil {
-		return Result{}, err
-	}
 	if filepath.Ext(path) == ".conflist" {
+		target, err := linkTarget(path)
+		if err != nil {
+			return Result{}, err
+		}
+		data, fi, err := readFile(target)
+		if err != nil {
+			return Result{}, err
+		}
 		out, changed, err := InsertEntry(data, entry)
 		if err != nil {
 			return Result{}, fmt.Errorf("insert into %s: %w", path, err)
@@ -131,15 +139,20 @@ func insertOnce(dir string, entry json.RawMessage) (Result, error) {
 		if !changed {
 			return Result{Path: path}, nil
 		}
+		// Through path: a link pointed elsewhere since is a race too.
 		if err := unchangedSince(path, fi); err != nil {
 			return Result{}, err
 		}
-		if err := writeFileAtomic(path, out, fi.Mode().Perm()); err != nil {
+		if err := writeFileAtomic(target, out, fi.Mode().Perm()); err != nil {
 			return Result{}, err
 		}
 		return Result{Path: path, Changed: true}, nil
 	}
 
+	data, fi, err := readFile(path)
+	if err != nil {
+		return Result{}, err
+	}
 	list := strings.TrimSuffix(path, filepath.Ext(path)) + ".conflist"
 	out, err := WrapConf(data, filepath.Base(path), entry)
 	if err != nil {
@@ -227,7 +240,11 @@ func Remove(dir string) (touched []string, err error) {
 }
 
 func removeFrom(path string) ([]string, error) {
-	data, fi, err := readFile(path)
+	target, err := linkTarget(path)
+	if err != nil {
+		return nil, err
+	}
+	data, fi, err := readFile(target)
 	if err != nil {
 		return nil, err
 	}
@@ -259,10 +276,31 @@ func removeFrom(path string) ([]string, error) {
 	if !changed {
 		return nil, nil
 	}
-	if err := writeFileAtomic(path, out, fi.Mode().Perm()); err != nil {
+	if err := writeFileAtomic(target, out, fi.Mode().Perm()); err != nil {
 		return nil, err
 	}
 	return []string{path}, nil
+}
+
+// linkTarget is the file a write of the conflist at path goes to: path
+// itself, or, if path is a symbolic link (a primary CNI or a node image
+// that keeps its conflist elsewhere and links it into the conf dir), the
+// file the link resolves to. Renaming a new file over the link itself
+// would turn it into a regular file for good, and the primary's later
+// updates to the link's target would never reach the runtime.
+func linkTarget(path string) (string, error) {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	if fi.Mode().Type() != fs.ModeSymlink {
+		return path, nil
+	}
+	target, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", fmt.Errorf("read %s: follow the link: %w", path, err)
+	}
+	return target, nil
 }
 
 // validWrappedName guards the marker value: a plain file name with a

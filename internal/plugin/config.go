@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
@@ -182,5 +184,82 @@ func parseArgs(s string) (*k8sArgs, error) {
 	if err := types.LoadArgs(s, a); err != nil {
 		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "meshcni: cannot parse CNI_ARGS", err.Error())
 	}
+	// Only a pod with both names is looked up (the other is "not a
+	// Kubernetes pod"); check them before any lookup. A name the API
+	// server could never have accepted used to reach it, come back as an
+	// error, be retried and reported as "cannot reach the Kubernetes API".
+	ns, name := string(a.K8S_POD_NAMESPACE), string(a.K8S_POD_NAME)
+	if ns != "" && name != "" {
+		if !isDNS1123Label(ns) {
+			return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(
+				"meshcni: CNI_ARGS K8S_POD_NAMESPACE %s is not a Kubernetes namespace name "+
+					"(at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit)", quoteArg(ns)), "")
+		}
+		if !isDNS1123Subdomain(name) {
+			return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(
+				"meshcni: CNI_ARGS K8S_POD_NAME %s is not a Kubernetes pod name "+
+					"(at most 253 characters: '.'-separated parts of lower-case letters, digits and '-', each starting and ending with a letter or digit)", quoteArg(name)), "")
+		}
+	}
 	return a, nil
+}
+
+// The names the API server accepts, as k8s.io/apimachinery's
+// validation.IsDNS1123Label and IsDNS1123Subdomain define them (a
+// namespace is a label, a pod's name a subdomain). Written out because
+// the plug-in links no k8s.io package (each costs every exec its init);
+// TestNameRulesMatchApimachinery compares the two.
+const (
+	dns1123LabelMax     = 63
+	dns1123SubdomainMax = 253
+)
+
+func isDNS1123Label(s string) bool {
+	if len(s) == 0 || len(s) > dns1123LabelMax {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case c == '-' && i > 0 && i < len(s)-1:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func isDNS1123Subdomain(s string) bool {
+	if len(s) == 0 || len(s) > dns1123SubdomainMax {
+		return false
+	}
+	for part := range strings.SplitSeq(s, ".") {
+		// Each part is a label, without the label's own length limit.
+		if len(part) == 0 || part[0] == '-' || part[len(part)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(part); i++ {
+			if c := part[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// maxQuotedArg bounds how much of a rejected CNI_ARGS value an error
+// repeats: the runtime copies the message into the pod's events.
+const maxQuotedArg = 80
+
+// quoteArg is %q, clipped to maxQuotedArg bytes of s with its real length.
+func quoteArg(s string) string {
+	if len(s) <= maxQuotedArg {
+		return strconv.Quote(s)
+	}
+	cut := maxQuotedArg
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + fmt.Sprintf("...(%d bytes)", len(s))
 }

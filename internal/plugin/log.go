@@ -1,13 +1,16 @@
 package plugin
 
 import (
+	"context"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
+
+	"github.com/meshcni/meshcni/internal/trust"
 )
 
 // openLog sends JSON lines to the agent's socket when it listens (so that
@@ -18,15 +21,18 @@ func openLog(conf *Config) (*slog.Logger, func()) {
 	writers := []io.Writer{os.Stderr}
 	var closers []io.Closer
 	if conf.LogSocket != "" {
-		if c, err := net.DialTimeout("unix", conf.LogSocket, 100*time.Millisecond); err == nil {
+		// Only to the agent (root): the lines name every pod and decision.
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		c, err := trust.Dial(ctx, conf.LogSocket)
+		cancel()
+		if err == nil {
 			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 			writers = append(writers, c)
 			closers = append(closers, c)
 		}
 	}
 	if len(closers) == 0 && conf.LogFile != "" {
-		_ = os.MkdirAll(filepath.Dir(conf.LogFile), 0o755)
-		if f, err := os.OpenFile(conf.LogFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+		if f, err := openLogFile(conf.LogFile); err == nil {
 			writers = append(writers, f)
 			closers = append(closers, f)
 		}
@@ -49,4 +55,14 @@ func level(s string) slog.Level {
 		return slog.LevelError
 	}
 	return slog.LevelInfo
+}
+
+// openLogFile opens path for appending. Root appends there, so never in a
+// directory others can write, nor through a link someone put there.
+func openLogFile(path string) (*os.File, error) {
+	_ = os.MkdirAll(filepath.Dir(path), 0o755)
+	if err := trust.Dir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
+	return os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
 }

@@ -7,11 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"time"
 
 	"github.com/meshcni/meshcni/internal/podspec"
+	"github.com/meshcni/meshcni/internal/trust"
 )
 
 // Client asks the agent's socket. A plug-in process asks once, so each
@@ -29,8 +29,11 @@ func NewClient(path string) *Client { return &Client{path: path} }
 // most maxBody bytes, without its newline). The context's end closes the
 // exchange.
 func (c *Client) do(ctx context.Context, req []byte) ([]byte, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", c.path)
+	// Only the agent (root) may answer: a pod spec from anyone else could
+	// say "inject: false" and start a mesh pod uncaptured. trust.Dial
+	// checks the socket's directory and file before anything is sent,
+	// and the server's SO_PEERCRED once connected.
+	conn, err := trust.Dial(ctx, c.path)
 	if err != nil {
 		return nil, err
 	}
