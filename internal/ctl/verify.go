@@ -332,11 +332,7 @@ func refuseHostNetNS(path, procRoot string) error {
 
 // listNAT runs `iptables -t nat -L -n -v --line-numbers -x` in the netns.
 func listNAT(ctx context.Context, path string, backend netfilter.Backend, f rules.Family, lockDir string) (out, cmdline string, err error) {
-	bin := "iptables"
-	if f == rules.IPv6 {
-		bin = "ip6tables"
-	}
-	bin += "-" + string(backend)
+	bin := backend.Command(f == rules.IPv6)
 	args := []string{"-t", "nat", "-L", "-n", "-v", "--line-numbers", "-x"}
 	if backend == netfilter.Legacy {
 		args = append(args, "-w", "10")

@@ -204,7 +204,7 @@ func (a *Applier) Apply(ctx context.Context, path string, spec capture.Spec) err
 	sets := rules.Build(spec)
 	return a.enter(ctx, path, func(s *session) error {
 		if s.backend == Nftables {
-			return s.nftApply(spec)
+			return s.nftApply(spec, sets)
 		}
 		wrote, err := s.applyFamilies(path, sets)
 		if err == nil {
@@ -300,29 +300,27 @@ func (s *session) alreadyThere(rs rules.Ruleset) (bool, error) {
 		ErrConflict, rs.Family, len(missing), len(extra), firstOf(missing, extra))
 }
 
-// undo removes what a failed or rolled-back apply may have left of rs,
-// reading the real state first: a legacy restore commits table by table,
-// so a failure can leave some tables written.
+// undo removes what a failed or rolled-back apply wrote of rs, with the
+// cleanup the rule model derives from rs. The family held none of rs's
+// rules before the write (alreadyThere), and no other visit has written
+// since (the netns lock), so what is there is whole tables of rs: legacy
+// restores commit table by table, iptables-nft all at once. Each table's
+// cleanup runs on its own, and one for a table that was never written
+// fails and changes nothing.
 func (s *session) undo(rs rules.Ruleset) {
-	all, err := s.save(rs.Family)
-	if err != nil {
-		return
+	for _, t := range rs.UsedTables() {
+		_ = s.restore(rs.Family, rs.CleanupTable(t))
 	}
-	want, _ := s.canonical(rs)
-	have := ours(all, want)
-	if have.Empty() {
-		return
-	}
-	_ = s.restore(rs.Family, removal(have))
 }
 
 // Check implements Interface.
 func (a *Applier) Check(ctx context.Context, path string, spec capture.Spec) error {
 	return a.enter(ctx, path, func(s *session) error {
+		sets := rules.Build(spec)
 		if s.backend == Nftables {
-			return s.nftCheck(spec)
+			return s.nftCheck(spec, sets)
 		}
-		for _, rs := range rules.Build(spec) {
+		for _, rs := range sets {
 			all, err := s.save(rs.Family)
 			if err != nil {
 				return err

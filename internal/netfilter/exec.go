@@ -12,33 +12,53 @@ import (
 )
 
 // Backend is how a node programs pods: one of the two iptables
-// implementations, or native nftables.
+// implementations, or native nftables. Its value is the name users write
+// (iptables_backend, --iptables-backend, the node label), spelt so that
+// the three cannot be confused; ParseBackend also takes the older
+// spellings "legacy" and "nft".
 type Backend string
 
 const (
-	Legacy Backend = "legacy"
-	// NFT is iptables-nft: iptables rules, stored by the kernel's nftables.
-	NFT Backend = "nft"
+	// Legacy is iptables-legacy: iptables rules in the kernel's x_tables.
+	Legacy Backend = "iptables-legacy"
+	// NFT is iptables-nft: iptables rules, stored by the kernel's
+	// nftables (tables ip nat, ip mangle, ...).
+	NFT Backend = "iptables-nft"
 	// Nftables is meshcni's own nftables tables, "ip meshcni" and "ip6
-	// meshcni", programmed with the nft command (package nftrules).
+	// meshcni", written over netlink or with nft (package nftrules).
 	Nftables Backend = "nftables"
 	// Auto lets existing rules decide, then the system's `iptables`.
 	Auto Backend = ""
 )
 
-// ParseBackend accepts legacy, nft, nftables, or auto/empty.
+// ParseBackend accepts iptables-legacy, iptables-nft, nftables, or
+// auto/empty; legacy and nft are aliases of the first two.
 func ParseBackend(s string) (Backend, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "", "auto":
 		return Auto, nil
-	case "legacy":
+	case "iptables-legacy", "legacy":
 		return Legacy, nil
-	case "nft":
+	case "iptables-nft", "nft":
 		return NFT, nil
 	case "nftables":
 		return Nftables, nil
 	}
-	return "", fmt.Errorf("iptables backend %q: must be legacy, nft (iptables-nft), nftables (native) or auto", s)
+	return "", fmt.Errorf("iptables backend %q: must be iptables-legacy, iptables-nft, nftables (native) or auto (legacy and nft are accepted too)", s)
+}
+
+// Command is the iptables command of an iptables backend for a family
+// ("iptables-legacy", "ip6tables-nft"), the one every tool of it is named
+// after; "" for nftables and auto.
+func (b Backend) Command(ipv6 bool) string {
+	suffix, ok := map[Backend]string{Legacy: "legacy", NFT: "nft"}[b]
+	if !ok {
+		return ""
+	}
+	if ipv6 {
+		return "ip6tables-" + suffix
+	}
+	return "iptables-" + suffix
 }
 
 // Runner runs one command with stdin and returns its stdout. It is the
@@ -134,11 +154,7 @@ func explain(stderr string) string {
 // binary returns the command name for a backend, family and tool
 // ("save" or "restore").
 func binary(b Backend, ipv6 bool, tool string) string {
-	name := "iptables"
-	if ipv6 {
-		name = "ip6tables"
-	}
-	return name + "-" + string(b) + "-" + tool
+	return b.Command(ipv6) + "-" + tool
 }
 
 // Commands lists what a backend runs on the node, for `meshcnictl doctor`.

@@ -28,8 +28,8 @@ func (s *session) nft(script string, args ...string) (string, error) {
 	return s.a.opts.Run(s.ctx, nil, script, "nft", args...)
 }
 
-func (s *session) nftApply(spec capture.Spec) error {
-	tables, err := nftrules.Build(spec)
+func (s *session) nftApply(spec capture.Spec, sets []rules.Ruleset) error {
+	tables, err := nftrules.Tables(sets)
 	if err != nil {
 		return err
 	}
@@ -93,8 +93,8 @@ func (s *session) nftDelete(fams []rules.Family) error {
 	return err
 }
 
-func (s *session) nftCheck(spec capture.Spec) error {
-	tables, err := nftrules.Build(spec)
+func (s *session) nftCheck(spec capture.Spec, sets []rules.Ruleset) error {
+	tables, err := nftrules.Tables(sets)
 	if err != nil {
 		return err
 	}

@@ -7,9 +7,24 @@ import (
 )
 
 func TestParseBackend(t *testing.T) {
-	for in, want := range map[string]Backend{"": Auto, "auto": Auto, "legacy": Legacy, "nft": NFT, " NFTables ": Nftables} {
+	for in, want := range map[string]Backend{
+		"": Auto, "auto": Auto, " NFTables ": Nftables,
+		"iptables-legacy": Legacy, "iptables-nft": NFT,
+		"legacy": Legacy, "nft": NFT, // the older spellings
+	} {
 		if got, err := ParseBackend(in); err != nil || got != want {
 			t.Errorf("ParseBackend(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	// A backend's name parses back to itself.
+	for _, b := range []Backend{Legacy, NFT, Nftables} {
+		if got, err := ParseBackend(string(b)); err != nil || got != b {
+			t.Errorf("ParseBackend(%q) = %q, %v", b, got, err)
+		}
+	}
+	for b, want := range map[Backend][2]string{Legacy: {"iptables-legacy", "ip6tables-legacy"}, NFT: {"iptables-nft", "ip6tables-nft"}, Nftables: {}} {
+		if got := [2]string{b.Command(false), b.Command(true)}; got != want {
+			t.Errorf("%s commands %q, want %q", b, got, want)
 		}
 	}
 	if _, err := ParseBackend("iptables"); err == nil || !strings.Contains(err.Error(), "nftables (native)") {

@@ -110,9 +110,13 @@ func ChainName(table, chain string) string {
 
 // Build returns one table per family of spec (IPv6 only when spec.IPv6),
 // holding rules.Build(spec) as nft rules, rule for rule.
-func Build(spec capture.Spec) ([]Table, error) {
+func Build(spec capture.Spec) ([]Table, error) { return Tables(rules.Build(spec)) }
+
+// Tables renders rulesets (rules.Build's) as one table per family, for a
+// caller that has built them already.
+func Tables(sets []rules.Ruleset) ([]Table, error) {
 	var out []Table
-	for _, rs := range rules.Build(spec) {
+	for _, rs := range sets {
 		t, err := translateSet(rs)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", rs.Family, err)

@@ -311,26 +311,37 @@ func (rs Ruleset) Restore() string {
 }
 
 // Cleanup renders restore input that removes exactly this ruleset from a
-// netns that holds it: our rules in built-in chains, then our chains.
+// netns that holds it: per table, our rules in built-in chains, then our
+// chains.
 func (rs Ruleset) Cleanup() string {
 	var b strings.Builder
-	chains := rs.Chains()
 	for _, t := range rs.UsedTables() {
-		b.WriteString("* " + t + "\n")
-		for i := len(rs.Rules) - 1; i >= 0; i-- {
-			r := rs.Rules[i]
-			if r.Table == t && IsBuiltin(r.Chain) {
-				b.WriteString(strings.Join(append([]string{"-D", r.Chain}, r.Args()...), " ") + "\n")
-			}
-		}
-		for _, c := range chains[t] {
-			b.WriteString("-F " + c + "\n")
-		}
-		for _, c := range chains[t] {
-			b.WriteString("-X " + c + "\n")
-		}
-		b.WriteString("COMMIT\n")
+		b.WriteString(rs.CleanupTable(t))
 	}
+	return b.String()
+}
+
+// CleanupTable is Cleanup for one table. A restore commits table by table,
+// so a rollback that does not know which tables a failed restore wrote
+// runs each table's cleanup on its own: one for a table that is not there
+// fails and changes nothing.
+func (rs Ruleset) CleanupTable(t string) string {
+	var b strings.Builder
+	chains := rs.Chains()[t]
+	b.WriteString("* " + t + "\n")
+	for i := len(rs.Rules) - 1; i >= 0; i-- {
+		r := rs.Rules[i]
+		if r.Table == t && IsBuiltin(r.Chain) {
+			b.WriteString(strings.Join(append([]string{"-D", r.Chain}, r.Args()...), " ") + "\n")
+		}
+	}
+	for _, c := range chains {
+		b.WriteString("-F " + c + "\n")
+	}
+	for _, c := range chains {
+		b.WriteString("-X " + c + "\n")
+	}
+	b.WriteString("COMMIT\n")
 	return b.String()
 }
 
