@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -54,6 +55,7 @@ type Agent struct {
 	warnedAt  time.Time   // last fight warning
 	lastErr   string      // last error logged, so a retry loop logs it once
 	waiting   bool        // "waiting for a CNI config" was logged
+	linked    []string    // dirs of symlinked configs' targets, watched too
 
 	beforeUninstall func() // test hook: shutdown has begun, nothing removed yet
 	afterCheck      func() // test hook: a round has read the config, nothing written yet
@@ -247,10 +249,11 @@ func (a *Agent) loop(ctx context.Context) {
 	}
 }
 
-// watchedDirs are the conf dir, the bin dir, the run dir and the token's
-// directory (a projected volume swaps its ..data symlink there).
+// watchedDirs are the conf dir, the bin dir, the run dir, the token's
+// directory (a projected volume swaps its ..data symlink there) and the
+// directories of symlinked configs' targets as watch last found them.
 func (a *Agent) watchedDirs() []string {
-	return []string{a.opts.CNIConfDir, a.opts.CNIBinDir, a.opts.RunDir, filepath.Dir(a.opts.TokenPath)}
+	return append([]string{a.opts.CNIConfDir, a.opts.CNIBinDir, a.opts.RunDir, filepath.Dir(a.opts.TokenPath)}, a.linked...)
 }
 
 // watch returns a watcher on watchedDirs, even when some could not be
@@ -266,6 +269,10 @@ func (a *Agent) watch() (*fsnotify.Watcher, error) {
 			errs = append(errs, err)
 		}
 	}
+	// A primary config linked in from elsewhere is rewritten there: the
+	// conf dir sees nothing, and its entry would be missing until the
+	// resync.
+	a.linked = install.LinkedConfigDirs(a.opts.CNIConfDir)
 	for _, dir := range a.watchedDirs() {
 		if err := w.Add(dir); err != nil {
 			errs = append(errs, fmt.Errorf("watch %s: %w", dir, err))
@@ -291,7 +298,7 @@ func (a *Agent) relevant(ev fsnotify.Event) bool {
 	case a.opts.RunDir:
 		return base == filepath.Base(a.opts.KubeconfigPath())
 	}
-	return false
+	return slices.Contains(a.linked, dir)
 }
 
 // lostDir reports whether ev removed or moved a watched directory itself.
@@ -345,7 +352,8 @@ func (a *Agent) wait(ctx context.Context, w *fsnotify.Watcher, retry time.Durati
 				if filepath.Dir(ev.Name) == a.opts.CNIBinDir {
 					a.binDirty = true
 				}
-				return false
+				// A config link made or repointed: watch its target's dir.
+				return filepath.Dir(ev.Name) == a.opts.CNIConfDir && !slices.Equal(install.LinkedConfigDirs(a.opts.CNIConfDir), a.linked)
 			}
 		case err, ok := <-errs:
 			if ok {

@@ -282,6 +282,35 @@ func removeFrom(path string) ([]string, error) {
 	return []string{path}, nil
 }
 
+// LinkedConfigDirs returns the directories, other than dir, that hold the
+// targets of the CNI configs in dir that are symbolic links, sorted. A
+// primary CNI that links its config into dir rewrites the target there,
+// and dir itself sees no change: whoever keeps an entry in that config
+// must watch these too. Links that do not resolve are skipped.
+func LinkedConfigDirs(dir string) []string {
+	files, err := libcni.ConfFiles(dir, confExts)
+	if err != nil {
+		return nil
+	}
+	seen := map[string]bool{}
+	var dirs []string
+	for _, f := range files {
+		if fi, err := os.Lstat(f); err != nil || fi.Mode().Type() != fs.ModeSymlink {
+			continue
+		}
+		target, err := filepath.EvalSymlinks(f)
+		if err != nil {
+			continue
+		}
+		if d := filepath.Dir(target); d != filepath.Clean(dir) && !seen[d] {
+			seen[d] = true
+			dirs = append(dirs, d)
+		}
+	}
+	sort.Strings(dirs)
+	return dirs
+}
+
 // linkTarget is the file a write of the conflist at path goes to: path
 // itself, or, if path is a symbolic link (a primary CNI or a node image
 // that keeps its conflist elsewhere and links it into the conf dir), the

@@ -79,6 +79,9 @@ func TestSymlinkedConflistIsEditedThroughTheLink(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			confDir, link, target := linked(t, relative)
+			if got := LinkedConfigDirs(confDir); len(got) != 1 || got[0] != filepath.Dir(target) {
+				t.Errorf("LinkedConfigDirs = %v, want [%s]", got, filepath.Dir(target))
+			}
 			entry := json.RawMessage(testEntry)
 			res, err := Insert(confDir, entry)
 			if err != nil || !res.Changed || res.Path != link {

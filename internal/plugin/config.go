@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +18,7 @@ import (
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/podspec"
+	"github.com/meshcni/meshcni/internal/trust"
 )
 
 // Config is meshcni's entry in the conflist. Keys are flat, snake_case,
@@ -39,7 +42,10 @@ type Config struct {
 	PodCacheSocket string `json:"pod_cache_socket"`
 
 	IptablesBackend string `json:"iptables_backend"`
-	LockDir         string `json:"lock_dir"`
+	// LockDir holds the per-netns xtables lock files; default
+	// defaultLockDir. It must be a directory only root can change
+	// (checkLockDir).
+	LockDir string `json:"lock_dir"`
 
 	// Capture defaults for every pod; annotations override per pod.
 	ProxyPort          *uint16 `json:"proxy_port"`
@@ -53,6 +59,7 @@ type Config struct {
 	lookupRetry  time.Duration
 	lookupTries  int
 	backend      netfilter.Backend
+	lockDir      string
 	captureBase  capture.Spec
 	excludedByNS map[string]bool
 	judge        podspec.Judge
@@ -73,6 +80,12 @@ const (
 	// to the API (TLS handshakes and GETs) at the worst moment. A hung
 	// agent costs each ADD this much once more before the API answers.
 	podCacheTimeout = time.Second
+	// defaultLockDir is under the agent's default run dir, which the
+	// agent keeps root-owned and closed to others. It was under the
+	// temp dir, which anyone can write: a user could make the directory
+	// first and then hold a pod's lock (its ADD failed after 20 s) or
+	// have root create files where they chose.
+	defaultLockDir = "/var/run/meshcni/locks"
 )
 
 // configError is a CNI error 7 naming what to fix.
@@ -111,8 +124,16 @@ func parseConfig(stdin []byte) (*Config, error) {
 	if conf.backend, err = netfilter.ParseBackend(conf.IptablesBackend); err != nil {
 		return nil, configError("iptables_backend: %v", err)
 	}
-	if conf.PodCacheSocket != "" && !filepath.IsAbs(conf.PodCacheSocket) {
-		return nil, configError("pod_cache_socket %q: must be an absolute path", conf.PodCacheSocket)
+	for _, p := range []struct{ key, path string }{
+		{"pod_cache_socket", conf.PodCacheSocket}, {"log_socket", conf.LogSocket}, {"lock_dir", conf.LockDir},
+	} {
+		if p.path != "" && !filepath.IsAbs(p.path) {
+			return nil, configError("%s %q: must be an absolute path", p.key, p.path)
+		}
+	}
+	conf.lockDir = conf.LockDir
+	if conf.lockDir == "" {
+		conf.lockDir = defaultLockDir
 	}
 	switch strings.ToLower(conf.LogLevel) {
 	case "", "debug", "info", "warn", "error":
@@ -156,6 +177,28 @@ func parseConfig(stdin []byte) (*Config, error) {
 	conf.captureBase = base
 	conf.judge = podspec.NewJudge(base, conf.ExcludeNamespaces)
 	return conf, nil
+}
+
+// checkLockDir refuses a lock dir others could change: root creates and
+// removes lock files there, and whoever can write it can hold any pod's
+// lock. A dir that does not exist yet is made by root (0700) under its
+// nearest existing ancestor, which must then be as closed itself.
+func checkLockDir(dir string) error {
+	existing := dir
+	for {
+		if _, err := os.Lstat(existing); err == nil || !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		parent := filepath.Dir(existing)
+		if parent == existing {
+			break
+		}
+		existing = parent
+	}
+	if err := trust.Dir(existing); err != nil {
+		return configError("lock_dir %q: %v; use a directory only root can write (the agent keeps <run-dir>/locks so)", dir, err)
+	}
+	return nil
 }
 
 func duration(field, s string, def time.Duration) (time.Duration, error) {

@@ -41,11 +41,14 @@ func (p *Plugin) Funcs() skel.CNIFuncs {
 	return skel.CNIFuncs{Add: p.CmdAdd, Del: p.CmdDel, Check: p.CmdCheck, Status: p.CmdStatus, GC: p.CmdGC}
 }
 
-func (p *Plugin) rulesFor(conf *Config) netfilter.Interface {
+func (p *Plugin) rulesFor(conf *Config) (netfilter.Interface, error) {
 	if p.Rules != nil {
-		return p.Rules
+		return p.Rules, nil
 	}
-	return netfilter.New(netfilter.Options{Backend: conf.backend, LockDir: conf.LockDir})
+	if err := checkLockDir(conf.lockDir); err != nil {
+		return nil, err
+	}
+	return netfilter.New(netfilter.Options{Backend: conf.backend, LockDir: conf.lockDir}), nil
 }
 
 func (p *Plugin) api() (apilookup.Source, error) {
@@ -153,8 +156,12 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 	start := time.Now()
 	ctx := context.Background()
 	t, err := p.resolve(ctx, args, true)
+	var rules netfilter.Interface
 	if err == nil && t.verdict.Capture {
-		if err = p.rulesFor(t.conf).Apply(ctx, args.Netns, t.verdict.Spec); err != nil {
+		rules, err = p.rulesFor(t.conf)
+	}
+	if err == nil && t.verdict.Capture {
+		if err = rules.Apply(ctx, args.Netns, t.verdict.Spec); err != nil {
 			err = applyError(t.name(), args.Netns, err)
 		}
 	}
@@ -181,8 +188,12 @@ func (p *Plugin) CmdCheck(args *skel.CmdArgs) error {
 	start := time.Now()
 	ctx := context.Background()
 	t, err := p.resolve(ctx, args, true)
+	var rules netfilter.Interface
 	if err == nil && t.verdict.Capture {
-		if err = p.rulesFor(t.conf).Check(ctx, args.Netns, t.verdict.Spec); netns.IsInvalid(err) {
+		rules, err = p.rulesFor(t.conf)
+	}
+	if err == nil && t.verdict.Capture {
+		if err = rules.Check(ctx, args.Netns, t.verdict.Spec); netns.IsInvalid(err) {
 			err = types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("meshcni: pod %s: cannot check %s", t.name(), args.Netns), err.Error())
 		} else if err != nil {
 			err = types.NewError(types.ErrInternal, fmt.Sprintf("meshcni: pod %s: redirection is not as its spec demands", t.name()), err.Error())
