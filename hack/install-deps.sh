@@ -9,6 +9,8 @@ command -v iptables-legacy-restore >/dev/null || need_apt+=(iptables)
 command -v nft >/dev/null || need_apt+=(nftables)
 command -v ip >/dev/null || need_apt+=(iproute2)
 [ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+# The console's browser test drives Debian's chromium headless (about a minute to install).
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
 	echo ">> apt-get install ${need_apt[*]}"
 	apt-get update -qq

@@ -30,6 +30,8 @@ func NewCmd(streams genericiooptions.IOStreams) *cobra.Command {
 		NewCmdVerify(flags, streams),
 		NewCmdDoctor(flags, streams),
 		NewCmdRender(streams),
+		NewCmdConsole(flags, streams),
+		NewCmdVersion(flags, streams),
 	)
 	return root
 }
