@@ -33,6 +33,8 @@ type Agent struct {
 	api     apiTarget
 	metrics *metrics
 
+	healthLimits healthLimits
+
 	mu       sync.Mutex
 	ready    bool
 	reason   string
@@ -54,6 +56,7 @@ type Agent struct {
 	warnedAt  time.Time   // last fight warning
 	lastErr   string      // last error logged, so a retry loop logs it once
 	waiting   bool        // "waiting for a CNI config" was logged
+	held      string      // snapshot of the config a throttled fight holds off on
 
 	beforeUninstall func() // test hook: shutdown has begun, nothing removed yet
 	afterCheck      func() // test hook: a round has read the config, nothing written yet
@@ -85,7 +88,8 @@ func New(opts Options, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{opts: opts, log: log, entry: entry, api: api, metrics: newMetrics(), reason: "starting",
-		settled: opts.NodeName == "", kick: make(chan struct{}, 1)}
+		healthLimits: defaultHealthLimits,
+		settled:      opts.NodeName == "", kick: make(chan struct{}, 1)}
 	a.metrics.ready.Set(0)
 	return a, nil
 }
@@ -469,8 +473,20 @@ func (a *Agent) ensureEntry() time.Duration {
 	// after the first install) is no fight with another writer.
 	ours := a.installed && !bytes.Equal(entry, a.wrote)
 	if wait := a.throttle(time.Now(), st.Path); wait > 0 && !ours {
-		return wait
+		// Hold off only while the config stays as the other writer left
+		// it. A change while the agent writes nothing is no revert of the
+		// agent's write: the other writer gave up or uninstalled (another
+		// agent removing its meshcni entry, the primary CNI going away),
+		// and waiting out the window would leave the node without
+		// meshcni for up to FightWindow.
+		snap := configSnapshot(st.Path)
+		if a.held == "" || a.held == snap {
+			a.held = snap
+			return wait
+		}
+		a.log.Info("the CNI config changed while the fight was held off; putting the meshcni entry back at once", "file", st.Path)
 	}
+	a.held = ""
 	res, err := install.Insert(dir, entry)
 	switch {
 	case errors.Is(err, install.ErrNoConfig):
@@ -513,7 +529,7 @@ func (a *Agent) done(path string, entry json.RawMessage, settled bool) {
 	if !a.installed || a.waiting {
 		a.log.Info("meshcni is installed; watching", "file", path)
 	}
-	a.installed, a.waiting, a.lastErr = true, false, ""
+	a.installed, a.waiting, a.lastErr, a.held = true, false, "", ""
 	a.wrote = entry
 	if !settled {
 		// Installed with the flags' settings, so that no mesh pod starts
@@ -555,6 +571,16 @@ func (a *Agent) noConfig(err error) time.Duration {
 		a.waiting = true
 	}
 	return 0
+}
+
+// configSnapshot is the primary config's path and content, to tell whether it
+// changed while a fight is held off.
+func configSnapshot(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return path + "\x00" + err.Error()
+	}
+	return path + "\x00" + string(b)
 }
 
 // throttle returns how long to hold off a rewrite of file: zero unless the
