@@ -36,8 +36,9 @@ type Agent struct {
 	healthLimits healthLimits
 
 	mu       sync.Mutex
-	ready    bool
-	reason   string
+	ready    bool   // the install is in place and watched
+	reason   string // why not
+	taint    string // non-empty: the startup taint is not lifted yet, and why
 	stopping bool
 	health   net.Addr
 	client   kubernetes.Interface // the agent's API client, once built
@@ -90,16 +91,54 @@ func New(opts Options, log *slog.Logger) (*Agent, error) {
 	a := &Agent{opts: opts, log: log, entry: entry, api: api, metrics: newMetrics(), reason: "starting",
 		healthLimits: defaultHealthLimits,
 		settled:      opts.NodeName == "", kick: make(chan struct{}, 1)}
+	if opts.NodeName != "" && opts.StartupTaint {
+		a.taint = "removing the startup taint " + StartupTaint.Key
+	}
 	a.metrics.ready.Set(0)
 	return a, nil
 }
 
 // Ready reports whether the entry, binary and kubeconfig are installed and
-// watched, and if not, why.
+// watched and the startup taint (if managed) is lifted, and if not, why.
 func (a *Agent) Ready() (bool, string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.ready, a.reason
+	return a.readyLocked()
+}
+
+func (a *Agent) readyLocked() (bool, string) {
+	switch {
+	case !a.ready:
+		return false, a.reason
+	case a.taint != "":
+		return false, a.taint
+	}
+	return true, ""
+}
+
+// installReady reports whether the install alone is ready: the moment to
+// lift the startup taint.
+func (a *Agent) installReady() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ready
+}
+
+// setTaintPending records why the startup taint is still on the node
+// ("" once lifted).
+func (a *Agent) setTaintPending(why string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.taint = why
+	a.setGaugeLocked()
+}
+
+func (a *Agent) setGaugeLocked() {
+	if ready, _ := a.readyLocked(); ready {
+		a.metrics.ready.Set(1)
+	} else {
+		a.metrics.ready.Set(0)
+	}
 }
 
 // HealthAddr is the health server's address once Run listens (nil before,
@@ -117,11 +156,7 @@ func (a *Agent) setReady(ready bool, reason string) {
 		ready, reason = false, "shutting down"
 	}
 	a.ready, a.reason = ready, reason
-	if ready {
-		a.metrics.ready.Set(1)
-	} else {
-		a.metrics.ready.Set(0)
-	}
+	a.setGaugeLocked()
 }
 
 // beginShutdown makes the agent not ready for good.
@@ -188,25 +223,39 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("shutting down; keeping the entry, binary and kubeconfig (--keep-on-exit)")
 		return nil
 	}
-	if cs := a.nodeClient(); cs != nil {
+	if o.NodeName != "" {
+		// With a node identity, uninstall only when the API confirms
+		// meshcni is being removed: a stop for any other reason (an
+		// upgrade, an eviction, the API unreachable) keeps the plug-in in
+		// the chain, so that no mesh pod starts uncaptured until the next
+		// agent runs.
+		cs := a.nodeClient()
+		if cs == nil {
+			a.log.Warn("shutting down without an API client; keeping the install (cannot confirm an uninstall)")
+			return nil
+		}
 		uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		upgrade, why := a.upgrading(uctx, cs)
+		gone, why := a.uninstallConfirmed(uctx, cs)
 		cancel()
-		if upgrade {
-			a.log.Info("shutting down for an upgrade or restart; keeping the install for the next agent", "why", why)
+		if !gone {
+			a.log.Info("shutting down; keeping the install for the next agent", "why", why)
 			return nil
 		}
 		a.log.Info("shutting down for good; uninstalling", "why", why)
 	}
+	uninstallErr := install.Uninstall(o.CNIConfDir, o.InstalledBinary(), o.InstalledHelper(), o.KubeconfigPath())
 	if cs := a.nodeClient(); cs != nil && o.StartupTaint {
-		// Taint first: no new mesh pod may land here once the entry is gone.
+		// meshcni is going away for good: nothing will lift the taint
+		// after this agent, so it must not stay (a node that never got
+		// ready still carries its registration's).
 		tctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := setTaint(tctx, cs, o.NodeName, true); err != nil {
-			a.log.Error("could not put the startup taint back before uninstalling", "node", o.NodeName, "error", err)
+		if err := a.retryTaint(tctx, cs); err != nil {
+			a.log.Error("could not remove the startup taint after uninstalling; remove it by hand",
+				"node", o.NodeName, "taint", StartupTaint.Key, "error", err)
 		}
 		cancel()
 	}
-	if err := install.Uninstall(o.CNIConfDir, o.InstalledBinary(), o.InstalledHelper(), o.KubeconfigPath()); err != nil {
+	if err := uninstallErr; err != nil {
 		a.log.Error("uninstall incomplete", "error", err)
 		return fmt.Errorf("uninstall: %w", err)
 	}

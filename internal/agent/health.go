@@ -16,13 +16,14 @@ import (
 // metrics are the agent's Prometheus series, in a registry of its own so
 // that several agents can live in one test binary.
 type metrics struct {
-	reg        *prometheus.Registry
-	installs   prometheus.Counter
-	reinserts  prometheus.Counter
-	conflicts  prometheus.Counter
-	kubeconfig prometheus.Counter
-	ready      prometheus.Gauge
-	results    *prometheus.CounterVec
+	reg         *prometheus.Registry
+	installs    prometheus.Counter
+	reinserts   prometheus.Counter
+	conflicts   prometheus.Counter
+	kubeconfig  prometheus.Counter
+	ready       prometheus.Gauge
+	taintErrors prometheus.Counter
+	results     *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -38,11 +39,13 @@ func newMetrics() *metrics {
 			Help: "Times the agent wrote the plug-in's kubeconfig (first write and token rotations)."}),
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshcni_agent_ready",
 			Help: "1 while the meshcni entry, binary and kubeconfig are installed and watched."}),
+		taintErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshcni_agent_taint_errors_total",
+			Help: "Failed attempts to remove the startup taint from the agent's node (each retried and logged)."}),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshcni_plugin_results_total",
 			Help: "Decisions the plug-in reported over the log socket, by command (ADD, CHECK) and decision (captured, skipped, error)."},
 			[]string{"command", "decision"}),
 	}
-	m.reg.MustRegister(m.installs, m.reinserts, m.conflicts, m.kubeconfig, m.ready, m.results,
+	m.reg.MustRegister(m.installs, m.reinserts, m.conflicts, m.kubeconfig, m.ready, m.taintErrors, m.results,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
