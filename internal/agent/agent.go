@@ -34,9 +34,12 @@ type Agent struct {
 	api     apiTarget
 	metrics *metrics
 
+	healthLimits healthLimits
+
 	mu       sync.Mutex
-	ready    bool
-	reason   string
+	ready    bool   // the install is in place and watched
+	reason   string // why not
+	taint    string // non-empty: the startup taint is not lifted yet, and why
 	stopping bool
 	health   net.Addr
 	client   kubernetes.Interface // the agent's API client, once built
@@ -56,6 +59,7 @@ type Agent struct {
 	lastErr   string      // last error logged, so a retry loop logs it once
 	waiting   bool        // "waiting for a CNI config" was logged
 	linked    []string    // dirs of symlinked configs' targets, watched too
+	held      string      // snapshot of the config a throttled fight holds off on
 
 	beforeUninstall func() // test hook: shutdown has begun, nothing removed yet
 	afterCheck      func() // test hook: a round has read the config, nothing written yet
@@ -87,17 +91,56 @@ func New(opts Options, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{opts: opts, log: log, entry: entry, api: api, metrics: newMetrics(), reason: "starting",
-		settled: opts.NodeName == "", kick: make(chan struct{}, 1)}
+		healthLimits: defaultHealthLimits,
+		settled:      opts.NodeName == "", kick: make(chan struct{}, 1)}
+	if opts.NodeName != "" && opts.StartupTaint {
+		a.taint = "removing the startup taint " + StartupTaint.Key
+	}
 	a.metrics.ready.Set(0)
 	return a, nil
 }
 
 // Ready reports whether the entry, binary and kubeconfig are installed and
-// watched, and if not, why.
+// watched and the startup taint (if managed) is lifted, and if not, why.
 func (a *Agent) Ready() (bool, string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.ready, a.reason
+	return a.readyLocked()
+}
+
+func (a *Agent) readyLocked() (bool, string) {
+	switch {
+	case !a.ready:
+		return false, a.reason
+	case a.taint != "":
+		return false, a.taint
+	}
+	return true, ""
+}
+
+// installReady reports whether the install alone is ready: the moment to
+// lift the startup taint.
+func (a *Agent) installReady() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ready
+}
+
+// setTaintPending records why the startup taint is still on the node
+// ("" once lifted).
+func (a *Agent) setTaintPending(why string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.taint = why
+	a.setGaugeLocked()
+}
+
+func (a *Agent) setGaugeLocked() {
+	if ready, _ := a.readyLocked(); ready {
+		a.metrics.ready.Set(1)
+	} else {
+		a.metrics.ready.Set(0)
+	}
 }
 
 // HealthAddr is the health server's address once Run listens (nil before,
@@ -115,11 +158,7 @@ func (a *Agent) setReady(ready bool, reason string) {
 		ready, reason = false, "shutting down"
 	}
 	a.ready, a.reason = ready, reason
-	if ready {
-		a.metrics.ready.Set(1)
-	} else {
-		a.metrics.ready.Set(0)
-	}
+	a.setGaugeLocked()
 }
 
 // beginShutdown makes the agent not ready for good.
@@ -186,25 +225,39 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("shutting down; keeping the entry, binary and kubeconfig (--keep-on-exit)")
 		return nil
 	}
-	if cs := a.nodeClient(); cs != nil {
+	if o.NodeName != "" {
+		// With a node identity, uninstall only when the API confirms
+		// meshcni is being removed: a stop for any other reason (an
+		// upgrade, an eviction, the API unreachable) keeps the plug-in in
+		// the chain, so that no mesh pod starts uncaptured until the next
+		// agent runs.
+		cs := a.nodeClient()
+		if cs == nil {
+			a.log.Warn("shutting down without an API client; keeping the install (cannot confirm an uninstall)")
+			return nil
+		}
 		uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		upgrade, why := a.upgrading(uctx, cs)
+		gone, why := a.uninstallConfirmed(uctx, cs)
 		cancel()
-		if upgrade {
-			a.log.Info("shutting down for an upgrade or restart; keeping the install for the next agent", "why", why)
+		if !gone {
+			a.log.Info("shutting down; keeping the install for the next agent", "why", why)
 			return nil
 		}
 		a.log.Info("shutting down for good; uninstalling", "why", why)
 	}
+	uninstallErr := install.Uninstall(o.CNIConfDir, o.InstalledBinary(), o.InstalledHelper(), o.KubeconfigPath())
 	if cs := a.nodeClient(); cs != nil && o.StartupTaint {
-		// Taint first: no new mesh pod may land here once the entry is gone.
+		// meshcni is going away for good: nothing will lift the taint
+		// after this agent, so it must not stay (a node that never got
+		// ready still carries its registration's).
 		tctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := setTaint(tctx, cs, o.NodeName, true); err != nil {
-			a.log.Error("could not put the startup taint back before uninstalling", "node", o.NodeName, "error", err)
+		if err := a.retryTaint(tctx, cs); err != nil {
+			a.log.Error("could not remove the startup taint after uninstalling; remove it by hand",
+				"node", o.NodeName, "taint", StartupTaint.Key, "error", err)
 		}
 		cancel()
 	}
-	if err := install.Uninstall(o.CNIConfDir, o.InstalledBinary(), o.InstalledHelper(), o.KubeconfigPath()); err != nil {
+	if err := uninstallErr; err != nil {
 		a.log.Error("uninstall incomplete", "error", err)
 		return fmt.Errorf("uninstall: %w", err)
 	}
@@ -477,8 +530,20 @@ func (a *Agent) ensureEntry() time.Duration {
 	// after the first install) is no fight with another writer.
 	ours := a.installed && !bytes.Equal(entry, a.wrote)
 	if wait := a.throttle(time.Now(), st.Path); wait > 0 && !ours {
-		return wait
+		// Hold off only while the config stays as the other writer left
+		// it. A change while the agent writes nothing is no revert of the
+		// agent's write: the other writer gave up or uninstalled (another
+		// agent removing its meshcni entry, the primary CNI going away),
+		// and waiting out the window would leave the node without
+		// meshcni for up to FightWindow.
+		snap := configSnapshot(st.Path)
+		if a.held == "" || a.held == snap {
+			a.held = snap
+			return wait
+		}
+		a.log.Info("the CNI config changed while the fight was held off; putting the meshcni entry back at once", "file", st.Path)
 	}
+	a.held = ""
 	res, err := install.Insert(dir, entry)
 	switch {
 	case errors.Is(err, install.ErrNoConfig):
@@ -521,7 +586,7 @@ func (a *Agent) done(path string, entry json.RawMessage, settled bool) {
 	if !a.installed || a.waiting {
 		a.log.Info("meshcni is installed; watching", "file", path)
 	}
-	a.installed, a.waiting, a.lastErr = true, false, ""
+	a.installed, a.waiting, a.lastErr, a.held = true, false, "", ""
 	a.wrote = entry
 	if !settled {
 		// Installed with the flags' settings, so that no mesh pod starts
@@ -563,6 +628,16 @@ func (a *Agent) noConfig(err error) time.Duration {
 		a.waiting = true
 	}
 	return 0
+}
+
+// configSnapshot is the primary config's path and content, to tell whether it
+// changed while a fight is held off.
+func configSnapshot(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return path + "\x00" + err.Error()
+	}
+	return path + "\x00" + string(b)
 }
 
 // throttle returns how long to hold off a rewrite of file: zero unless the

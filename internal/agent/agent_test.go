@@ -729,3 +729,48 @@ func TestStaleSocket(t *testing.T) {
 		t.Errorf("Run with a file in the socket's place = %v", err)
 	}
 }
+
+// Another meshcni agent (another entry) fights this one until the agent
+// throttles; then the other uninstalls, removing the meshcni entry. The
+// entry must be back at once, not when the fight window ends (before:
+// the node ran without meshcni for the rest of the window, 16.6 s in the
+// review).
+func TestFightEndsWhenTheOtherWriterUninstalls(t *testing.T) {
+	n := newNode(t, map[string]string{"10-bridge.conflist": bridgeList})
+	o := n.options()
+	o.FightLimit, o.FightWindow = 5, time.Minute
+	r := start(t, o)
+	r.waitInstalled(t, 5*time.Second)
+	path := filepath.Join(n.conf, "10-bridge.conflist")
+
+	// The other agent's config: the bridge list with its own meshcni entry.
+	var list map[string]any
+	if err := json.Unmarshal([]byte(bridgeList), &list); err != nil {
+		t.Fatal(err)
+	}
+	other := map[string]any{"type": "meshcni", "kubeconfig": "/other/kubeconfig"}
+	list["plugins"] = append(list["plugins"].([]any), other)
+	theirs, err := json.Marshal(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// It reverts every write of this agent's, until the throttle holds.
+	eventually(t, 10*time.Second, "the fight to be throttled", func() bool {
+		if _, reason := r.Ready(); strings.Contains(reason, "keeps rewriting") {
+			return true
+		}
+		if r.installed(t) {
+			replace(t, path, theirs)
+		}
+		return false
+	})
+	replace(t, path, theirs)
+	time.Sleep(100 * time.Millisecond)
+	if r.installed(t) {
+		t.Fatal("the fight is not held off: the entry is back within 100 ms")
+	}
+	// The other agent uninstalls: its entry goes, none is left.
+	replace(t, path, []byte(bridgeList))
+	d := r.waitInstalled(t, 2*time.Second)
+	t.Logf("entry back %v after the other writer uninstalled (window %v)", d.Round(time.Millisecond), o.FightWindow)
+}

@@ -94,9 +94,9 @@ func addFlags(f *pflag.FlagSet, o *Options) {
 	f.DurationVar(&o.APITimeout, "api-timeout", 0, "plug-in timeout per API request (0: the plug-in's default)")
 	f.StringVar(&o.NodeName, "node-name", "", "this node's name; enables the repair controller and the startup taint (empty: off)")
 	f.StringVar(&o.RepairMode, "repair-mode", o.RepairMode, "what to do with pods that started uncaptured: repair (in place), delete, label, or off")
-	f.BoolVar(&o.StartupTaint, "startup-taint", o.StartupTaint, "remove the "+StartupTaint.Key+":NoSchedule taint from the node once ready, and put it back on uninstall")
+	f.BoolVar(&o.StartupTaint, "startup-taint", o.StartupTaint, "remove the "+StartupTaint.Key+":NoSchedule taint (set at node registration) from the node once ready, and on a confirmed uninstall")
 	f.StringVar(&o.ProcDir, "proc-dir", o.ProcDir, "the host's /proc (the agent runs with hostPID), where repair finds running pods")
-	f.StringVar(&o.PodName, "pod-name", "", "this agent's pod; with --pod-namespace, a stop while its DaemonSet remains (an upgrade) keeps the install")
+	f.StringVar(&o.PodName, "pod-name", "", "this agent's pod; with --pod-namespace, a stop uninstalls only once its DaemonSet is gone or being deleted")
 	f.StringVar(&o.PodNamespace, "pod-namespace", "", "this agent's namespace (see --pod-name)")
 	f.VisitAll(func(fl *pflag.Flag) {
 		if env, ok := envFor[fl.Name]; ok {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -14,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/plugin"
@@ -22,9 +22,11 @@ import (
 )
 
 // StartupTaint keeps mesh pods off a node until meshcni can capture them.
-// Nodes register with it (kubelet --register-with-taints); the agent
-// removes it once installed and ready, and puts it back when it
-// uninstalls. The agent's own DaemonSet tolerates every taint.
+// Nodes register with it (kubelet --register-with-taints, or the node
+// pool's taints); the agent removes it once installed and ready, and
+// never adds it: an agent that stops keeps the plug-in installed, and one
+// that uninstalls for good leaves no taint. The agent's own DaemonSet
+// tolerates every taint.
 var StartupTaint = corev1.Taint{Key: "meshcni.io/agent-not-ready", Effect: corev1.TaintEffectNoSchedule}
 
 // RepairOff disables the repair controller.
@@ -99,25 +101,44 @@ func (a *Agent) runNode(ctx context.Context) {
 	if !o.StartupTaint {
 		return
 	}
-	// Wait for the first ready moment, then lift the taint; retry until it
-	// is gone or the agent stops.
+	// Wait for the first moment the install is ready, then lift the
+	// taint, retrying until it is gone or the agent stops.
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
-	for {
+	for !a.installReady() {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		if ready, _ := a.Ready(); !ready {
-			continue
+	}
+	if err := a.retryTaint(ctx, cs); err != nil {
+		return // only when ctx ended; each failure is logged
+	}
+	a.setTaintPending("")
+	a.log.Info("removed the startup taint: mesh pods may be scheduled here", "node", o.NodeName, "taint", StartupTaint.Key)
+}
+
+// retryTaint removes the startup taint from the node, retrying with
+// backoff until it is confirmed gone or ctx ends. Each failure is logged,
+// counted (meshcni_agent_taint_errors_total) and shown by /readyz.
+func (a *Agent) retryTaint(ctx context.Context, cs kubernetes.Interface) error {
+	backoff := 200 * time.Millisecond
+	for {
+		err := removeTaint(ctx, cs, a.opts.NodeName)
+		if err == nil {
+			return nil
 		}
-		if err := setTaint(ctx, cs, o.NodeName, false); err != nil {
-			a.log.Warn("could not remove the startup taint; retrying", "node", o.NodeName, "taint", StartupTaint.Key, "error", err)
-			continue
+		a.metrics.taintErrors.Inc()
+		a.setTaintPending("cannot remove the startup taint: " + err.Error())
+		a.log.Warn("could not remove the startup taint; retrying", "node", a.opts.NodeName, "taint", StartupTaint.Key,
+			"retry_in", backoff.String(), "error", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		case <-time.After(backoff):
 		}
-		a.log.Info("removed the startup taint: mesh pods may be scheduled here", "node", o.NodeName, "taint", StartupTaint.Key)
-		return
+		backoff = min(2*backoff, 10*time.Second)
 	}
 }
 
@@ -209,54 +230,56 @@ func (a *Agent) runRepair(ctx context.Context, cs kubernetes.Interface, pods *No
 	}
 }
 
-// setTaint adds (present) or removes the startup taint on node. A merge
-// patch of the whole list with the read resourceVersion: the agent's role
-// may patch nodes, and a concurrent change to the taints is a conflict,
-// retried, never overwritten.
-func setTaint(ctx context.Context, cs kubernetes.Interface, node string, present bool) error {
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		n, err := cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		taints := n.Spec.Taints
-		has := slices.ContainsFunc(taints, isStartupTaint)
-		switch {
-		case present && !has:
-			taints = append(taints, StartupTaint)
-		case !present && has:
-			taints = slices.DeleteFunc(taints, isStartupTaint)
-		default:
-			return nil
-		}
-		if taints == nil {
-			taints = []corev1.Taint{}
-		}
-		patch, err := json.Marshal(map[string]any{
-			"metadata": map[string]any{"resourceVersion": n.ResourceVersion},
-			"spec":     map[string]any{"taints": taints},
-		})
-		if err != nil {
-			return err
-		}
-		_, err = cs.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{})
+// removeTaint removes the startup taint from node, and checks that the
+// node the API returns no longer carries it. A merge patch of the whole
+// list with the read resourceVersion: the agent's role may patch nodes,
+// and a concurrent change to the taints is a conflict (an error, retried
+// by the caller), never overwritten. Each request has its own deadline,
+// so a hung API is an error, not a silent success.
+func removeTaint(ctx context.Context, cs kubernetes.Interface, node string) error {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := cs.CoreV1().Nodes().Get(rctx, node, metav1.GetOptions{})
+	if err != nil {
 		return err
+	}
+	if !slices.ContainsFunc(n.Spec.Taints, isStartupTaint) {
+		return nil
+	}
+	taints := slices.DeleteFunc(slices.Clone(n.Spec.Taints), isStartupTaint)
+	if taints == nil {
+		taints = []corev1.Taint{}
+	}
+	patch, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"resourceVersion": n.ResourceVersion},
+		"spec":     map[string]any{"taints": taints},
 	})
+	if err != nil {
+		return err
+	}
+	n, err = cs.CoreV1().Nodes().Patch(rctx, node, types.MergePatchType, patch, metav1.PatchOptions{})
+	if err != nil {
+		return err
+	}
+	if slices.ContainsFunc(n.Spec.Taints, isStartupTaint) {
+		return errors.New("the node still carries the taint after the patch")
+	}
+	return nil
 }
 
 func isStartupTaint(t corev1.Taint) bool {
 	return t.Key == StartupTaint.Key && t.Effect == StartupTaint.Effect
 }
 
-// upgrading reports whether this agent is stopping for an upgrade or a
-// restart rather than an uninstall: its DaemonSet still exists and is not
-// being deleted. Then the next agent pod takes over the install and
-// removing it would leave the node without meshcni in between. Any doubt
-// (no pod identity, API errors) means uninstall, the documented default.
-func (a *Agent) upgrading(ctx context.Context, cs kubernetes.Interface) (bool, string) {
+// uninstallConfirmed reports whether the API confirms that meshcni is
+// being removed from the cluster: this agent's DaemonSet is gone or being
+// deleted (`meshcnictl disable` deletes it first). Anything else (a
+// rolling upgrade, a restart, an eviction, no pod identity, an API error)
+// is no confirmation, and the install stays for the next agent.
+func (a *Agent) uninstallConfirmed(ctx context.Context, cs kubernetes.Interface) (bool, string) {
 	o := &a.opts
 	if o.PodName == "" || o.PodNamespace == "" {
-		return false, "no pod identity (POD_NAME, POD_NAMESPACE)"
+		return false, "no pod identity (POD_NAME, POD_NAMESPACE) to find the DaemonSet by"
 	}
 	pod, err := cs.CoreV1().Pods(o.PodNamespace).Get(ctx, o.PodName, metav1.GetOptions{})
 	if err != nil {
@@ -268,12 +291,15 @@ func (a *Agent) upgrading(ctx context.Context, cs kubernetes.Interface) (bool, s
 	}
 	ds, err := cs.AppsV1().DaemonSets(o.PodNamespace).Get(ctx, owner.Name, metav1.GetOptions{})
 	switch {
+	case apierrors.IsNotFound(err):
+		return true, "DaemonSet " + owner.Name + " is gone"
 	case err != nil:
-		return false, "DaemonSet " + owner.Name + ": " + err.Error()
-	case ds.DeletionTimestamp != nil:
-		return false, "DaemonSet " + owner.Name + " is being deleted"
+		return false, "cannot read DaemonSet " + owner.Name + ": " + err.Error()
 	case ds.UID != owner.UID:
+		// Deleted and created again: the new one's agent takes over.
 		return false, "DaemonSet " + owner.Name + " was replaced"
+	case ds.DeletionTimestamp != nil:
+		return true, "DaemonSet " + owner.Name + " is being deleted"
 	}
-	return true, "DaemonSet " + owner.Name + " remains"
+	return false, "DaemonSet " + owner.Name + " remains (an upgrade or a restart)"
 }

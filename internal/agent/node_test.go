@@ -92,6 +92,7 @@ func TestNodeSettingsUpdateTheEntry(t *testing.T) {
 	n := newNode(t, map[string]string{"10-bridge.conflist": bridgeList})
 	o := n.options()
 	o.NodeName, o.IptablesBackend = "node-1", "nft"
+	o.StartupTaint = false              // no API here: readiness is the entry's alone
 	o.APIServer = "https://127.0.0.1:1" // refused at once: the node stays unread
 	r := start(t, o)
 	// The file is in place before the round records it: wait for both.
@@ -133,6 +134,7 @@ func TestSettleDuringARound(t *testing.T) {
 	n := newNode(t, map[string]string{"10-bridge.conflist": bridgeList})
 	o := n.options()
 	o.NodeName, o.IptablesBackend = "node-1", "nft"
+	o.StartupTaint = false // readiness is the entry's alone
 	a, err := New(o, slog.New(slog.NewJSONHandler(&testbed.SyncBuffer{}, nil)))
 	if err != nil {
 		t.Fatal(err)

@@ -64,7 +64,8 @@ type Options struct {
 	NodeName string
 	// RepairMode is repair, delete, label or off.
 	RepairMode string
-	// StartupTaint: remove StartupTaint once ready, re-add on uninstall.
+	// StartupTaint: remove StartupTaint once ready and on a confirmed
+	// uninstall; the agent never adds it.
 	StartupTaint bool
 	// ProcDir is the host's /proc (hostPID), where repair finds pods.
 	ProcDir string

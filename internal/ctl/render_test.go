@@ -168,9 +168,12 @@ func TestObjectsDecodeAndShape(t *testing.T) {
 				t.Errorf("privileged %v, want %v", got, tc.privileged)
 			}
 			if !tc.privileged {
-				if caps := c.SecurityContext.Capabilities; caps == nil || !slices.Equal(caps.Add, []corev1.Capability{"NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "SYS_CHROOT"}) {
-					t.Errorf("capabilities %+v: want NET_ADMIN, SYS_ADMIN, SYS_PTRACE (/proc/1/root) and SYS_CHROOT", caps)
+				if caps := c.SecurityContext.Capabilities; caps == nil || !slices.Equal(caps.Add, []corev1.Capability{"NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_PTRACE", "SYS_CHROOT"}) || !slices.Equal(caps.Drop, []corev1.Capability{"ALL"}) {
+					t.Errorf("capabilities %+v: want ALL dropped, NET_ADMIN, NET_RAW (iptables-legacy), SYS_ADMIN (setns), SYS_PTRACE (/proc/1/root) and SYS_CHROOT added", caps)
 				}
+			}
+			if sp := c.SecurityContext.SeccompProfile; sp == nil || sp.Type != corev1.SeccompProfileTypeRuntimeDefault {
+				t.Errorf("seccompProfile %+v: want RuntimeDefault", sp)
 			}
 			// The run dir holds files the conflist names by node path.
 			for _, vm := range c.VolumeMounts {

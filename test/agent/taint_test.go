@@ -4,10 +4,14 @@ package agent
 
 import (
 	"context"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,8 +23,12 @@ import (
 	"github.com/meshcni/meshcni/test/testbed"
 )
 
-// The startup taint comes off only once the agent is ready, and is back
-// before the agent uninstalls; the agent needs only get/patch on nodes.
+// The startup taint comes off only once the agent is ready. While the
+// API refuses its removal the agent retries, logs, counts each failure
+// and is not ready (before: a timeout passed for success and the agent
+// logged "removed" with the taint in place). An agent that stops without
+// a confirmed uninstall (here: no pod identity) keeps the plug-in in the
+// chain and adds no taint (before: it uninstalled and tainted the node).
 func TestStartupTaint(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
@@ -30,13 +38,18 @@ func TestStartupTaint(t *testing.T) {
 
 	nodeName := "taint-node-1"
 	createNode(t, nodeName, nil, agentpkg.StartupTaint, corev1.Taint{Key: "other", Effect: corev1.TaintEffectNoExecute})
-	// No token yet: the agent cannot install, so it must not be ready and
-	// must leave the taint in place.
-	o, tokenPath, token := agentOnNode(t, node, nodeName, "meshcni-agent-taint", nodeRules)
+	// First without patch on nodes: the removal is forbidden.
+	const sa = "meshcni-agent-taint"
+	readOnly := slices.Clone(nodeRules)
+	readOnly[1] = rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}}
+	o, tokenPath, token := agentOnNode(t, node, nodeName, sa, readOnly)
+	o.HealthAddr = "127.0.0.1:0"
 	a, err := agentpkg.New(o, slog.New(slog.NewJSONHandler(testWriter{t}, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
+	// No token yet: the agent cannot install, so it must not be ready and
+	// must leave the taint in place.
 	_ = os.Remove(tokenPath)
 
 	tainted := func() bool { return hasStartupTaint(t, nodeName) }
@@ -51,22 +64,82 @@ func TestStartupTaint(t *testing.T) {
 		t.Fatalf("without a token: ready=%v tainted=%v; want not ready and tainted", ready, tainted())
 	}
 	writeAtomic(t, tokenPath, token)
-	waitFor(t, 10*time.Second, "the taint to come off once ready", func() bool { return !tainted() })
-	if ready, _ := a.Ready(); !ready {
-		t.Fatal("the taint came off while the agent was not ready")
+	waitFor(t, 10*time.Second, "failed taint removals to be counted", func() bool {
+		return metricValue(t, a, "meshcni_agent_taint_errors_total") >= 2
+	})
+	ready, reason := a.Ready()
+	code, body := healthGet(t, a, "/readyz")
+	if ready || !strings.Contains(reason, "startup taint") || code != http.StatusServiceUnavailable || !strings.Contains(body, "forbidden") {
+		t.Fatalf("while the API refuses the removal: ready=%v (%q), /readyz %d %q; want not ready, naming the taint and the error", ready, reason, code, body)
+	}
+	if !tainted() {
+		t.Fatal("the taint is gone although its removal was forbidden")
+	}
+	if list, err := node.Conflist(); err != nil || list.Plugins[len(list.Plugins)-1].Network.Type != "meshcni" {
+		t.Fatalf("the plug-in must be installed while the taint stays: %v", err)
+	}
+
+	// Granted: the next retry lifts it.
+	if _, _, err := cluster.ServiceAccountKubeconfig(ctx, "kube-system", sa, nodeRules, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the taint to come off once allowed", func() bool { return !tainted() })
+	waitFor(t, 5*time.Second, "ready once the taint is off", func() bool { ok, _ := a.Ready(); return ok })
+	if v := metricValue(t, a, "meshcni_agent_ready"); v != 1 {
+		t.Fatalf("meshcni_agent_ready = %v once ready", v)
 	}
 
 	stop()
 	if err := <-done; err != nil {
 		t.Fatalf("agent: %v", err)
 	}
-	if !tainted() {
-		t.Fatal("the startup taint is not back after uninstall")
+	if tainted() {
+		t.Fatal("a stopping agent put the startup taint back")
+	}
+	list, err := node.Conflist()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := list.Plugins[len(list.Plugins)-1]; last.Network.Type != "meshcni" {
+		t.Fatal("an agent stopped without a confirmed uninstall removed the plug-in from the chain")
 	}
 	n, _ := cluster.Client.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
 	if !slices.ContainsFunc(n.Spec.Taints, func(tt corev1.Taint) bool { return tt.Key == "other" }) {
 		t.Fatal("another component's taint was lost")
 	}
+}
+
+// healthGet GETs path from a's health server.
+func healthGet(t *testing.T, a *agentpkg.Agent, path string) (int, string) {
+	t.Helper()
+	addr := a.HealthAddr()
+	if addr == nil {
+		t.Fatal("no health server")
+	}
+	resp, err := http.Get("http://" + addr.String() + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// metricValue is the value of an unlabelled series on a's /metrics (-1:
+// absent).
+func metricValue(t *testing.T, a *agentpkg.Agent, series string) float64 {
+	t.Helper()
+	_, body := healthGet(t, a, "/metrics")
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	return -1
 }
 
 // createNode creates the Node nodeName with labels and taints, deleted

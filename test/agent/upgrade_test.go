@@ -21,7 +21,9 @@ import (
 
 // A stopping agent whose DaemonSet remains (a rolling upgrade) keeps the
 // install for the next agent; once the DaemonSet is deleted, a stopping
-// agent uninstalls, leaving the conf dir as it was.
+// agent uninstalls, leaving the conf dir as it was and no startup taint
+// (before: a true uninstall put the taint back on every node, so after
+// `meshcnictl disable` no pod could be scheduled anywhere).
 func TestUpgradeKeepsUninstallRemoves(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
@@ -60,13 +62,14 @@ func TestUpgradeKeepsUninstallRemoves(t *testing.T) {
 	base, _, _ := agentOnNode(t, node, testbed.NodeName, "meshcni-agent-upgrade", []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}},
 		{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, Verbs: []string{"get"}},
 	})
+	createNode(t, testbed.NodeName, nil, agentpkg.StartupTaint)
 
-	runOnce := func() {
+	runOnce := func(beforeStop func()) {
 		t.Helper()
 		o := base
-		o.StartupTaint = false
 		o.PodName, o.PodNamespace = pod.Name, ns
 		a, err := agentpkg.New(o, slog.New(slog.NewJSONHandler(testWriter{t}, nil)))
 		if err != nil {
@@ -76,16 +79,14 @@ func TestUpgradeKeepsUninstallRemoves(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- a.Run(runCtx) }()
 		waitFor(t, 10*time.Second, "agent ready", func() bool { ok, _ := a.Ready(); return ok })
-		// The node client must be up before the stop, or the agent cannot
-		// ask about its DaemonSet and uninstalls (the safe default).
-		time.Sleep(200 * time.Millisecond)
+		beforeStop()
 		stop()
 		if err := <-done; err != nil {
 			t.Fatalf("agent: %v", err)
 		}
 	}
 
-	runOnce()
+	runOnce(func() {})
 	list, err := node.Conflist()
 	if err != nil {
 		t.Fatal(err)
@@ -96,11 +97,27 @@ func TestUpgradeKeepsUninstallRemoves(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(node.BinDir, "meshcni")); err != nil {
 		t.Fatalf("binary removed on an upgrade: %v", err)
 	}
-
+	if hasStartupTaint(t, testbed.NodeName) {
+		t.Fatal("an upgrade put the startup taint back")
+	}
 	if err := cluster.Client.AppsV1().DaemonSets(ns).Delete(ctx, ds.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	runOnce()
+	// A node that carries the taint again (registered anew) when meshcni
+	// is uninstalled must lose it too.
+	runOnce(func() {
+		n, err := cluster.Client.CoreV1().Nodes().Get(ctx, testbed.NodeName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Spec.Taints = append(n.Spec.Taints, agentpkg.StartupTaint)
+		if _, err := cluster.Client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if hasStartupTaint(t, testbed.NodeName) {
+		t.Fatal("the startup taint stays after meshcni was uninstalled")
+	}
 	after := snapshotDir(t, node.ConfDir)
 	if len(after) != len(before) {
 		t.Fatalf("after uninstall the conf dir has %d files, before %d", len(after), len(before))
