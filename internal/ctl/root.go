@@ -30,6 +30,7 @@ func NewCmd(streams genericiooptions.IOStreams) *cobra.Command {
 		NewCmdVerify(flags, streams),
 		NewCmdDoctor(flags, streams),
 		NewCmdRender(streams),
+		NewCmdMutate(flags, streams),
 	)
 	return root
 }
