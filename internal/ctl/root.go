@@ -32,6 +32,7 @@ func NewCmd(streams genericiooptions.IOStreams) *cobra.Command {
 		NewCmdRender(streams),
 		NewCmdConsole(flags, streams),
 		NewCmdVersion(flags, streams),
+		NewCmdMutate(flags, streams),
 	)
 	return root
 }
