@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshcni/meshcni/internal/apilookup"
+	"github.com/meshcni/meshcni/internal/chart"
 	"github.com/meshcni/meshcni/internal/install"
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/plugin"
@@ -99,7 +100,7 @@ func (o *DoctorOptions) Complete() error {
 	if p == "" {
 		p = "default"
 	}
-	chrt, err := LoadChart()
+	chrt, err := chart.LoadChart()
 	if err != nil {
 		return err
 	}

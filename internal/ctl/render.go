@@ -1,24 +1,13 @@
 package ctl
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"io/fs"
-	"path"
 	"regexp"
-	"sort"
 	"strings"
 
-	"helm.sh/helm/v3/pkg/chart"
-	"helm.sh/helm/v3/pkg/chart/loader"
-	"helm.sh/helm/v3/pkg/chartutil"
-	"helm.sh/helm/v3/pkg/engine"
 	"helm.sh/helm/v3/pkg/strvals"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/yaml"
 
-	"github.com/meshcni/meshcni/charts"
+	"github.com/meshcni/meshcni/internal/chart"
 )
 
 // FieldManager owns every field meshcnictl applies.
@@ -26,15 +15,19 @@ const FieldManager = "meshcnictl"
 
 // Names the chart gives its objects; status and disable look them up.
 const (
-	DefaultNamespace = "meshcni-system"
-	DaemonSetName    = "meshcni-agent"
-	ConfigMapName    = "meshcni-config"
-	// ConfigHashAnnotation is on the DaemonSet's pod template and so on
-	// every agent pod; equal values mean the pod runs the current settings.
-	ConfigHashAnnotation = "meshcni.io/config-hash"
-	// PartOfSelector selects every object of an install.
-	PartOfSelector = "app.kubernetes.io/part-of=meshcni"
+	DefaultNamespace     = chart.DefaultNamespace
+	DaemonSetName        = chart.DaemonSetName
+	ConfigMapName        = chart.ConfigMapName
+	ConfigHashAnnotation = chart.ConfigHashAnnotation
+	PartOfSelector       = chart.PartOfSelector
 )
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// Render renders the chart as meshcnictl applies it.
+func Render(overrides map[string]any) (*chart.Manifest, error) {
+	return chart.Render(overrides, FieldManager)
+}
 
 // Platforms are the names values.yaml knows, for flag help and errors.
 var Platforms = []string{"default", "gke", "k3s", "openshift"}
@@ -92,128 +85,6 @@ func splitImage(ref string) (repo, tag string, err error) {
 		return "", "", fmt.Errorf("--image %q: empty repository", ref)
 	}
 	return repo, tag, nil
-}
-
-// Manifest is one render of the chart.
-type Manifest struct {
-	// Namespace is where the namespaced objects live.
-	Namespace string
-	// Objects in apply order (namespace first, DaemonSet last).
-	Objects []*unstructured.Unstructured
-	// YAML is the multi-document manifest, comments kept, in apply order.
-	YAML []byte
-}
-
-// LoadChart reads the embedded chart.
-func LoadChart() (*chart.Chart, error) {
-	var files []*loader.BufferedFile
-	err := fs.WalkDir(charts.FS, charts.Root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		data, err := fs.ReadFile(charts.FS, p)
-		if err != nil {
-			return err
-		}
-		files = append(files, &loader.BufferedFile{Name: strings.TrimPrefix(p, charts.Root+"/"), Data: data})
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read embedded chart: %w", err)
-	}
-	return loader.LoadFiles(files)
-}
-
-// kindOrder is the apply order; delete goes the other way.
-var kindOrder = []string{"Namespace", "ResourceQuota", "ServiceAccount", "Secret", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap", "DaemonSet"}
-
-func kindRank(kind string) int {
-	for i, k := range kindOrder {
-		if k == kind {
-			return i
-		}
-	}
-	return len(kindOrder)
-}
-
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
-
-var docSep = regexp.MustCompile(`(?m)^---\s*$`)
-
-// Render renders the chart with overrides, as `helm template` would, and
-// decodes every object.
-func Render(overrides map[string]any) (*Manifest, error) {
-	chrt, err := LoadChart()
-	if err != nil {
-		return nil, err
-	}
-	vals, err := chartutil.CoalesceValues(chrt, overrides)
-	if err != nil {
-		return nil, fmt.Errorf("chart values: %w", err)
-	}
-	ns, _ := vals["namespace"].(string)
-	top, err := chartutil.ToRenderValues(chrt, overrides, chartutil.ReleaseOptions{
-		Name: "meshcni", Namespace: ns, Revision: 1, IsInstall: true,
-	}, nil)
-	if err != nil {
-		return nil, fmt.Errorf("chart values: %w", err)
-	}
-	top["Release"].(map[string]any)["Service"] = FieldManager
-	out, err := engine.Render(chrt, top)
-	if err != nil {
-		return nil, fmt.Errorf("render chart: %w", err)
-	}
-
-	type doc struct {
-		source string
-		text   string
-		obj    *unstructured.Unstructured
-	}
-	var docs []doc
-	names := make([]string, 0, len(out))
-	for name := range out {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		base := path.Base(name)
-		if strings.HasPrefix(base, "_") || !strings.HasSuffix(base, ".yaml") {
-			continue
-		}
-		for _, text := range docSep.Split(out[name], -1) {
-			text = strings.TrimSpace(text)
-			js, err := yaml.YAMLToJSON([]byte(text))
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", name, err)
-			}
-			if bytes.Equal(js, []byte("null")) {
-				continue // only comments, or a disabled template
-			}
-			obj := &unstructured.Unstructured{}
-			if err := json.Unmarshal(js, &obj.Object); err != nil {
-				return nil, fmt.Errorf("%s: %w", name, err)
-			}
-			if obj.GetKind() == "" || obj.GetName() == "" {
-				return nil, fmt.Errorf("%s: an object without kind or name", name)
-			}
-			docs = append(docs, doc{source: name, text: text, obj: obj})
-		}
-	}
-	sort.SliceStable(docs, func(i, j int) bool {
-		a, b := docs[i].obj, docs[j].obj
-		if ra, rb := kindRank(a.GetKind()), kindRank(b.GetKind()); ra != rb {
-			return ra < rb
-		}
-		return a.GetName() < b.GetName()
-	})
-	m := &Manifest{Namespace: ns}
-	var buf bytes.Buffer
-	for _, d := range docs {
-		fmt.Fprintf(&buf, "---\n# Source: %s\n%s\n", d.source, d.text)
-		m.Objects = append(m.Objects, d.obj)
-	}
-	m.YAML = buf.Bytes()
-	return m, nil
 }
 
 // Header starts deploy/meshcni.yaml.

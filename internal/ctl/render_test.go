@@ -20,12 +20,13 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/meshcni/meshcni/internal/agent"
+	"github.com/meshcni/meshcni/internal/chart"
 	"github.com/meshcni/meshcni/internal/netfilter"
 )
 
 const deployPath = "../../deploy/meshcni.yaml"
 
-func render(t *testing.T, s Settings) *Manifest {
+func render(t *testing.T, s Settings) *chart.Manifest {
 	t.Helper()
 	v, err := s.Values()
 	if err != nil {
@@ -57,7 +58,7 @@ func TestDeployManifestsUpToDate(t *testing.T) {
 }
 
 // decodeAll decodes every object with client-go's scheme, strictly typed.
-func decodeAll(t *testing.T, m *Manifest) []runtime.Object {
+func decodeAll(t *testing.T, m *chart.Manifest) []runtime.Object {
 	t.Helper()
 	var out []runtime.Object
 	for _, u := range m.Objects {

@@ -40,6 +40,11 @@ app.kubernetes.io/name: meshcni-agent
 {{- append ($ns | uniq) .Values.namespace | join "," -}}
 {{- end -}}
 
+{{/* repository@digest when a digest is given (it pins the bytes), else repository:tag. */}}
 {{- define "meshcni.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
 {{- end -}}

@@ -1,4 +1,4 @@
-package ctl
+package rollout
 
 import (
 	"bytes"
@@ -8,10 +8,12 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshcni/meshcni/internal/chart"
 )
 
 func testDS(gen, observed int64, desired, updated, ready int32) *appsv1.DaemonSet {
-	ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: DefaultNamespace, Name: DaemonSetName, Generation: gen}}
+	ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: chart.DefaultNamespace, Name: DaemonSetName, Generation: gen}}
 	ds.Spec.Template.Annotations = map[string]string{ConfigHashAnnotation: "new"}
 	ds.Spec.Template.Spec.NodeSelector = map[string]string{"kubernetes.io/os": "linux"}
 	ds.Status = appsv1.DaemonSetStatus{ObservedGeneration: observed, DesiredNumberScheduled: desired,
