@@ -210,7 +210,7 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 
 	if !verdict.Capture {
 		reason := verdict.Reason
-		fmt.Fprintf(o.Out, "Expect:  not captured by meshcni (%s)\n", reason)
+		fmt.Fprintf(o.Out, "Expect:  not captured (%s)\n", reason)
 		if nftProgrammed {
 			return fmt.Errorf("pod %s: %w: meshcni does not capture it (%s), yet its netns holds meshcni's nftables tables (above): the pod was created before the exclusion, or they were added by hand; recreate the pod (kubectl -n %s delete pod %s)",
 				name, ErrVerifyMismatch, reason, pod.Namespace, pod.Name)

@@ -3,6 +3,7 @@ package initcmd
 import (
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,6 +30,8 @@ type options struct {
 	// source says where a flag's value came from when not the command
 	// line ("$ENVOY_PORT"), for error messages.
 	source map[string]string
+	// warnings are environment values ignored, as istio-iptables does.
+	warnings []string
 }
 
 // Environment variables read after a flag's own (NAME_WITH_UNDERSCORES),
@@ -101,7 +104,12 @@ func envName(flag string) string {
 }
 
 // parse reads args, then fills every flag not on the command line from
-// the environment. Empty variables count as unset, as in viper.
+// the environment, as istio-iptables does (istio.io/istio/pkg/flag:
+// BindEnv, then AdditionalEnv): each variable in turn sets the flag, so
+// the last one set wins (ISTIO_META_DNS_CAPTURE over REDIRECT_DNS), and a
+// value the flag refuses ("yes" for a boolean) leaves it as it was, since
+// Istio ignores fs.Set's error; o.warnings says so. Empty variables count
+// as unset.
 func (o *options) parse(args []string, lookup func(string) (string, bool)) error {
 	fs := o.flagSet()
 	o.source = map[string]string{}
@@ -111,9 +119,8 @@ func (o *options) parse(args []string, lookup func(string) (string, bool)) error
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q: meshcni-iptables takes only flags", fs.Args())
 	}
-	var err error
 	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Changed || err != nil || isIgnored(f.Name) {
+		if f.Changed || isIgnored(f.Name) {
 			return
 		}
 		names, own := ownEnv[f.Name]
@@ -125,14 +132,22 @@ func (o *options) parse(args []string, lookup func(string) (string, bool)) error
 			if !ok || v == "" {
 				continue
 			}
-			if serr := fs.Set(f.Name, v); serr != nil {
-				err = fmt.Errorf("invalid value %q for --%s from $%s: %v", v, f.Name, env, serr)
+			if err := fs.Set(f.Name, v); err != nil {
+				o.warnings = append(o.warnings, fmt.Sprintf("$%s=%s is not a value for --%s; ignored, as istio-iptables ignores it", env, clip(v), f.Name))
+				continue
 			}
 			o.source[f.Name] = "$" + env
-			return
 		}
 	})
-	return err
+	return nil
+}
+
+// clip quotes a value for a message, at most 64 bytes of it.
+func clip(v string) string {
+	if len(v) > 64 {
+		return strconv.Quote(v[:64]) + "..."
+	}
+	return strconv.Quote(v)
 }
 
 func isIgnored(name string) bool {

@@ -103,6 +103,9 @@ func (c *Command) Run(ctx context.Context, args []string) error {
 	if err := o.parse(args, c.LookupEnv); err != nil {
 		return err
 	}
+	for _, w := range o.warnings {
+		fmt.Fprintf(c.Streams.ErrOut, "meshcni-iptables: warning: %s\n", w)
+	}
 	p, err := o.plan(func() ([]netip.Addr, error) { return c.LocalAddrs(o.netns) }, c.ResolvConf)
 	if err != nil {
 		return err

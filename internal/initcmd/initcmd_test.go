@@ -180,10 +180,19 @@ func TestFlagsAndEnvironment(t *testing.T) {
 					t.Fatalf("named env ignored: dns %v drop %v ipv6 %v", s.RedirectDNS, s.DropInvalid, s.IPv6)
 				}
 			}},
-		{"flag env beats named env", map[string]string{"ISTIO_META_DNS_CAPTURE": "true", "REDIRECT_DNS": "false"}, nil,
+		// As istio-iptables: AdditionalEnv sets the flag after BindEnv.
+		{"named env beats flag env", map[string]string{"ISTIO_META_DNS_CAPTURE": "true", "REDIRECT_DNS": "false"}, nil,
 			func(t *testing.T, s capture.Spec, _ *harness) {
-				if s.RedirectDNS {
-					t.Fatal("REDIRECT_DNS=false must win over ISTIO_META_DNS_CAPTURE")
+				if !s.RedirectDNS {
+					t.Fatal("ISTIO_META_DNS_CAPTURE=true must win over REDIRECT_DNS=false, as in istio-iptables")
+				}
+			}},
+		// As istio-iptables, which ignores fs.Set's error: the default
+		// stays, and meshcni warns.
+		{"bad bool env is ignored", map[string]string{"INVALID_DROP": "yes please", "DUAL_STACK": "true", "ISTIO_DUAL_STACK": ""}, nil,
+			func(t *testing.T, s capture.Spec, h *harness) {
+				if s.DropInvalid || !s.IPv6 {
+					t.Fatalf("drop %v ipv6 %v: want INVALID_DROP=yes ignored and DUAL_STACK=true read", s.DropInvalid, s.IPv6)
 				}
 			}},
 		{"bool flag beats env", map[string]string{"ISTIO_META_DNS_CAPTURE": "true"}, []string{"--redirect-dns=false"},
@@ -296,7 +305,6 @@ func TestInvalidValues(t *testing.T) {
 		{"unknown flag", nil, []string{"--envoy-prot", "1"}, []string{"--envoy-prot"}},
 		{"positional", nil, []string{"extra"}, []string{"extra"}},
 		{"bad env names the variable", map[string]string{"ENVOY_PORT": "fifteen"}, nil, []string{"--envoy-port", "$ENVOY_PORT", `"fifteen"`}},
-		{"bad bool env", map[string]string{"INVALID_DROP": "yes please"}, nil, []string{"--drop-invalid", "$INVALID_DROP"}},
 		{"several at once", nil, []string{"-p", "a", "-m", "b"}, []string{"--envoy-port", "--istio-inbound-interception-mode"}},
 	} {
 		for _, dry := range []bool{false, true} {
@@ -516,5 +524,21 @@ func TestHelp(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "--istio-inbound-interception-mode") || strings.Contains(out.String(), "log_as_json") {
 		t.Fatalf("usage:\n%s", out.String())
+	}
+}
+
+// A value istio-iptables ignores is ignored here too, and said so.
+func TestIgnoredEnvIsReported(t *testing.T) {
+	h := newHarness(t)
+	h.env["INVALID_DROP"] = "yes please"
+	var out, errOut bytes.Buffer
+	if code := mainWith(h.cmd, []string{"--dry-run"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if want := `warning: $INVALID_DROP="yes please" is not a value for --drop-invalid; ignored`; !strings.Contains(errOut.String(), want) {
+		t.Fatalf("stderr %q lacks %q", errOut.String(), want)
+	}
+	if strings.Contains(out.String(), "INVALID") {
+		t.Fatalf("the ignored value reached the rules:\n%s", out.String())
 	}
 }

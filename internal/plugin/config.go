@@ -55,14 +55,14 @@ type Config struct {
 	ProxyGID           *uint32 `json:"proxy_gid"`
 
 	// Parsed forms, filled by parseConfig.
-	apiTimeout   time.Duration
-	lookupRetry  time.Duration
-	lookupTries  int
-	backend      netfilter.Backend
-	lockDir      string
-	captureBase  capture.Spec
-	excludedByNS map[string]bool
-	judge        podspec.Judge
+	apiTimeout  time.Duration
+	lookupRetry time.Duration
+	lookupTries int
+	backend     netfilter.Backend
+	lockDir     string
+	captureBase capture.Spec
+	// judge is the pod verdict of this config: its base and exclusions.
+	judge podspec.Judge
 }
 
 // Supported lists the CNI versions meshcni speaks.
@@ -141,12 +141,10 @@ func parseConfig(stdin []byte) (*Config, error) {
 		return nil, configError("log_level %q: must be debug, info, warn or error", conf.LogLevel)
 	}
 
-	conf.excludedByNS = map[string]bool{}
 	for _, ns := range conf.ExcludeNamespaces {
 		if strings.TrimSpace(ns) == "" {
 			return nil, configError("exclude_namespaces holds an empty name")
 		}
-		conf.excludedByNS[ns] = true
 	}
 
 	base := capture.Default()

@@ -18,13 +18,10 @@ type Entry struct {
 	Kubeconfig string
 	LockDir    string
 	LogSocket  string
-	// Judge decides about pods exactly as ADD does with this entry.
-	Judge    podspec.Judge
-	excluded map[string]bool
+	// Judge decides about pods exactly as ADD does with this entry,
+	// namespace exclusion included.
+	Judge podspec.Judge
 }
-
-// Excluded reports whether the entry excludes namespace ns.
-func (e *Entry) Excluded(ns string) bool { return e.excluded[ns] }
 
 // ParseEntry parses the meshcni entry of a conflist (or a full plug-in
 // stdin); the error names the field to fix.
@@ -35,6 +32,6 @@ func ParseEntry(data []byte) (*Entry, error) {
 	}
 	return &Entry{
 		Base: conf.captureBase, Backend: conf.backend, Kubeconfig: conf.Kubeconfig,
-		LockDir: conf.LockDir, LogSocket: conf.LogSocket, Judge: conf.judge, excluded: conf.excludedByNS,
+		LockDir: conf.LockDir, LogSocket: conf.LogSocket, Judge: conf.judge,
 	}, nil
 }

@@ -51,7 +51,9 @@ var kinds = []kind{
 			p.Annotations["sidecar.istio.io/interceptionMode"] = "TPROXY"
 			for i := range p.Spec.Containers {
 				if p.Spec.Containers[i].Name == "istio-proxy" {
-					p.Spec.Containers[i].Env = []corev1.EnvVar{{Name: "ISTIO_META_DNS_CAPTURE", Value: "true"}}
+					// ISTIO_DUAL_STACK: without it a dual-stack pod gets
+					// IPv4 rules only, as with Istio.
+					p.Spec.Containers[i].Env = []corev1.EnvVar{{Name: "ISTIO_META_DNS_CAPTURE", Value: "true"}, {Name: "ISTIO_DUAL_STACK", Value: "true"}}
 				}
 			}
 			return p

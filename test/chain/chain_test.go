@@ -139,7 +139,11 @@ func hostPort(p *testbed.Pod, v6 bool, port int) string {
 func TestProductpageIsCapturedAndRedirected(t *testing.T) {
 	n := newNode(t, kubeconfig, true, nil)
 	srv := server(t, n, "istio-system", "backend-pp")
-	pp := mustCreatePod(t, n, testbed.MeshPod("bookinfo", "productpage", 9080))
+	// ISTIO_DUAL_STACK: as with Istio, a dual-stack pod's IPv6 is
+	// captured only with it (capture.EnableIPv6).
+	dual := testbed.MeshPod("bookinfo", "productpage", 9080)
+	dual.Spec.Containers[1].Env = append(dual.Spec.Containers[1].Env, corev1.EnvVar{Name: "ISTIO_DUAL_STACK", Value: "true"})
+	pp := mustCreatePod(t, n, dual)
 	sidecar(t, pp)
 
 	for _, v6 := range []bool{false, true} {

@@ -166,6 +166,32 @@ func TestVerify(t *testing.T) {
 		})
 	}
 
+	// In an excluded namespace istio-init programs the pod's rules: verify
+	// says they are istio-init's and passes, and without them it points
+	// at istio-init's log, never at recreating the pod.
+	t.Run("excluded pod programmed by istio-init", func(t *testing.T) {
+		withInit := testbed.MeshPod("istio-system", "legacy", 8080)
+		withInit.Spec.InitContainers = []corev1.Container{{Name: "istio-init", Image: withInit.Spec.Containers[0].Image}}
+		p := addPod(t, n, withInit)
+		out, err := verify(n, "istio-system", "legacy", "--netns", p.NS.Path())
+		if !errors.Is(err, ctl.ErrVerifyMismatch) || !strings.Contains(err.Error(), "kubectl -n istio-system logs legacy -c istio-init") || strings.Contains(err.Error(), "delete pod") {
+			t.Fatalf("no rules yet: err %v, want a mismatch pointing at istio-init's log\n%s", err, out)
+		}
+		spec := capture.Default()
+		spec.ExcludeOutboundPorts = nil // istio-init's own arguments
+		if err := netfilter.New(netfilter.Options{LockDir: t.TempDir()}).Apply(context.Background(), p.NS.Path(), spec); err != nil {
+			t.Fatal(err)
+		}
+		out, err = verify(n, "istio-system", "legacy", "--netns", p.NS.Path())
+		if err != nil {
+			t.Fatalf("verify: %v\n%s", err, out)
+		}
+		if !strings.Contains(out, "Expect:  not captured (namespace istio-system is excluded)") || !strings.Contains(out, "Result:  OK: the ISTIO_* rules (above) are istio-init's") {
+			t.Errorf("output:\n%s", out)
+		}
+		t.Logf("meshcnictl verify legacy -n istio-system:\n%s", out)
+	})
+
 	t.Run("found by its IP", func(t *testing.T) {
 		out, err := verify(n, "bookinfo", "productpage")
 		if err != nil {

@@ -71,14 +71,19 @@ func TestBookinfoProductpage(t *testing.T) {
 	}
 }
 
-// The same capture over IPv6 on the dual-stack node: ip6tables holds the
-// ISTIO chains, an app's IPv6 connection lands on its own sidecar's 15001
-// with the original IPv6 destination, and an IPv6 connection into the
-// app's port lands on 15006.
+// The same capture over IPv6 on the dual-stack node, for pods with
+// ISTIO_DUAL_STACK (as with Istio, a dual-stack pod's IPv6 is captured
+// only with it): ip6tables holds the ISTIO chains, an app's IPv6
+// connection lands on its own sidecar's 15001 with the original IPv6
+// destination, and an IPv6 connection into the app's port lands on 15006.
 func TestIPv6Capture(t *testing.T) {
 	needRuntime(t)
-	reviews := runPod(t, testbed.MeshPod("bookinfo6", "reviews", 9080))
-	ratings := runPod(t, testbed.MeshPod("bookinfo6", "ratings", 9080))
+	dualStack := func(p *corev1.Pod) *corev1.Pod {
+		p.Spec.Containers[1].Env = append(p.Spec.Containers[1].Env, corev1.EnvVar{Name: "ISTIO_DUAL_STACK", Value: "true"})
+		return p
+	}
+	reviews := runPod(t, dualStack(testbed.MeshPod("bookinfo6", "reviews", 9080)))
+	ratings := runPod(t, dualStack(testbed.MeshPod("bookinfo6", "ratings", 9080)))
 	client := plainPod(t, "istio-system", "client6")
 	for _, p := range []*Pod{reviews, ratings, client} {
 		if p.IP6 == "" {

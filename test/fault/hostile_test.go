@@ -3,6 +3,7 @@
 package fault
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -30,7 +31,17 @@ func TestHostileInputFailsADD(t *testing.T) {
 		{name: "mode with target", key: "sidecar.istio.io/interceptionMode", value: "REDIRECT -j ACCEPT"},
 		{name: "unicode digits", key: "traffic.sidecar.istio.io/includeInboundPorts", value: "８０"},
 		{name: "1 MiB", key: "traffic.sidecar.istio.io/includeInboundPorts", value: huge},
-		{name: "257 items", key: "traffic.sidecar.istio.io/excludeInboundPorts", value: strings.TrimSuffix(strings.Repeat("1,", 257), ",")},
+		// The review's rule-multiplying pod: 256 include CIDRs times 256
+		// rerouted interfaces, 66,067 rules; over the rule budget.
+		{name: "rule-multiplying", mod: func(p *corev1.Pod) {
+			var cidrs, nics []string
+			for i := range 256 {
+				cidrs = append(cidrs, fmt.Sprintf("10.%d.0.0/16", i))
+				nics = append(nics, fmt.Sprintf("v%x", i))
+			}
+			p.Annotations["traffic.sidecar.istio.io/includeOutboundIPRanges"] = strings.Join(cidrs, ",")
+			p.Annotations["istio.io/reroute-virtual-interfaces"] = strings.Join(nics, ",")
+		}, want: "rules, over meshcni's budget of"},
 		{name: "runAsUser -1", mod: func(p *corev1.Pod) {
 			uid := int64(-1)
 			p.Spec.Containers[1].SecurityContext.RunAsUser = &uid

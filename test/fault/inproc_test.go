@@ -59,7 +59,10 @@ func (m *memPods) add(p *corev1.Pod) {
 func richMeshPod(namespace, name string) *corev1.Pod {
 	p := testbed.MeshPod(namespace, name, 9080)
 	p.UID = k8stypes.UID("uid-" + name)
-	p.Spec.Containers[1].Env = []corev1.EnvVar{{Name: "ISTIO_META_DNS_CAPTURE", Value: "true"}, {Name: "INVALID_DROP", Value: "true"}}
+	// ISTIO_DUAL_STACK: a dual-stack pod gets IPv6 rules only with it,
+	// as with Istio, and the faults need both families.
+	p.Spec.Containers[1].Env = []corev1.EnvVar{{Name: "ISTIO_META_DNS_CAPTURE", Value: "true"}, {Name: "INVALID_DROP", Value: "true"},
+		{Name: "ISTIO_DUAL_STACK", Value: "true"}}
 	return p
 }
 

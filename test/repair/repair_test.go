@@ -6,6 +6,7 @@ package repair
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,7 @@ import (
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/podspec"
 	"github.com/meshcni/meshcni/internal/repair"
+	"github.com/meshcni/meshcni/internal/rules"
 	"github.com/meshcni/meshcni/test/kubeharness"
 	"github.com/meshcni/meshcni/test/testbed"
 )
@@ -48,10 +50,13 @@ func node(t *testing.T) *testbed.Node {
 // brokenPod creates a mesh pod with an istio-validation init container,
 // attaches it without meshcni, starts a process for it in a cgroup named
 // after its UID (as kubelet would) and reports the validation failure.
-func brokenPod(t *testing.T, n *testbed.Node, name string) (*corev1.Pod, *testbed.Pod) {
+func brokenPod(t *testing.T, n *testbed.Node, name string, mod ...func(*corev1.Pod)) (*corev1.Pod, *testbed.Pod) {
 	t.Helper()
 	ctx := context.Background()
 	spec := testbed.MeshPod("shop", name, 9080)
+	for _, m := range mod {
+		m(spec)
+	}
 	spec.Spec.InitContainers = []corev1.Container{{Name: repair.ValidationContainer, Image: "meshcni:dev",
 		Args: []string{"--run-validation", "--skip-rule-apply"}}}
 	pod, err := cluster.CreatePod(ctx, spec)
@@ -212,6 +217,44 @@ func TestRepairInPlace(t *testing.T) {
 	time.Sleep(time.Second)
 	if got := actions(reg, repair.InPlace, "success") + actions(reg, repair.InPlace, "failure"); got != 1 {
 		t.Fatalf("the same failure was acted on again: %v actions", got)
+	}
+}
+
+// Repair judges with the plug-in's verdict, rule budget included: a broken
+// pod over the budget gets a RepairFailed event naming it, and no rules.
+func TestRepairHonoursRuleBudget(t *testing.T) {
+	n := node(t)
+	reg := prometheus.NewRegistry()
+	pod, p := brokenPod(t, n, "multiplied", func(p *corev1.Pod) {
+		var cidrs, nics []string
+		for i := range 256 {
+			cidrs = append(cidrs, fmt.Sprintf("10.%d.0.0/16", i))
+		}
+		for i := range 16 {
+			nics = append(nics, fmt.Sprintf("vm%d", i))
+		}
+		p.Annotations[capture.AnnotationIncludeOutboundCIDRs] = strings.Join(cidrs, ",")
+		p.Annotations[capture.AnnotationRerouteInterfaces] = strings.Join(nics, ",")
+	})
+	start(t, repair.InPlace, reg)
+	eventually(t, "a RepairFailed event", func() bool { return events(t, pod, "RepairFailed") >= 1 })
+	list, err := cluster.Client.CoreV1().Events(pod.Namespace).List(context.Background(), metav1.ListOptions{
+		FieldSelector: "involvedObject.uid=" + string(pod.UID) + ",reason=RepairFailed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg := list.Items[0].Message; !strings.Contains(msg, fmt.Sprintf("budget of %d", capture.RuleBudget)) || !strings.Contains(msg, capture.AnnotationRerouteInterfaces) {
+		t.Errorf("event %q does not name the budget and the annotations", msg)
+	}
+	save, _, err := netfilter.New(netfilter.Options{LockDir: t.TempDir()}).Save(context.Background(), p.NS.Path(), rules.IPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(save, "ISTIO_") {
+		t.Fatalf("repair programmed a pod over the budget:\n%s", save)
+	}
+	if got := actions(reg, repair.InPlace, "success"); got != 0 {
+		t.Fatalf("success metric = %v, want 0", got)
 	}
 }
 
