@@ -78,8 +78,14 @@ func (o *ConsoleOptions) Complete() error {
 
 // Validate checks the flags.
 func (o *ConsoleOptions) Validate() error {
-	if net.ParseIP(o.Address) == nil && o.Address != "localhost" {
+	ip := net.ParseIP(o.Address)
+	if ip == nil && o.Address != "localhost" {
 		return fmt.Errorf("--address %q: want an IP address or localhost", o.Address)
+	}
+	// Whoever reaches the port acts with your credentials: one address,
+	// which the browser must name (the Host check), never all of them.
+	if ip != nil && ip.IsUnspecified() {
+		return fmt.Errorf("--address %s would let anyone who reaches this machine act with your credentials; give one address (default 127.0.0.1)", o.Address)
 	}
 	if o.Port < 0 || o.Port > 65535 {
 		return fmt.Errorf("--port %d: want 0 to 65535", o.Port)

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,10 +40,16 @@ import (
 )
 
 const (
-	agentsNS = "meshcni-system"
-	oldHash  = "0a1b2c3d"
-	newHash  = "5e6f7a8b"
+	oldHash = "0a1b2c3d"
+	newHash = "5e6f7a8b"
 )
+
+// runs numbers each run of a test (-count=N shares one cluster), so that
+// each run has namespaces of its own.
+var runs, browserRuns atomic.Int32
+
+// agentsNS is this run's namespace of the node agents.
+var agentsNS string
 
 var cluster *kubeharness.Cluster
 
@@ -73,6 +80,10 @@ func TestConsoleInABrowser(t *testing.T) {
 	dyn := dynamic.NewForConfigOrDie(cluster.Config)
 	mcs := dyn.Resource(console.GVR)
 
+	agentsNS = "meshcni-system"
+	if n := browserRuns.Add(1); n > 1 {
+		agentsNS = fmt.Sprintf("meshcni-system-%d", n)
+	}
 	for _, ns := range []string{agentsNS, "istio-system", "bookinfo", "monitoring"} {
 		if err := cluster.EnsureNamespace(ctx, ns); err != nil {
 			t.Fatal(err)
@@ -88,6 +99,12 @@ func TestConsoleInABrowser(t *testing.T) {
 	if _, err := mcs.Create(ctx, mc, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create MeshCNI: %v", err)
 	}
+	// The singleton is cluster-wide: the next run creates it afresh.
+	t.Cleanup(func() {
+		if err := mcs.Delete(context.Background(), console.Name, metav1.DeleteOptions{}); err != nil {
+			t.Errorf("delete MeshCNI: %v", err)
+		}
+	})
 	writeStatus(t, ctx, mcs, "Disabled", "meshcni is switched off: no agents run", oldHash, 2, 2)
 	for _, node := range []string{"node-a", "node-b"} {
 		agentPod(t, ctx, node, oldHash)
@@ -192,6 +209,8 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 	shot, err := chromedp.Run(browser, chromedp.FullScreenshot(100))
 	must(t, err)
+	// CONSOLE_SCREENSHOT=docs/console.png refreshes the documentation's
+	// screenshots (this one, and -readonly.png beside it).
 	path := os.Getenv("CONSOLE_SCREENSHOT")
 	if path == "" {
 		path = filepath.Join(t.TempDir(), "console.png")
@@ -210,6 +229,9 @@ func TestConsoleInABrowser(t *testing.T) {
 		waitText("#phase", "Running"),
 		waitText("#readonly", "may not update meshcnis.meshcni.io"),
 	))
+	shot, err = chromedp.Run(tab, chromedp.FullScreenshot(100))
+	must(t, err)
+	must(t, os.WriteFile(strings.TrimSuffix(path, ".png")+"-readonly.png", shot, 0o644))
 	for _, sel := range []string{"#enabled", "#update", "#ns-list input"} {
 		if !js[bool](t, tab, fmt.Sprintf(`Array.from(document.querySelectorAll(%q)).every(e => e.disabled)`, sel)) {
 			t.Fatalf("%s is not disabled for a user without update rights", sel)

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -114,7 +115,7 @@ func TestMeshcnictlConsole(t *testing.T) {
 func TestMeshcnictlVersion(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	const ns = "version-cmd"
+	ns := fmt.Sprintf("version-cmd-%d", runs.Add(1))
 	pod := func(name, component, container, image string) {
 		p := kubeharness.NewPod(ns, name, "node-a")
 		p.Labels = map[string]string{"app.kubernetes.io/name": "meshcni", "app.kubernetes.io/component": component}

@@ -29,28 +29,36 @@ function fillForm(s) {
   // Excluded namespaces that do not exist (yet) stay listed and chosen.
   const names = Array.from(new Set([...s.namespaces, ...s.excludeNamespaces])).sort();
   const list = $("ns-list");
-  const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.ns : null;
-  list.replaceChildren(...names.map((ns) => {
-    const label = document.createElement("label");
-    const box = document.createElement("input");
-    box.type = "checkbox";
-    box.value = ns;
-    box.dataset.ns = ns;
-    box.checked = chosen.has(ns);
-    box.disabled = ro;
-    box.addEventListener("change", markDirty);
-    const name = document.createElement("span");
-    name.textContent = ns;
-    if (!s.namespaces.includes(ns)) {
-      name.className = "gone";
-      name.title = "no such namespace in the cluster now";
+  const shown = Array.from(list.querySelectorAll("input"), (i) => i.value);
+  if (shown.join("\n") !== names.join("\n")) {
+    // A namespace came or went: rebuild the list, keeping the focus.
+    const focused = document.activeElement ? document.activeElement.dataset.ns : undefined;
+    list.replaceChildren(...names.map((ns) => {
+      const label = document.createElement("label");
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.value = ns;
+      box.dataset.ns = ns;
+      box.addEventListener("change", markDirty);
+      const name = document.createElement("span");
+      name.textContent = ns;
+      label.append(box, name);
+      return label;
+    }));
+    if (focused) {
+      const again = list.querySelector(`input[data-ns="${CSS.escape(focused)}"]`);
+      if (again) again.focus();
     }
-    label.append(box, name);
-    return label;
-  }));
-  if (focused) {
-    const again = list.querySelector(`input[data-ns="${CSS.escape(focused)}"]`);
-    if (again) again.focus();
+  }
+  // Set each box in place, so the elements a user (or a screen reader, or
+  // a test) holds stay the same across live updates.
+  for (const box of list.querySelectorAll("input")) {
+    box.checked = chosen.has(box.value);
+    box.disabled = ro;
+    const name = box.nextElementSibling;
+    const gone = !s.namespaces.includes(box.value);
+    name.className = gone ? "gone" : "";
+    name.title = gone ? "no such namespace in the cluster now" : "";
   }
   show("ns-error", s.namespacesError);
   updateButton();
