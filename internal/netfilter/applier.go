@@ -283,21 +283,17 @@ func (s *session) alreadyThere(rs rules.Ruleset) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	have := ours(all, nil)
-	if have.Empty() {
+	if ours(all, nil).Empty() {
 		return false, nil
 	}
 	want, err := s.canonical(rs)
 	if err != nil {
 		return false, err
 	}
-	have = ours(all, want)
-	if equal(want, have) {
-		return true, nil
+	if err := compareFamily(rs.Family, want, all, ErrConflict); err != nil {
+		return false, err
 	}
-	missing, extra := diff(want, have)
-	return false, fmt.Errorf("%w (%s): missing %d rules, %d unexpected; first differences: %s",
-		ErrConflict, rs.Family, len(missing), len(extra), firstOf(missing, extra))
+	return true, nil
 }
 
 // undo removes what a failed or rolled-back apply wrote of rs, with the
@@ -329,11 +325,8 @@ func (a *Applier) Check(ctx context.Context, path string, spec capture.Spec) err
 			if err != nil {
 				return err
 			}
-			have := ours(all, want)
-			if !equal(want, have) {
-				missing, extra := diff(want, have)
-				return fmt.Errorf("%w (%s): missing %d rules, %d unexpected: %s",
-					ErrMismatch, rs.Family, len(missing), len(extra), firstOf(missing, extra))
+			if err := compareFamily(rs.Family, want, all, ErrMismatch); err != nil {
+				return err
 			}
 		}
 		return checkRoutes(spec)

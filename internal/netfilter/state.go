@@ -1,6 +1,7 @@
 package netfilter
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 
@@ -109,6 +110,22 @@ func diff(want, got Tables) (missing, extra []string) {
 		}
 	}
 	return missing, extra
+}
+
+// compareFamily is the one comparison of a family's capture rules, for
+// the Applier (Apply again, Check) and the Fake alike: want is the
+// ruleset as the kernel lists it, all the family's whole listing. It
+// returns nil when the capture rules in all are exactly want, and an error
+// wrapping kind (ErrConflict, ErrMismatch) that names the first
+// differences otherwise.
+func compareFamily(f rules.Family, want, all Tables, kind error) error {
+	have := ours(all, want)
+	if equal(want, have) {
+		return nil
+	}
+	missing, extra := diff(want, have)
+	return fmt.Errorf("%w (%s): missing %d rules, %d unexpected; first differences: %s",
+		kind, f, len(missing), len(extra), firstOf(missing, extra))
 }
 
 func equal(a, b Tables) bool {
