@@ -1,5 +1,10 @@
 package netfilter
 
+// The iptables backends' comparison, pure: iptables-save output read into
+// Tables, the capture's lines picked out of them (ours), compared with a
+// ruleset as the kernel lists it (compareFamily, for the Applier and the
+// Fake), and the removal of what is there.
+
 import (
 	"fmt"
 	"slices"
