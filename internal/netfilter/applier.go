@@ -1,7 +1,11 @@
 // Package netfilter programs a capture spec into a network namespace with
 // iptables-restore, one atomic restore per address family, or with one
-// atomic nft transaction (the nftables backend), and reads it back for
-// CHECK and verify. Rule text comes from packages rules and nftrules.
+// atomic nftables transaction (the nftables backend, over netlink or nft),
+// and reads it back for CHECK and verify. The rules are package rules'
+// typed model, built once per visit and rendered by rules (restore text),
+// nftrules (nft text) and netlink_encode.go (netlink messages). Visits to
+// one netns take turns (lock.go). Fake is the same contract over an
+// in-memory kernel, decided by the same comparison (compare.go).
 package netfilter
 
 import (
@@ -227,7 +231,8 @@ func (a *Applier) Apply(ctx context.Context, path string, spec capture.Spec) err
 // says which families it wrote to (wholly or in part). With the nft
 // backend a dual-stack pod's IPv6 restore runs at the same time as the
 // IPv4 one, from a second thread in the netns: the two execs share
-// nothing, and on 2 cores that takes one restore (~5 ms) off the ADD.
+// nothing, and on 2 cores that takes one restore off the ADD
+// (docs/performance.md).
 // Legacy restores queue on the netns's xtables lock anyway, so they run
 // in order.
 func (s *session) applyFamilies(path string, sets []rules.Ruleset) ([]bool, error) {
@@ -283,21 +288,17 @@ func (s *session) alreadyThere(rs rules.Ruleset) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	have := ours(all, nil)
-	if have.Empty() {
+	if ours(all, nil).Empty() {
 		return false, nil
 	}
 	want, err := s.canonical(rs)
 	if err != nil {
 		return false, err
 	}
-	have = ours(all, want)
-	if equal(want, have) {
-		return true, nil
+	if err := compareFamily(rs.Family, want, all, ErrConflict); err != nil {
+		return false, err
 	}
-	missing, extra := diff(want, have)
-	return false, fmt.Errorf("%w (%s): missing %d rules, %d unexpected; first differences: %s",
-		ErrConflict, rs.Family, len(missing), len(extra), firstOf(missing, extra))
+	return true, nil
 }
 
 // undo removes what a failed or rolled-back apply wrote of rs, with the
@@ -329,11 +330,8 @@ func (a *Applier) Check(ctx context.Context, path string, spec capture.Spec) err
 			if err != nil {
 				return err
 			}
-			have := ours(all, want)
-			if !equal(want, have) {
-				missing, extra := diff(want, have)
-				return fmt.Errorf("%w (%s): missing %d rules, %d unexpected: %s",
-					ErrMismatch, rs.Family, len(missing), len(extra), firstOf(missing, extra))
+			if err := compareFamily(rs.Family, want, all, ErrMismatch); err != nil {
+				return err
 			}
 		}
 		return checkRoutes(spec)

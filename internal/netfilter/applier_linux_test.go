@@ -165,3 +165,8 @@ func TestHostRootRunner(t *testing.T) {
 		t.Fatalf("SystemDefault(/) = %s, SystemDefault() = %s", got, SystemDefault(""))
 	}
 }
+
+// The Applier keeps the contract the Fake keeps, on every backend.
+func TestApplierContract(t *testing.T) {
+	backends(t, func(t *testing.T, a *Applier) { contract(t, a, newNS(t).Path()) })
+}

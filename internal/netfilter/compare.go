@@ -1,6 +1,12 @@
 package netfilter
 
+// The iptables backends' comparison, pure: iptables-save output read into
+// Tables, the capture's lines picked out of them (ours), compared with a
+// ruleset as the kernel lists it (compareFamily, for the Applier and the
+// Fake), and the removal of what is there.
+
 import (
+	"fmt"
 	"slices"
 	"strings"
 
@@ -109,6 +115,22 @@ func diff(want, got Tables) (missing, extra []string) {
 		}
 	}
 	return missing, extra
+}
+
+// compareFamily is the one comparison of a family's capture rules, for
+// the Applier (Apply again, Check) and the Fake alike: want is the
+// ruleset as the kernel lists it, all the family's whole listing. It
+// returns nil when the capture rules in all are exactly want, and an error
+// wrapping kind (ErrConflict, ErrMismatch) that names the first
+// differences otherwise.
+func compareFamily(f rules.Family, want, all Tables, kind error) error {
+	have := ours(all, want)
+	if equal(want, have) {
+		return nil
+	}
+	missing, extra := diff(want, have)
+	return fmt.Errorf("%w (%s): missing %d rules, %d unexpected; first differences: %s",
+		kind, f, len(missing), len(extra), firstOf(missing, extra))
 }
 
 func equal(a, b Tables) bool {

@@ -1,5 +1,9 @@
 package netfilter
 
+// Which tables a netns holds, read from the kernel without a fork: /proc
+// for iptables-legacy, the netlink listing for iptables-nft and meshcni's
+// own nftables tables.
+
 import (
 	"fmt"
 	"os"
