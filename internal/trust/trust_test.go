@@ -285,3 +285,17 @@ func BenchmarkDial(b *testing.B) {
 		}
 	})
 }
+
+// The checks alone, on the agent's default run dir's depth.
+func BenchmarkDir(b *testing.B) {
+	dir, err := os.MkdirTemp("", "trust-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	for b.Loop() {
+		if err := Dir(dir); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
