@@ -14,10 +14,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sys/unix"
 
 	"github.com/meshcni/meshcni/internal/trust"
 )
@@ -134,7 +134,7 @@ func (a *Agent) serveLog(l *net.UnixListener) {
 
 // peerCred returns the credentials of the process that connected c, as
 // the kernel recorded them at connect time, in the agent's user namespace.
-func peerCred(c *net.UnixConn) (*unix.Ucred, error) { return trust.PeerCred(c) }
+func peerCred(c *net.UnixConn) (*syscall.Ucred, error) { return trust.PeerCred(c) }
 
 // secureRunDir creates the run dir, or repairs it, root-owned and 0755
 // or stricter, and its lock dir likewise (0700 when new), before anything

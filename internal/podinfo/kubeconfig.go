@@ -7,12 +7,15 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshcni/meshcni/internal/trust"
 )
 
 // apiConfig is what a kubeconfig tells the plug-in: where the API server
@@ -88,8 +91,22 @@ func (u namedUser) name() string    { return u.Name }
 const useInstead = "use token, tokenFile or client-certificate and client-key, as the kubeconfig the meshcni agent writes does"
 
 // loadKubeconfig reads the kubeconfig at path. Its errors name the file.
+//
+// The file says which server answers for the API, and so which pods are
+// captured: one that others could write or replace (a user's file, mode
+// 0666, a directory others can write, as a 0777 run dir was) could point
+// the plug-in at a server of theirs that answers "inject: false". Such a
+// file is refused, before it is read.
 func loadKubeconfig(path string) (*apiConfig, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read kubeconfig: %w", err)
+	}
+	defer f.Close()
+	if err := trust.File(f, path); err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w; the agent writes it root-owned, 0600, in its run dir", err)
+	}
+	data, err := io.ReadAll(f)
 	if err != nil {
 		return nil, fmt.Errorf("read kubeconfig: %w", err)
 	}

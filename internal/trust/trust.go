@@ -14,8 +14,8 @@
 // its credentials (SO_PEERCRED, taken at listen time) names a trusted
 // user.
 //
-// The package does no I/O but stat and getsockopt, and imports nothing
-// heavy: the plug-in links it.
+// The package does no I/O but stat and getsockopt, and imports only the
+// standard library: the plug-in and its API lookup helper link it.
 package trust
 
 import (
@@ -27,8 +27,6 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // Error says why a path or a peer is not trusted. Callers treat it as
@@ -121,15 +119,15 @@ func Peer(c *net.UnixConn) error {
 
 // PeerCred returns the credentials of the process at the other end of c,
 // in this process's user namespace.
-func PeerCred(c *net.UnixConn) (*unix.Ucred, error) {
+func PeerCred(c *net.UnixConn) (*syscall.Ucred, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("peer credentials: %w", err)
 	}
-	var cred *unix.Ucred
+	var cred *syscall.Ucred
 	var credErr error
 	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		cred, credErr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
 	}); err != nil {
 		return nil, fmt.Errorf("peer credentials: %w", err)
 	}
@@ -205,4 +203,34 @@ func Secure(dir string, perm fs.FileMode) (repaired []string, err error) {
 		repaired = append(repaired, fmt.Sprintf("mode %04o -> %04o", m, m&^groupOrOtherWrite))
 	}
 	return repaired, Dir(dir)
+}
+
+// File checks a file root reads secrets or orders from (the plug-in's
+// kubeconfig): f, opened at path, belongs to a trusted user, no one else
+// can write it, and its directory is trusted (Dir). Checked on the open
+// file, so the file read is the file checked.
+func File(f *os.File, path string) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("check %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return &Error{Path: path, Reason: "is not a regular file"}
+	}
+	if err := owned(path, fi); err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&groupOrOtherWrite != 0 {
+		return &Error{Path: path, Reason: fmt.Sprintf("is writable by others (mode %04o)", fi.Mode().Perm())}
+	}
+	// The link's directory (who can repoint it) and the target's (who
+	// can replace the file).
+	if err := Dir(filepath.Dir(path)); err != nil {
+		return err
+	}
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return fmt.Errorf("check %s: %w", path, err)
+	}
+	return Dir(filepath.Dir(real))
 }

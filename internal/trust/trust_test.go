@@ -240,3 +240,62 @@ func TestDial(t *testing.T) {
 		}
 	})
 }
+
+// What the checks add to each plug-in dial of the agent's sockets:
+// go test -run ^$ -bench Dial ./internal/trust/
+func BenchmarkDial(b *testing.B) {
+	dir, err := os.MkdirTemp("", "trust-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "pods.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	ctx := context.Background()
+	b.Run("plain", func(b *testing.B) {
+		var d net.Dialer
+		for b.Loop() {
+			c, err := d.DialContext(ctx, "unix", path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = c.Close()
+		}
+	})
+	b.Run("trusted", func(b *testing.B) {
+		for b.Loop() {
+			c, err := Dial(ctx, path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = c.Close()
+		}
+	})
+}
+
+// The checks alone, on the agent's default run dir's depth.
+func BenchmarkDir(b *testing.B) {
+	dir, err := os.MkdirTemp("", "trust-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	for b.Loop() {
+		if err := Dir(dir); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
