@@ -34,6 +34,7 @@ type Agent struct {
 	metrics *metrics
 
 	healthLimits healthLimits
+	tokenRefresh time.Duration // test hook: mint the plug-in's token this often
 
 	mu       sync.Mutex
 	ready    bool   // the install is in place and watched

@@ -104,12 +104,16 @@ type running struct {
 	done   chan error
 }
 
-func start(t *testing.T, o Options) *running {
+// start runs an agent with o; prep, if any, sets its test hooks first.
+func start(t *testing.T, o Options, prep ...func(*Agent)) *running {
 	t.Helper()
 	logs := &testbed.SyncBuffer{}
 	a, err := New(o, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, p := range prep {
+		p(a)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{Agent: a, logs: logs, cancel: cancel, done: make(chan error, 1)}
