@@ -31,8 +31,9 @@ var wantRoles = map[string]struct {
 		"/nodes: get patch",
 		"/pods: get list watch",
 	}},
-	// A stopping agent reads its own DaemonSet (upgrade or uninstall).
-	"Role/meshcni-agent": {false, false, []string{"apps/daemonsets: get"}},
+	// A stopping agent reads its own DaemonSet (upgrade or uninstall); the
+	// agent mints the plug-in's tokens, for that one account only.
+	"Role/meshcni-agent": {false, false, []string{"/serviceaccounts/token: create names=meshcni-plugin", "apps/daemonsets: get"}},
 }
 
 // flatten renders rules as "group/resource: verbs" lines, sorted, one per
