@@ -462,7 +462,9 @@ func mustRead(t *testing.T, path string) string {
 func TestFightIsThrottled(t *testing.T) {
 	n := newNode(t, map[string]string{"10-bridge.conflist": bridgeList})
 	o := n.options()
-	o.FightLimit, o.FightWindow = 20, 2*time.Second
+	// 20 rewrites within 5 s: a fight of 4 rounds a second, slow enough
+	// for a loaded CI machine.
+	o.FightLimit, o.FightWindow = 20, 5*time.Second
 	r := start(t, o)
 	r.waitInstalled(t, 5*time.Second)
 	path := filepath.Join(n.conf, "10-bridge.conflist")
@@ -507,8 +509,17 @@ func TestFightIsThrottled(t *testing.T) {
 			reads.Add(1)
 		}
 	}()
-	time.Sleep(1500 * time.Millisecond)
-	warned := strings.Contains(r.logs.String(), "another component keeps rewriting "+path+"; e.g. set cni.exclusive=false for Cilium")
+	// Until the agent holds off (not after a fixed time: on a loaded
+	// machine the writer and the agent both run slower).
+	warning := "another component keeps rewriting " + path + "; e.g. set cni.exclusive=false for Cilium"
+	held := func() bool {
+		_, reason := r.Ready()
+		return strings.Contains(reason, "keeps rewriting") && strings.Contains(r.logs.String(), warning)
+	}
+	for deadline := time.Now().Add(20 * time.Second); !held() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	warned := strings.Contains(r.logs.String(), warning)
 	ready, reason := r.Ready()
 	stop.Store(true)
 	wg.Wait()
