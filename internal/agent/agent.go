@@ -35,6 +35,7 @@ type Agent struct {
 	metrics *metrics
 
 	healthLimits healthLimits
+	tokenRefresh time.Duration // test hook: mint the plug-in's token this often
 
 	mu       sync.Mutex
 	ready    bool   // the install is in place and watched

@@ -14,30 +14,32 @@ import (
 // envFor maps each flag to its environment variable. A flag given on the
 // command line wins over the variable, which wins over the default.
 var envFor = map[string]string{
-	"cni-conf-dir":        "CNI_CONF_DIR",
-	"cni-bin-dir":         "CNI_BIN_DIR",
-	"run-dir":             "MESHCNI_RUN_DIR",
-	"plugin-binary":       "MESHCNI_PLUGIN_BINARY",
-	"kubeconfig":          "MESHCNI_KUBECONFIG",
-	"api-server":          "MESHCNI_API_SERVER",
-	"token-path":          "MESHCNI_TOKEN_PATH",
-	"ca-path":             "MESHCNI_CA_PATH",
-	"agent-token-path":    "MESHCNI_AGENT_TOKEN_PATH",
-	"exclude-namespaces":  "MESHCNI_EXCLUDE_NAMESPACES",
-	"log-level":           "MESHCNI_LOG_LEVEL",
-	"keep-on-exit":        "MESHCNI_KEEP_ON_EXIT",
-	"health-addr":         "MESHCNI_HEALTH_ADDR",
-	"iptables-backend":    "MESHCNI_IPTABLES_BACKEND",
-	"plugin-log-level":    "MESHCNI_PLUGIN_LOG_LEVEL",
-	"pod-lookup-retries":  "MESHCNI_POD_LOOKUP_RETRIES",
-	"pod-lookup-interval": "MESHCNI_POD_LOOKUP_INTERVAL",
-	"api-timeout":         "MESHCNI_API_TIMEOUT",
-	"node-name":           "NODE_NAME",
-	"repair-mode":         "MESHCNI_REPAIR_MODE",
-	"startup-taint":       "MESHCNI_STARTUP_TAINT",
-	"proc-dir":            "MESHCNI_PROC_DIR",
-	"pod-name":            "POD_NAME",
-	"pod-namespace":       "POD_NAMESPACE",
+	"cni-conf-dir":           "CNI_CONF_DIR",
+	"cni-bin-dir":            "CNI_BIN_DIR",
+	"run-dir":                "MESHCNI_RUN_DIR",
+	"plugin-binary":          "MESHCNI_PLUGIN_BINARY",
+	"kubeconfig":             "MESHCNI_KUBECONFIG",
+	"api-server":             "MESHCNI_API_SERVER",
+	"token-path":             "MESHCNI_TOKEN_PATH",
+	"ca-path":                "MESHCNI_CA_PATH",
+	"agent-token-path":       "MESHCNI_AGENT_TOKEN_PATH",
+	"exclude-namespaces":     "MESHCNI_EXCLUDE_NAMESPACES",
+	"log-level":              "MESHCNI_LOG_LEVEL",
+	"keep-on-exit":           "MESHCNI_KEEP_ON_EXIT",
+	"health-addr":            "MESHCNI_HEALTH_ADDR",
+	"iptables-backend":       "MESHCNI_IPTABLES_BACKEND",
+	"plugin-log-level":       "MESHCNI_PLUGIN_LOG_LEVEL",
+	"pod-lookup-retries":     "MESHCNI_POD_LOOKUP_RETRIES",
+	"pod-lookup-interval":    "MESHCNI_POD_LOOKUP_INTERVAL",
+	"api-timeout":            "MESHCNI_API_TIMEOUT",
+	"node-name":              "NODE_NAME",
+	"repair-mode":            "MESHCNI_REPAIR_MODE",
+	"startup-taint":          "MESHCNI_STARTUP_TAINT",
+	"proc-dir":               "MESHCNI_PROC_DIR",
+	"pod-name":               "POD_NAME",
+	"pod-namespace":          "POD_NAMESPACE",
+	"plugin-service-account": "MESHCNI_PLUGIN_SERVICE_ACCOUNT",
+	"plugin-token-ttl":       "MESHCNI_PLUGIN_TOKEN_TTL",
 }
 
 // NewCommand is the meshcni-agent root command. Logs go to stderr as JSON.
@@ -98,6 +100,8 @@ func addFlags(f *pflag.FlagSet, o *Options) {
 	f.StringVar(&o.ProcDir, "proc-dir", o.ProcDir, "the host's /proc (the agent runs with hostPID), where repair finds running pods")
 	f.StringVar(&o.PodName, "pod-name", "", "this agent's pod; with --pod-namespace, a stop uninstalls only once its DaemonSet is gone or being deleted")
 	f.StringVar(&o.PodNamespace, "pod-namespace", "", "this agent's namespace (see --pod-name)")
+	f.StringVar(&o.PluginServiceAccount, "plugin-service-account", "", "mint the plug-in's token for this service account (in --pod-namespace) with TokenRequest, bound to this node, into --token-path (empty: --token-path is provided)")
+	f.DurationVar(&o.PluginTokenTTL, "plugin-token-ttl", o.PluginTokenTTL, "lifetime of the minted plug-in token (at least 10m); renewed at 80%")
 	f.VisitAll(func(fl *pflag.Flag) {
 		if env, ok := envFor[fl.Name]; ok {
 			fl.Usage += " [$" + env + "]"

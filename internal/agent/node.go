@@ -88,6 +88,11 @@ func (a *Agent) runNode(ctx context.Context) {
 	a.mu.Lock()
 	a.client = cs
 	a.mu.Unlock()
+	if o.PluginServiceAccount != "" {
+		tokensDone := make(chan struct{})
+		go func() { defer close(tokensDone); a.runPluginTokens(ctx, cs) }()
+		defer func() { <-tokensDone }()
+	}
 	if !a.readNodeSettings(ctx, cs) {
 		return
 	}

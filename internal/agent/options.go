@@ -73,6 +73,13 @@ type Options struct {
 	// upgrade (its DaemonSet remains: keep the install) from an uninstall.
 	PodName      string
 	PodNamespace string
+	// PluginServiceAccount, in PodNamespace: the agent mints the plug-in's
+	// token for it with TokenRequest, bound to this node, and writes it to
+	// TokenPath; empty: TokenPath is provided (a projected volume).
+	PluginServiceAccount string
+	// PluginTokenTTL is the minted token's requested lifetime (at least
+	// 10 minutes, the API's minimum); it is renewed at 80% of it.
+	PluginTokenTTL time.Duration
 }
 
 // Defaults of the flags and of the unexported knobs.
@@ -84,6 +91,8 @@ const (
 	DefaultTokenPath    = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 	DefaultCAPath       = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 	DefaultHealthAddr   = ":8000"
+
+	DefaultPluginTokenTTL = time.Hour
 
 	DefaultFightLimit  = 10
 	DefaultFightWindow = 30 * time.Second
@@ -105,6 +114,7 @@ func DefaultOptions() Options {
 		RepairMode:        string(repair.InPlace),
 		StartupTaint:      true,
 		ProcDir:           "/proc",
+		PluginTokenTTL:    DefaultPluginTokenTTL,
 	}
 }
 
@@ -186,6 +196,14 @@ func (o *Options) Validate() error {
 	}
 	if o.PodLookupInterval < 0 || o.APITimeout < 0 {
 		errs = append(errs, errors.New("--pod-lookup-interval and --api-timeout must not be negative"))
+	}
+	if o.PluginServiceAccount != "" {
+		if o.NodeName == "" || o.PodNamespace == "" {
+			errs = append(errs, errors.New("--plugin-service-account needs --node-name (the token is bound to the node) and --pod-namespace (the service account's)"))
+		}
+		if o.PluginTokenTTL < 10*time.Minute {
+			errs = append(errs, fmt.Errorf("--plugin-token-ttl %v: must be at least 10m (the API's minimum)", o.PluginTokenTTL))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -21,17 +21,19 @@ var wantRoles = map[string]struct {
 }{
 	// The plug-in gets one pod by name per ADD and CHECK; nothing else.
 	"ClusterRole/meshcni-plugin": {true, true, []string{"/pods: get"}},
-	// The agent: repair controller (watch its node's pods, delete them,
-	// label them through status), events, the startup taint on its node.
+	// The agent (repairMode repair, the default): the pod cache and repair
+	// watch its node's pods, it reads its own pod, records core events,
+	// reads its node's label and lifts the startup taint. delete (mode
+	// delete) and pods/status patch (mode label) come only with their
+	// mode; templates/node-bound-policy.yaml keeps every write to its node.
 	"ClusterRole/meshcni-agent": {true, true, []string{
 		"/events: create patch",
 		"/nodes: get patch",
-		"/pods: get list watch delete",
-		"/pods/status: update patch",
-		"events.k8s.io/events: create patch",
+		"/pods: get list watch",
 	}},
-	// A stopping agent reads its own DaemonSet (upgrade or uninstall).
-	"Role/meshcni-agent": {false, false, []string{"apps/daemonsets: get"}},
+	// A stopping agent reads its own DaemonSet (upgrade or uninstall); the
+	// agent mints the plug-in's tokens, for that one account only.
+	"Role/meshcni-agent": {false, false, []string{"/serviceaccounts/token: create names=meshcni-plugin", "apps/daemonsets: get"}},
 }
 
 // flatten renders rules as "group/resource: verbs" lines, sorted, one per
