@@ -112,7 +112,7 @@ func inNetNS(t *testing.T, path string, args ...string) {
 		t.Fatal(err)
 	}
 	err = netns.Do(path, func() error {
-		_, err := netfilter.ExecRunner(ctx, []string{"XTABLES_LOCKFILE=" + filepath.Join(lock, "l")}, "", "iptables-"+string(backend), args...)
+		_, err := netfilter.ExecRunner(ctx, []string{"XTABLES_LOCKFILE=" + filepath.Join(lock, "l")}, "", backend.Command(false), args...)
 		return err
 	})
 	if err != nil {
