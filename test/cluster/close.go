@@ -69,6 +69,9 @@ func (c *Cluster) Close() error {
 	if err := os.RemoveAll(c.Dir); err != nil {
 		note("remove " + c.Dir + ": " + err.Error())
 	}
+	for _, mp := range hostMountPoints {
+		_ = os.Remove(c.mountMarker(mp))
+	}
 	// Only if still empty: another run's node may be using them.
 	for _, mp := range c.madeMounts {
 		_ = os.Remove(mp)
@@ -142,6 +145,9 @@ func (c *Cluster) removeCgroups() []string {
 	return notes
 }
 
+// mountMarker is the file of this cluster's in a host mount point.
+func (c *Cluster) mountMarker(mp string) string { return filepath.Join(mp, "."+c.Name) }
+
 func (c *Cluster) netnsNames() []string {
 	var names []string
 	entries, _ := os.ReadDir("/run/netns")
@@ -172,6 +178,11 @@ func (c *Cluster) Leftovers() []string {
 	}
 	if _, err := os.Stat(c.Dir); err == nil {
 		left = append(left, "dir "+c.Dir)
+	}
+	for _, mp := range hostMountPoints {
+		if _, err := os.Stat(c.mountMarker(mp)); err == nil {
+			left = append(left, "file "+c.mountMarker(mp))
+		}
 	}
 	if c.hostSysctls != nil {
 		now := readSysctls()

@@ -144,6 +144,12 @@ func (n *Node) startHolder(ctx context.Context) error {
 			}
 			c.madeMounts = append(c.madeMounts, mp)
 		}
+		// A file of ours keeps the mount point non-empty while the cluster
+		// runs: another suite that removes it when empty (test/e2e does,
+		// for /run/containerd) would otherwise detach this node's bind.
+		if err := os.WriteFile(c.mountMarker(mp), nil, 0o644); err != nil {
+			return err
+		}
 	}
 	var err error
 	// standin pause names the cluster's dir in its command line, so a
