@@ -139,6 +139,7 @@ func TestJourney(t *testing.T) {
 		}},
 		{"AgentKilledAndRestarted", func(t *testing.T) { agentKilled(ctx, t, j) }},
 		{"SettingsChangeRollsNodeByNode", func(t *testing.T) { settingsChange(ctx, t, j) }},
+		{"UpgradeKeepsThePlugin", func(t *testing.T) { upgrade(ctx, t, j) }},
 		{"NodeRebootTaintHoldsMeshPods", func(t *testing.T) { reboot(ctx, t, j, details.Node) }},
 		{"Disable", func(t *testing.T) {
 			if _, err := j.Meshcnictl(ctx, "disable", "--wait", "--timeout", "2m"); err != nil {
@@ -263,37 +264,17 @@ func agentKilled(ctx context.Context, t *testing.T, j *Journey) {
 	}
 	pid = strings.TrimSpace(pid)
 	// Watch the conflist from the kill until the agent is back.
-	stop := make(chan struct{})
-	bad := make(chan string, 1)
-	go func() {
-		defer close(bad)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			b, err := readConflist(n)
-			if err != nil {
-				bad <- err.Error()
-				return
-			}
-			if types, err := PluginTypes(b); err != nil || !slices.Contains(types, "meshcni") {
-				bad <- fmt.Sprintf("plug-ins %v (%v):\n%s", types, err, b)
-				return
-			}
-		}
-	}()
+	done := watchConflist(n)
 	j.Title("kill %s's agent (pid %s) as an OOM kill would", n.Name, pid)
 	if _, err := run(ctx, nil, "kill", "-KILL", pid); err != nil {
-		close(stop)
+		done()
 		t.Fatal(err)
 	}
 	// A mesh pod started now, before or after the agent is back: it must
 	// be captured either way.
 	ns := "after-kill"
 	if _, err := c.Kubectl(ctx, "create", "namespace", ns); err != nil {
-		close(stop)
+		done()
 		t.Fatal(err)
 	}
 	_, podErr := c.CreateAndWait(ctx, MeshPod(ns, "mesh", n.Name), 90*time.Second)
@@ -307,8 +288,7 @@ func agentKilled(ctx context.Context, t *testing.T, j *Journey) {
 		}
 		return nil
 	})
-	close(stop)
-	if msg, ok := <-bad; ok {
+	if msg := done(); msg != "" {
 		t.Errorf("%s's conflist while its agent restarted: %s", n.Name, msg)
 	}
 	if err != nil {
@@ -340,37 +320,8 @@ func settingsChange(ctx context.Context, t *testing.T, j *Journey) {
 	if _, err := j.Meshcnictl(ctx, args...); err != nil {
 		t.Fatal(err)
 	}
-	minReady := len(c.Nodes)
-	var seen []string
-	err = waitFor(ctx, "every agent replaced and ready", 3*time.Minute, func() error {
-		now, err := agentPods(ctx, c)
-		if err != nil {
-			return err
-		}
-		ready, replaced := 0, 0
-		for node, p := range now {
-			if len(p) >= 2 && p[1] == "true" {
-				ready++
-			}
-			if len(p) >= 1 && len(old[node]) >= 1 && p[0] != old[node][0] {
-				replaced++
-			}
-		}
-		minReady = min(minReady, ready)
-		if s := fmt.Sprintf("%d ready, %d replaced", ready, replaced); len(seen) == 0 || seen[len(seen)-1] != s {
-			seen = append(seen, s)
-		}
-		if replaced < len(c.Nodes) || ready < len(c.Nodes) {
-			return fmt.Errorf("%v", now)
-		}
-		return nil
-	})
-	t.Logf("agents during the roll: %s", strings.Join(seen, " -> "))
-	if err != nil {
+	if err := waitRolled(ctx, t, c, old); err != nil {
 		t.Fatal(err)
-	}
-	if minReady < len(c.Nodes)-1 {
-		t.Errorf("at one point only %d of %d agents were ready: the roll did not go node by node", minReady, len(c.Nodes))
 	}
 	out, err := j.Meshcnictl(ctx, "status", "--wait", "--timeout", "2m")
 	if err != nil {
@@ -466,4 +417,117 @@ func reboot(ctx context.Context, t *testing.T, j *Journey, node string) {
 		t.Fatal(err)
 	}
 	checkCaptured(t, v)
+}
+
+// watchConflist reads n's conflist every 20 ms until the returned func is
+// called, which says what was wrong the first time it was not a valid
+// conflist with meshcni in it ("" if it always was).
+func watchConflist(n *Node) func() string {
+	stop := make(chan struct{})
+	bad := make(chan string, 1)
+	go func() {
+		defer close(bad)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			b, err := readConflist(n)
+			if err != nil {
+				bad <- err.Error()
+				return
+			}
+			if types, err := PluginTypes(b); err != nil || !slices.Contains(types, "meshcni") {
+				bad <- fmt.Sprintf("plug-ins %v (%v):\n%s", types, err, b)
+				return
+			}
+		}
+	}()
+	return func() string {
+		close(stop)
+		return <-bad
+	}
+}
+
+// upgrade rolls the agents to a new image tag (the same image, retagged on
+// each node): a rolling upgrade keeps the plug-in installed (the stopping
+// agent sees its DaemonSet still there), so each node's conflist keeps
+// meshcni throughout.
+func upgrade(ctx context.Context, t *testing.T, j *Journey) {
+	c := j.C
+	const next = "ghcr.io/meshcni/meshcni-agent:0.1.1"
+	for _, n := range c.Nodes {
+		if _, err := n.Ctr(ctx, "images", "tag", "--force", "ghcr.io/meshcni/meshcni-agent:0.1.0", next); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, err := agentPods(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var done []func() string
+	for _, n := range c.Nodes {
+		done = append(done, watchConflist(n))
+	}
+	args := append([]string{"enable", "--exclude-namespaces", excluded + ",batch", "--image", next}, j.InstallFlags()...)
+	_, err = j.Meshcnictl(ctx, args...)
+	if err == nil {
+		err = waitRolled(ctx, t, c, old)
+	}
+	for i, d := range done {
+		if msg := d(); msg != "" {
+			t.Errorf("%s's conflist during the upgrade: %s", c.Nodes[i].Name, msg)
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	images, err := c.Kubectl(ctx, "-n", "meshcni-system", "get", "pods", "-o", "jsonpath={.items[*].spec.containers[0].image}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := strings.Fields(images); len(f) != len(c.Nodes) || slices.IndexFunc(f, func(s string) bool { return s != next }) >= 0 {
+		t.Fatalf("agent images after the upgrade: %v, want %s on each node", f, next)
+	}
+}
+
+// waitRolled waits until every agent pod has been replaced (old: before)
+// and is ready, and checks that the roll went one node at a time (never
+// fewer than all but one ready).
+func waitRolled(ctx context.Context, t *testing.T, c *Cluster, old map[string][]string) error {
+	t.Helper()
+	minReady := len(c.Nodes)
+	var seen []string
+	err := waitFor(ctx, "every agent replaced and ready", 3*time.Minute, func() error {
+		now, err := agentPods(ctx, c)
+		if err != nil {
+			return err
+		}
+		ready, replaced := 0, 0
+		for node, p := range now {
+			if len(p) >= 2 && p[1] == "true" {
+				ready++
+			}
+			if len(p) >= 1 && len(old[node]) >= 1 && p[0] != old[node][0] {
+				replaced++
+			}
+		}
+		minReady = min(minReady, ready)
+		if s := fmt.Sprintf("%d ready, %d replaced", ready, replaced); len(seen) == 0 || seen[len(seen)-1] != s {
+			seen = append(seen, s)
+		}
+		if replaced < len(c.Nodes) || ready < len(c.Nodes) {
+			return fmt.Errorf("%v", now)
+		}
+		return nil
+	})
+	t.Logf("agents during the roll: %s", strings.Join(seen, " -> "))
+	if err != nil {
+		return err
+	}
+	if minReady < len(c.Nodes)-1 {
+		t.Errorf("at one point only %d of %d agents were ready: the roll did not go node by node", minReady, len(c.Nodes))
+	}
+	return nil
 }
