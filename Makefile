@@ -28,7 +28,7 @@ unit:
 
 # The whole suite: unit tests, then the real-kernel and real-API tests
 # (root; every topology lives in network namespaces the tests create).
-test: deps lint e2e
+test: deps lint e2e e2e-cluster
 	$(GO) test -count=1 -tags integration $(PKGS)
 	FUZZTIME=$(CI_FUZZTIME) hack/fuzz.sh
 
@@ -38,9 +38,16 @@ CI_FUZZTIME ?= 3s
 fuzz:
 	hack/fuzz.sh
 
-# A local demo: real kube-apiserver, Bookinfo pods, the CNI chain per pod.
-demo: deps
+# The demo: the user's journey on a real two-node cluster brought up on
+# this machine (test/cluster, docs/e2e.md). Root.
+demo: cluster-deps image
 	$(GO) run ./test/demo
+
+# The plug-in alone: a real kube-apiserver, Bookinfo pods, the CNI chain
+# run per pod on a simulated node.
+.PHONY: demo-plugin
+demo-plugin: deps
+	$(GO) run ./test/demo/plugin
 
 clean:
 	rm -rf bin
@@ -80,3 +87,18 @@ bench: deps
 	$(STATIC) -o bin/ ./cmd/meshcni ./cmd/meshcni-lookup
 	$(GO) test -tags integration -run '^$$' -bench . ./internal/netfilter/
 	$(GO) run ./test/bench --plugin bin/meshcni $(BENCH_FLAGS)
+
+# What a real cluster needs beyond the e2e suite: kubelet, kube-proxy,
+# kube-controller-manager, kube-scheduler and kubectl, built once and cached
+# beside kube-apiserver (hack/build-kube.sh).
+.PHONY: cluster-deps
+cluster-deps: deps
+	hack/e2e-deps.sh
+	hack/build-kube.sh cluster
+
+# The user's journey on a real two-node cluster as assertions (test/cluster,
+# docs/e2e.md). Root; a few minutes.
+.PHONY: e2e-cluster
+e2e-cluster: cluster-deps image
+	$(GO) vet -tags cluster ./test/cluster/...
+	$(GO) test -count=1 -tags cluster ./test/cluster/ -v -timeout 20m

@@ -1,8 +1,10 @@
-// Command demo runs meshcni on a simulated node: a real kube-apiserver,
-// the Bookinfo pods, the node's CNI chain (Debian's bridge + host-local,
-// then meshcni) run for each pod from inside a node network namespace, and
-// a look into productpage's netns the way an operator would. Root only;
-// everything it creates lives in namespaces it removes on exit.
+// Command plugin (make demo-plugin) runs the plug-in alone on a simulated
+// node: a real kube-apiserver, the Bookinfo pods, the node's CNI chain
+// (Debian's bridge + host-local, then meshcni) run for each pod from
+// inside a node network namespace, and a look into productpage's netns the
+// way an operator would. Root only; everything it creates lives in
+// namespaces it removes on exit. make demo is the whole journey on a real
+// cluster (test/cluster).
 package main
 
 import (
