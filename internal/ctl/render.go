@@ -125,7 +125,7 @@ func LoadChart() (*chart.Chart, error) {
 }
 
 // kindOrder is the apply order; delete goes the other way.
-var kindOrder = []string{"Namespace", "ResourceQuota", "ServiceAccount", "Secret", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap", "DaemonSet"}
+var kindOrder = []string{"Namespace", "ResourceQuota", "ServiceAccount", "Secret", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap", "Service", "Deployment", "MutatingWebhookConfiguration", "DaemonSet"}
 
 func kindRank(kind string) int {
 	for i, k := range kindOrder {
