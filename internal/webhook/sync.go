@@ -7,9 +7,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"slices"
 	"sync/atomic"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -24,10 +27,13 @@ type Certs struct {
 	Client                     kubernetes.Interface
 	Namespace, Secret, Service string
 	WebhookConfiguration       string
-	Log                        *slog.Logger
-	Now                        func() time.Time
-	current                    atomic.Pointer[tls.Certificate]
-	bundlePatched              atomic.Bool
+	// DNSNames the certificate is for; nil: the Service's names. A
+	// webhook called by URL whose host is one of them is kept too.
+	DNSNames      []string
+	Log           *slog.Logger
+	Now           func() time.Time
+	current       atomic.Pointer[tls.Certificate]
+	bundlePatched atomic.Bool
 }
 
 // GetCertificate serves the current certificate (tls.Config hook), so a
@@ -62,7 +68,7 @@ func (c *Certs) sync(ctx context.Context, attempts int) error {
 	if exists {
 		old = Bundle(sec.Data)
 	}
-	next, changed, err := Plan(old, DNSNames(c.Service, c.Namespace), now)
+	next, changed, err := Plan(old, c.names(), now)
 	if err != nil {
 		return err
 	}
@@ -111,8 +117,7 @@ func (c *Certs) patchBundle(ctx context.Context, bundle []byte) error {
 	}
 	var ops []map[string]any
 	for i, w := range mwc.Webhooks {
-		s := w.ClientConfig.Service
-		if s == nil || s.Name != c.Service || s.Namespace != c.Namespace || bytes.Equal(w.ClientConfig.CABundle, bundle) {
+		if !c.ours(w.ClientConfig) || bytes.Equal(w.ClientConfig.CABundle, bundle) {
 			continue
 		}
 		p := fmt.Sprintf("/webhooks/%d", i)
@@ -132,6 +137,25 @@ func (c *Certs) patchBundle(ctx context.Context, bundle []byte) error {
 	}
 	c.log().Info("CA bundle patched", "webhookconfiguration", c.WebhookConfiguration, "webhooks", len(ops)/2)
 	return nil
+}
+
+func (c *Certs) names() []string {
+	if c.DNSNames != nil {
+		return c.DNSNames
+	}
+	return DNSNames(c.Service, c.Namespace)
+}
+
+// ours reports whether a webhook calls this server.
+func (c *Certs) ours(cc admissionregistrationv1.WebhookClientConfig) bool {
+	if s := cc.Service; s != nil {
+		return s.Name == c.Service && s.Namespace == c.Namespace
+	}
+	if cc.URL == nil {
+		return false
+	}
+	u, err := url.Parse(*cc.URL)
+	return err == nil && slices.Contains(c.names(), u.Hostname())
 }
 
 // Run syncs every interval until ctx ends, logging failures (the next
