@@ -88,7 +88,7 @@ func LoadChart() (*helmchart.Chart, error) {
 }
 
 // kindOrder is the apply order; delete goes the other way.
-var kindOrder = []string{"Namespace", "ResourceQuota", "ServiceAccount", "Secret", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ConfigMap", "DaemonSet"}
+var kindOrder = []string{"Namespace", "ResourceQuota", "ServiceAccount", "Secret", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ConfigMap", "Service", "Deployment", "MutatingWebhookConfiguration", "DaemonSet"}
 
 func kindRank(kind string) int {
 	for i, k := range kindOrder {

@@ -34,6 +34,9 @@ var wantRoles = map[string]struct {
 	// A stopping agent reads its own DaemonSet (upgrade or uninstall); the
 	// agent mints the plug-in's tokens, for that one account only.
 	"Role/meshcni-agent": {false, false, []string{"/serviceaccounts/token: create names=meshcni-plugin", "apps/daemonsets: get"}},
+	// The webhook: its certificate's Secret and its configuration's caBundle.
+	"ClusterRole/meshcni-webhook": {true, true, []string{"admissionregistration.k8s.io/mutatingwebhookconfigurations: get patch names=meshcni-webhook"}},
+	"Role/meshcni-webhook":        {false, false, []string{"/secrets: create", "/secrets: get update names=meshcni-webhook-tls"}},
 }
 
 // flatten renders rules as "group/resource: verbs" lines, sorted, one per

@@ -1,0 +1,145 @@
+// Package webhook serves meshcni's mutating admission webhook: for every
+// pod CREATE it answers with the JSON Patch internal/inject computes, and
+// it keeps its own TLS serving certificate (a self-signed CA in a Secret,
+// its bundle in the MutatingWebhookConfiguration).
+package webhook
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshcni/meshcni/internal/inject"
+)
+
+// MaxBody bounds a request: the API server caps a request at 3 MiB, and
+// an AdmissionReview of a pod is far smaller.
+const MaxBody = 3 << 20
+
+// Handler answers AdmissionReview (admission.k8s.io/v1) requests.
+type Handler struct {
+	// Excluded are the namespaces meshcni never captures (the agent's list).
+	Excluded []string
+	Log      *slog.Logger
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		http.Error(w, "POST an AdmissionReview", http.StatusMethodNotAllowed)
+		return
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		http.Error(w, "Content-Type must be application/json", http.StatusUnsupportedMediaType)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			http.Error(w, fmt.Sprintf("request larger than %d bytes", MaxBody), http.StatusRequestEntityTooLarge)
+			return
+		}
+		http.Error(w, "reading the request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(body, &review); err != nil {
+		http.Error(w, "not an AdmissionReview: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if review.Request == nil {
+		http.Error(w, "AdmissionReview without a request", http.StatusBadRequest)
+		return
+	}
+	out := admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Response: h.Review(review.Request),
+	}
+	resp, err := json.Marshal(out)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(resp)
+}
+
+// Review decides one request. It always allows: a pod it cannot read or
+// convert is left as it is, and keeps Istio's istio-init, which programs
+// the pod's rules itself (safe, as with failurePolicy Ignore).
+func (h *Handler) Review(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
+	if req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.Operation != admissionv1.Create || req.SubResource != "" {
+		return resp
+	}
+	var pod corev1.Pod
+	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+		resp.Warnings = []string{"meshcni-webhook: pod left unchanged: " + err.Error()}
+		h.log().Warn("pod left unchanged", "namespace", req.Namespace, "name", req.Name, "err", err)
+		return resp
+	}
+	ns := req.Namespace
+	if ns == "" {
+		ns = pod.Namespace
+	}
+	_, _, rec := inject.Template(pod.ObjectMeta, pod.Spec, ns, h.Excluded)
+	if !rec.Changed() {
+		return resp
+	}
+	ops := rec.Patch("", pod.Annotations != nil)
+	// The patch must apply to exactly what the API server sent; if it
+	// does not (it always should), leaving the pod alone is safe.
+	if _, err := inject.ApplyPatch(req.Object.Raw, ops); err != nil {
+		resp.Warnings = []string{"meshcni-webhook: pod left unchanged: " + err.Error()}
+		h.log().Error("patch does not apply", "namespace", ns, "name", podName(req, &pod), "err", err)
+		return resp
+	}
+	patch, err := json.Marshal(ops)
+	if err != nil {
+		return resp
+	}
+	pt := admissionv1.PatchTypeJSONPatch
+	resp.Patch, resp.PatchType = patch, &pt
+	if rec.Action == "" {
+		h.log().Info("pod keeps istio-init", "namespace", ns, "name", podName(req, &pod), "reason", note(rec))
+	} else {
+		h.log().Info("pod mutated", "namespace", ns, "name", podName(req, &pod), "action", rec.Action, "ops", len(ops))
+	}
+	return resp
+}
+
+// note is the reason a pod was not converted.
+func note(rec inject.Record) string {
+	for _, kv := range rec.Annotations {
+		if kv[0] == inject.AnnotationNotMutated {
+			return kv[1]
+		}
+	}
+	return ""
+}
+
+// podName names a pod for the log; a CREATE often has only generateName.
+func podName(req *admissionv1.AdmissionRequest, pod *corev1.Pod) string {
+	switch {
+	case req.Name != "":
+		return req.Name
+	case pod.Name != "":
+		return pod.Name
+	}
+	return pod.GenerateName + "*"
+}
+
+func (h *Handler) log() *slog.Logger {
+	if h.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return h.Log
+}
