@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/meshcni/meshcni/internal/chart"
 )
 
 // DisableOptions deletes what enable applied: the DaemonSet first, so that
@@ -75,7 +77,7 @@ func (o *DisableOptions) Run(ctx context.Context) error {
 		return err
 	}
 	// The gke platform renders every object the chart can make.
-	m, err := Render(map[string]any{"namespace": ns, "platform": "gke"})
+	m, err := RenderIn(map[string]any{"platform": "gke"}, ns)
 	if err != nil {
 		return err
 	}
@@ -157,7 +159,7 @@ func (o *DisableOptions) waitAgentsGone(ctx context.Context, ns string) error {
 }
 
 // AgentSelector selects the agent pods (the DaemonSet's selector).
-const AgentSelector = "app.kubernetes.io/name=meshcni-agent"
+const AgentSelector = chart.AgentSelector
 
 // findInstallNamespace finds the namespace of the agent DaemonSet; with
 // none it returns the chart's default.
