@@ -166,7 +166,7 @@ const AgentSelector = chart.AgentSelector
 func findInstallNamespace(ctx context.Context, c *clients) (string, error) {
 	list, err := c.kube.AppsV1().DaemonSets("").List(ctx, metav1.ListOptions{LabelSelector: PartOfSelector})
 	if err != nil {
-		return "", fmt.Errorf("look for the meshcni DaemonSet: %w (check: kubectl auth can-i list daemonsets -A)", err)
+		return "", apiHint(fmt.Errorf("look for the meshcni DaemonSet: %w", err), "list daemonsets -A")
 	}
 	for _, ds := range list.Items {
 		if ds.Name == DaemonSetName {
