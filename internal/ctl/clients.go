@@ -132,3 +132,13 @@ func poll(ctx context.Context, interval time.Duration, fn func(context.Context) 
 		}
 	}
 }
+
+// namespaceFlag is -n/--namespace when given, else "": the install's
+// namespace then is the default (enable) or wherever the DaemonSet is found
+// (status, disable).
+func namespaceFlag(flags *genericclioptions.ConfigFlags) string {
+	if flags == nil || flags.Namespace == nil {
+		return ""
+	}
+	return *flags.Namespace
+}

@@ -72,9 +72,12 @@ func (o *DisableOptions) Validate() error {
 
 // Run deletes the install.
 func (o *DisableOptions) Run(ctx context.Context) error {
-	ns, err := findInstallNamespace(ctx, o.c)
-	if err != nil {
-		return err
+	ns := namespaceFlag(o.configFlags)
+	if ns == "" {
+		var err error
+		if ns, err = findInstallNamespace(ctx, o.c); err != nil {
+			return err
+		}
 	}
 	// The gke platform renders every object the chart can make.
 	m, err := RenderIn(map[string]any{"platform": "gke"}, ns)

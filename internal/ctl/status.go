@@ -109,7 +109,8 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 // Report reads the DaemonSet, ConfigMap, agent pods and nodes.
 func (o *StatusOptions) Report(ctx context.Context) (rollout.Report, error) {
 	kube := o.c.kube
-	list, err := kube.AppsV1().DaemonSets("").List(ctx, metav1.ListOptions{LabelSelector: PartOfSelector})
+	// -n limits the search to that namespace; without it, any namespace.
+	list, err := kube.AppsV1().DaemonSets(namespaceFlag(o.configFlags)).List(ctx, metav1.ListOptions{LabelSelector: PartOfSelector})
 	if err != nil {
 		return rollout.Report{}, apiHint(fmt.Errorf("look for DaemonSet %s: %w", DaemonSetName, err), "list daemonsets -A")
 	}
