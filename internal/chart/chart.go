@@ -112,6 +112,10 @@ func Render(overrides map[string]any, namespace, service string) (*Manifest, err
 	if err != nil {
 		return nil, err
 	}
+	return render(chrt, overrides, namespace, service)
+}
+
+func render(chrt *helmchart.Chart, overrides map[string]any, namespace, service string) (*Manifest, error) {
 	ns := namespace
 	top, err := chartutil.ToRenderValues(chrt, overrides, chartutil.ReleaseOptions{
 		Name: "meshcni", Namespace: ns, Revision: 1, IsInstall: true,
