@@ -34,6 +34,8 @@ const (
 	ConfigHashAnnotation = "meshcni.io/config-hash"
 	// PartOfSelector selects every object of an install.
 	PartOfSelector = "app.kubernetes.io/part-of=meshcni"
+	// AgentSelector selects the agent pods (the DaemonSet's selector).
+	AgentSelector = "app.kubernetes.io/name=meshcni,app.kubernetes.io/component=agent"
 	// CRDFile is the MeshCNI CustomResourceDefinition in the chart.
 	CRDFile = "crds/meshcni.io_meshcnis.yaml"
 )
@@ -43,11 +45,11 @@ const (
 // (and the GKE quota its priority class needs). The namespace is the
 // controller's own and is not among them.
 var NodeSideTemplates = []string{
-	"meshcni/templates/configmap.yaml",
-	"meshcni/templates/daemonset.yaml",
-	"meshcni/templates/rbac.yaml",
-	"meshcni/templates/resourcequota.yaml",
-	"meshcni/templates/serviceaccount.yaml",
+	"meshcni/templates/agent-configmap.yaml",
+	"meshcni/templates/agent-daemonset.yaml",
+	"meshcni/templates/agent-rbac.yaml",
+	"meshcni/templates/agent-resourcequota.yaml",
+	"meshcni/templates/agent-serviceaccount.yaml",
 }
 
 // IsNodeSide tells whether a rendered object's source template is one of
@@ -102,18 +104,19 @@ func kindRank(kind string) int {
 var docSep = regexp.MustCompile(`(?m)^---\s*$`)
 
 // Render renders the chart with overrides, as `helm template` would, and
-// decodes every object. service is the Release.Service the labels carry
-// (app.kubernetes.io/managed-by): who applies the objects.
-func Render(overrides map[string]any, service string) (*Manifest, error) {
+// decodes every object. namespace is the release namespace; service is
+// the Release.Service the labels carry (app.kubernetes.io/managed-by):
+// who applies the objects.
+func Render(overrides map[string]any, namespace, service string) (*Manifest, error) {
 	chrt, err := LoadChart()
 	if err != nil {
 		return nil, err
 	}
-	vals, err := chartutil.CoalesceValues(chrt, overrides)
-	if err != nil {
-		return nil, fmt.Errorf("chart values: %w", err)
-	}
-	ns, _ := vals["namespace"].(string)
+	return render(chrt, overrides, namespace, service)
+}
+
+func render(chrt *helmchart.Chart, overrides map[string]any, namespace, service string) (*Manifest, error) {
+	ns := namespace
 	top, err := chartutil.ToRenderValues(chrt, overrides, chartutil.ReleaseOptions{
 		Name: "meshcni", Namespace: ns, Revision: 1, IsInstall: true,
 	}, nil)

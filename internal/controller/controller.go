@@ -56,7 +56,7 @@ const Finalizer = "meshcni.io/uninstall"
 const StartupTaint = "meshcni.io/agent-not-ready"
 
 // AgentSelector selects the agent pods.
-const AgentSelector = "app.kubernetes.io/name=meshcni-agent"
+const AgentSelector = chart.AgentSelector
 
 // Options configure a Controller.
 type Options struct {
@@ -262,11 +262,11 @@ func (c *Controller) reconcile(ctx context.Context) (again bool, err error) {
 // install renders the node side from the spec and applies it; it returns
 // the settings hash the agents must run.
 func (c *Controller) install(ctx context.Context, mc *v1alpha1.MeshCNI) (string, error) {
-	vals, err := Values(mc.Spec, c.opts.Namespace, c.opts.DefaultImage)
+	vals, err := Values(mc.Spec, c.opts.DefaultImage)
 	if err != nil {
 		return "", err
 	}
-	m, err := chart.Render(vals, FieldManager)
+	m, err := chart.Render(vals, c.opts.Namespace, FieldManager)
 	if err != nil {
 		return "", err
 	}
@@ -355,7 +355,7 @@ func (c *Controller) uninstall(ctx context.Context) (left []string, err error) {
 		return left, nil
 	}
 	// The rest, as every platform renders it (gke adds the quota).
-	m, err := chart.Render(map[string]any{"namespace": ns, "nodeSide": true, "platform": "gke"}, FieldManager)
+	m, err := chart.Render(map[string]any{"nodeSide": true, "platform": "gke"}, ns, FieldManager)
 	if err != nil {
 		return nil, err
 	}

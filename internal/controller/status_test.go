@@ -84,7 +84,7 @@ func TestValues(t *testing.T) {
 	off := false
 	spec := v1alpha1.MeshCNISpec{Enabled: &off, ExcludeNamespaces: []string{}, IptablesBackend: "iptables-nft", RepairMode: "label",
 		LogLevel: "debug", Platform: "k3s", Image: "reg:5000/a/agent@sha256:" + string(make64('f'))}
-	v, err := Values(spec, "mesh", "ignored:v9")
+	v, err := Values(spec, "ignored:v9")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,13 +92,13 @@ func TestValues(t *testing.T) {
 	if img["repository"] != "reg:5000/a/agent" || img["tag"] != "" || img["digest"] != "sha256:"+string(make64('f')) {
 		t.Errorf("image %v", img)
 	}
-	if v["iptablesBackend"] != "nft" || v["namespace"] != "mesh" || v["platform"] != "k3s" || v["repairMode"] != "label" || v["nodeSide"] != true {
+	if v["iptablesBackend"] != "nft" || v["platform"] != "k3s" || v["repairMode"] != "label" || v["nodeSide"] != true {
 		t.Errorf("values %v", v)
 	}
 	if l, ok := v["excludeNamespaces"].([]any); !ok || len(l) != 0 {
 		t.Errorf("an empty exclusion list became %v", v["excludeNamespaces"])
 	}
-	v, err = Values(v1alpha1.MeshCNISpec{}, "mesh", "reg/agent:v2")
+	v, err = Values(v1alpha1.MeshCNISpec{}, "reg/agent:v2")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func TestValues(t *testing.T) {
 		t.Error("a nil exclusion list overrode the chart's default")
 	}
 	for _, bad := range []string{"@sha256:" + string(make64('a')), "repo@sha256:12"} {
-		if _, err := Values(v1alpha1.MeshCNISpec{Image: bad}, "mesh", ""); err == nil {
+		if _, err := Values(v1alpha1.MeshCNISpec{Image: bad}, ""); err == nil {
 			t.Errorf("image %q accepted", bad)
 		}
 	}
@@ -127,11 +127,11 @@ func make64(c byte) []byte {
 // digest image pinned and the settings in the ConfigMap.
 func TestNodeSideRender(t *testing.T) {
 	digest := "sha256:" + string(make64('e'))
-	v, err := Values(v1alpha1.MeshCNISpec{Image: "reg/agent@" + digest, LogLevel: "warn"}, "mesh", "")
+	v, err := Values(v1alpha1.MeshCNISpec{Image: "reg/agent@" + digest, LogLevel: "warn"}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := chart.Render(v, FieldManager)
+	m, err := chart.Render(v, "mesh", FieldManager)
 	if err != nil {
 		t.Fatal(err)
 	}

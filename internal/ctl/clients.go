@@ -7,7 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
+	"syscall"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -81,10 +83,37 @@ func hint(err error, verb string, obj *unstructured.Unstructured) error {
 			verb, ref(obj), err, verb, verb, obj.GetKind())
 	case apierrors.IsUnauthorized(err):
 		return fmt.Errorf("%s %s: %w: the kubeconfig's credentials were refused; log in again or pass --kubeconfig/--context", verb, ref(obj), err)
-	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("%s %s: %w: the API server did not answer in time; check --server and the network, or raise --request-timeout", verb, ref(obj), err)
 	}
-	return fmt.Errorf("%s %s: %w", verb, ref(obj), err)
+	return apiHint(fmt.Errorf("%s %s: %w", verb, ref(obj), err), "")
+}
+
+// requestTimeout bounds one look at the API during a wait.
+const requestTimeout = 30 * time.Second
+
+// apiHint adds what to do to an API error, by its cause: only a 403 gets
+// an RBAC hint (with canI, "verb resource", when given), a refused or
+// unresolvable connection says the API server is unreachable, a deadline
+// says timed out.
+func apiHint(err error, canI string) error {
+	switch {
+	case apierrors.IsForbidden(err):
+		if canI == "" {
+			return fmt.Errorf("%w: your user lacks the RBAC rights for this", err)
+		}
+		return fmt.Errorf("%w (check: kubectl auth can-i %s)", err, canI)
+	case apierrors.IsUnauthorized(err):
+		return fmt.Errorf("%w: the kubeconfig's credentials were refused; log in again or pass --kubeconfig/--context", err)
+	case errors.Is(err, syscall.ECONNREFUSED), isDNSError(err):
+		return fmt.Errorf("%w: the API server is unreachable; check the kubeconfig's server (--server, --context) and that the API server runs", err)
+	case errors.Is(err, context.DeadlineExceeded), apierrors.IsTimeout(err), apierrors.IsServerTimeout(err):
+		return fmt.Errorf("%w: timed out waiting for the API server; check the network, or raise --request-timeout", err)
+	}
+	return err
+}
+
+func isDNSError(err error) bool {
+	var dns *net.DNSError
+	return errors.As(err, &dns)
 }
 
 // poll calls fn every interval until it returns true, an error, or ctx ends.
@@ -102,4 +131,14 @@ func poll(ctx context.Context, interval time.Duration, fn func(context.Context) 
 		case <-t.C:
 		}
 	}
+}
+
+// namespaceFlag is -n/--namespace when given, else "": the install's
+// namespace then is the default (enable) or wherever the DaemonSet is found
+// (status, disable).
+func namespaceFlag(flags *genericclioptions.ConfigFlags) string {
+	if flags == nil || flags.Namespace == nil {
+		return ""
+	}
+	return *flags.Namespace
 }

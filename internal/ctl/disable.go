@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/meshcni/meshcni/internal/chart"
 )
 
 // DisableOptions deletes what enable applied: the DaemonSet first, so that
@@ -70,12 +72,15 @@ func (o *DisableOptions) Validate() error {
 
 // Run deletes the install.
 func (o *DisableOptions) Run(ctx context.Context) error {
-	ns, err := findInstallNamespace(ctx, o.c)
-	if err != nil {
-		return err
+	ns := namespaceFlag(o.configFlags)
+	if ns == "" {
+		var err error
+		if ns, err = findInstallNamespace(ctx, o.c); err != nil {
+			return err
+		}
 	}
 	// The gke platform renders every object the chart can make.
-	m, err := Render(map[string]any{"namespace": ns, "platform": "gke"})
+	m, err := RenderIn(map[string]any{"platform": "gke"}, ns)
 	if err != nil {
 		return err
 	}
@@ -157,14 +162,14 @@ func (o *DisableOptions) waitAgentsGone(ctx context.Context, ns string) error {
 }
 
 // AgentSelector selects the agent pods (the DaemonSet's selector).
-const AgentSelector = "app.kubernetes.io/name=meshcni-agent"
+const AgentSelector = chart.AgentSelector
 
 // findInstallNamespace finds the namespace of the agent DaemonSet; with
 // none it returns the chart's default.
 func findInstallNamespace(ctx context.Context, c *clients) (string, error) {
 	list, err := c.kube.AppsV1().DaemonSets("").List(ctx, metav1.ListOptions{LabelSelector: PartOfSelector})
 	if err != nil {
-		return "", fmt.Errorf("look for the meshcni DaemonSet: %w (check: kubectl auth can-i list daemonsets -A)", err)
+		return "", apiHint(fmt.Errorf("look for the meshcni DaemonSet: %w", err), "list daemonsets -A")
 	}
 	for _, ds := range list.Items {
 		if ds.Name == DaemonSetName {

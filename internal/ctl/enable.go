@@ -91,7 +91,11 @@ func (o *EnableOptions) Validate() error {
 
 // Run renders the chart and applies each object in order.
 func (o *EnableOptions) Run(ctx context.Context) error {
-	m, err := Render(o.values)
+	ns := namespaceFlag(o.configFlags)
+	if ns == "" {
+		ns = DefaultNamespace
+	}
+	m, err := RenderIn(o.values, ns)
 	if err != nil {
 		return err
 	}

@@ -24,9 +24,19 @@ const (
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
-// Render renders the chart as meshcnictl applies it.
+// Render renders the node side of the chart in the default namespace, as
+// meshcnictl applies it, with the namespace itself.
 func Render(overrides map[string]any) (*chart.Manifest, error) {
-	return chart.Render(overrides, FieldManager)
+	return RenderIn(overrides, DefaultNamespace)
+}
+
+// RenderIn is Render into namespace.
+func RenderIn(overrides map[string]any, namespace string) (*chart.Manifest, error) {
+	v := map[string]any{"nodeSide": true, "createNamespace": true}
+	for k, val := range overrides {
+		v[k] = val
+	}
+	return chart.Render(v, namespace, FieldManager)
 }
 
 // Platforms are the names values.yaml knows, for flag help and errors.
@@ -57,11 +67,11 @@ func (s Settings) Values() (map[string]any, error) {
 		v["excludeNamespaces"] = list
 	}
 	if s.Image != "" {
-		repo, tag, err := splitImage(s.Image)
+		img, err := chart.ImageValues(s.Image)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("--image: %w", err)
 		}
-		v["image"] = map[string]any{"repository": repo, "tag": tag}
+		v["image"] = img
 	}
 	for _, kv := range s.Set {
 		if err := strvals.ParseInto(kv, v); err != nil {
@@ -70,27 +80,3 @@ func (s Settings) Values() (map[string]any, error) {
 	}
 	return v, nil
 }
-
-// splitImage splits "registry:5000/repo:tag" into repository and tag; a
-// digest is refused, since the chart composes repository:tag.
-func splitImage(ref string) (repo, tag string, err error) {
-	if strings.Contains(ref, "@") {
-		return "", "", fmt.Errorf("--image %q: give repository:tag, not a digest", ref)
-	}
-	repo = ref
-	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
-		repo, tag = ref[:i], ref[i+1:]
-	}
-	if repo == "" {
-		return "", "", fmt.Errorf("--image %q: empty repository", ref)
-	}
-	return repo, tag, nil
-}
-
-// Header starts deploy/meshcni.yaml.
-const Header = `# meshcni: rendered from charts/meshcni with default values.
-# Regenerate with "make manifests"; apply with
-#   kubectl apply --server-side --field-manager=meshcnictl -f deploy/meshcni.yaml
-# or use "meshcnictl enable", which also takes --platform and
-# --exclude-namespaces.
-`

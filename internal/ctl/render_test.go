@@ -42,7 +42,11 @@ func render(t *testing.T, s Settings) *chart.Manifest {
 // The committed plain manifests are a fresh render (golden; REFRESH_GOLDEN=true
 // or `make manifests` rewrites them).
 func TestDeployManifestsUpToDate(t *testing.T) {
-	got := append([]byte(Header), render(t, Settings{}).YAML...)
+	out, err := chart.Template(nil, chart.Release, DefaultNamespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []byte(out)
 	if os.Getenv("REFRESH_GOLDEN") == "true" {
 		if err := os.WriteFile(deployPath, got, 0o644); err != nil {
 			t.Fatal(err)
@@ -266,7 +270,7 @@ func TestRenderErrorsSayWhatToDo(t *testing.T) {
 	}{
 		{Settings{Set: []string{"platform=nope"}}, "/platform"},
 		{Settings{Set: []string{"oops"}}, "use key=value"},
-		{Settings{Image: "repo@sha256:abc"}, "repository:tag"},
+		{Settings{Image: "repo@sha256:abc"}, "@sha256: and 64 hex digits"},
 		{Settings{Set: []string{"excludeNamespaces={Bad_NS}"}}, "excludeNamespaces"},
 	} {
 		v, err := tc.s.Values()
@@ -317,13 +321,15 @@ func TestChartLints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, platform := range Platforms {
-		res := lint.AllWithKubeVersion("../../charts/meshcni", map[string]any{"platform": platform}, DefaultNamespace, kv)
-		for _, msg := range res.Messages {
-			if msg.Severity >= support.WarningSev {
-				t.Errorf("platform %s: lint: %s", platform, msg)
-			} else {
-				t.Logf("platform %s: lint: %s", platform, msg)
+	for _, nodeSide := range []bool{false, true} { // the Helm release; the controller's render
+		for _, platform := range Platforms {
+			res := lint.AllWithKubeVersion("../../charts/meshcni", map[string]any{"platform": platform, "nodeSide": nodeSide}, DefaultNamespace, kv)
+			for _, msg := range res.Messages {
+				if msg.Severity >= support.WarningSev {
+					t.Errorf("nodeSide %v, platform %s: lint: %s", nodeSide, platform, msg)
+				} else {
+					t.Logf("nodeSide %v, platform %s: lint: %s", nodeSide, platform, msg)
+				}
 			}
 		}
 	}

@@ -2,11 +2,13 @@ package ctl
 
 import (
 	"context"
-	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/meshcni/meshcni/internal/chart"
 )
 
 // NewCmd is the meshcnictl root command, with kubectl's kubeconfig flags
@@ -29,10 +31,10 @@ func NewCmd(streams genericiooptions.IOStreams) *cobra.Command {
 		NewCmdStatus(flags, streams),
 		NewCmdVerify(flags, streams),
 		NewCmdDoctor(flags, streams),
-		NewCmdRender(streams),
 		NewCmdConsole(flags, streams),
 		NewCmdVersion(flags, streams),
 		NewCmdMutate(flags, streams),
+		NewCmdRender(flags, streams),
 	)
 	return root
 }
@@ -42,46 +44,50 @@ type RenderOptions struct {
 	genericiooptions.IOStreams
 	Settings Settings
 	values   map[string]any
+
+	flags     *genericclioptions.ConfigFlags
+	namespace string
 }
 
 // NewCmdRender is `meshcnictl render`.
-func NewCmdRender(streams genericiooptions.IOStreams) *cobra.Command {
-	o := &RenderOptions{IOStreams: streams}
+func NewCmdRender(flags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
+	o := &RenderOptions{IOStreams: streams, flags: flags}
 	cmd := &cobra.Command{
-		Use:   "render [--platform NAME] [--exclude-namespaces a,b]",
-		Short: "Print the manifests enable would apply (for kubectl or GitOps)",
+		Use:   "render [-n NAMESPACE] [--set key=value]",
+		Short: "Print the chart's install (controller and CRD) exactly as helm template does, for kubectl or GitOps",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if cmd.Flags().Changed("exclude-namespaces") && o.Settings.ExcludeNamespaces == nil {
-				o.Settings.ExcludeNamespaces = []string{}
-			}
 			if err := o.Complete(); err != nil {
-				return err
-			}
-			if err := (&EnableOptions{Settings: o.Settings}).Validate(); err != nil {
 				return err
 			}
 			return o.Run()
 		},
 	}
-	addSettingsFlags(cmd, &o.Settings)
+	cmd.Flags().StringVar(&o.Settings.Image, "image", "", "image of the controller (and default of the agents), repository:tag or repository@sha256:digest")
+	cmd.Flags().StringArrayVar(&o.Settings.Set, "set", nil, "any chart value, Helm syntax: --set controller.replicas=3 (repeatable)")
 	return cmd
 }
 
-// Complete parses the settings.
+// Complete parses the settings and the namespace (-n, default
+// meshcni-system).
 func (o *RenderOptions) Complete() error {
 	var err error
 	o.values, err = o.Settings.Values()
+	o.namespace = DefaultNamespace
+	if o.flags != nil && o.flags.Namespace != nil && *o.flags.Namespace != "" {
+		o.namespace = *o.flags.Namespace
+	}
 	return err
 }
 
-// Run renders and prints.
+// Run renders and prints, byte for byte what `helm template meshcni
+// charts/meshcni --namespace NS --include-crds` prints.
 func (o *RenderOptions) Run() error {
-	m, err := Render(o.values)
+	out, err := chart.Template(o.values, chart.Release, o.namespace)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(o.Out, "%s%s", Header, m.YAML)
+	_, err = io.WriteString(o.Out, out)
 	return err
 }
 

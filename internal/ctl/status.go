@@ -2,7 +2,6 @@ package ctl
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -77,12 +76,15 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 	defer cancel()
 	var last rollout.Report
 	var lastLine string
-	err := poll(wctx, o.interval, func(ctx context.Context) (bool, error) {
-		r, err := o.Report(ctx)
+	err := poll(wctx, o.interval, func(context.Context) (bool, error) {
+		// Each look gets its own deadline, not the wait's: client-go's rate
+		// limiter refuses a request that its wait would carry past the
+		// context's deadline, which turned a timeout into a rate-limiter
+		// error. The wait's deadline is poll's alone.
+		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+		r, err := o.Report(rctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				return false, ctx.Err()
-			}
 			return false, err
 		}
 		last = r
@@ -96,7 +98,7 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 		last.Print(o.Out)
 	}
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		if wctx.Err() != nil && ctx.Err() == nil {
 			return fmt.Errorf("timed out after %v waiting for Running; last state %s: %s", o.Timeout, last.State, last.Reason)
 		}
 		return err
@@ -107,9 +109,10 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 // Report reads the DaemonSet, ConfigMap, agent pods and nodes.
 func (o *StatusOptions) Report(ctx context.Context) (rollout.Report, error) {
 	kube := o.c.kube
-	list, err := kube.AppsV1().DaemonSets("").List(ctx, metav1.ListOptions{LabelSelector: PartOfSelector})
+	// -n limits the search to that namespace; without it, any namespace.
+	list, err := kube.AppsV1().DaemonSets(namespaceFlag(o.configFlags)).List(ctx, metav1.ListOptions{LabelSelector: PartOfSelector})
 	if err != nil {
-		return rollout.Report{}, fmt.Errorf("look for DaemonSet %s: %w (check: kubectl auth can-i list daemonsets -A)", DaemonSetName, err)
+		return rollout.Report{}, apiHint(fmt.Errorf("look for DaemonSet %s: %w", DaemonSetName, err), "list daemonsets -A")
 	}
 	var ds *appsv1.DaemonSet
 	for i := range list.Items {

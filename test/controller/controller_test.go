@@ -17,8 +17,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshcni/meshcni/api/v1alpha1"
 	"github.com/meshcni/meshcni/internal/chart"
@@ -29,13 +32,70 @@ const ns = "meshcni-system"
 
 var nodes = []string{"node-a", "node-b"}
 
+// controllerConfig applies the chart's own RBAC for meshcni-controller
+// (its ClusterRole, Role, bindings and service account) and returns a
+// config with that service account's token: the controller runs with
+// exactly the rights the chart gives it.
+func controllerConfig(t *testing.T) *rest.Config {
+	t.Helper()
+	ctx := context.Background()
+	m, err := chart.Render(nil, ns, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn := dynamic.NewForConfigOrDie(cluster.Config)
+	gvr := map[string]schema.GroupVersionResource{
+		"ServiceAccount":     {Version: "v1", Resource: "serviceaccounts"},
+		"ClusterRole":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
+		"ClusterRoleBinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
+		"Role":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
+		"RoleBinding":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
+	}
+	n := 0
+	for i, obj := range m.Objects {
+		if !strings.HasSuffix(m.Sources[i], "/controller-rbac.yaml") && !strings.HasSuffix(m.Sources[i], "/controller-serviceaccount.yaml") {
+			continue
+		}
+		var rc dynamic.ResourceInterface = dyn.Resource(gvr[obj.GetKind()])
+		if obj.GetNamespace() != "" {
+			rc = dyn.Resource(gvr[obj.GetKind()]).Namespace(obj.GetNamespace())
+		}
+		if _, err := rc.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "test", Force: true}); err != nil {
+			t.Fatalf("apply %s %s: %v", obj.GetKind(), obj.GetName(), err)
+		}
+		n++
+	}
+	if n != 5 {
+		t.Fatalf("applied %d controller RBAC objects, want 5", n)
+	}
+	token, err := cluster.IssueToken(ctx, ns, "meshcni-controller", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := t.TempDir() + "/controller.kubeconfig"
+	if err := cluster.WriteTokenKubeconfig(path, token); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// RBAC is cached by the authorizer: wait until the token may watch
+	// its resource.
+	eventually(t, "controller RBAC in force", func() (string, bool) {
+		_, err := dynamic.NewForConfigOrDie(cfg).Resource(v1alpha1.GroupVersionResource).List(ctx, metav1.ListOptions{})
+		return fmt.Sprint(err), err == nil
+	})
+	return cfg
+}
+
 // startController runs the controller in-process against the real API
-// server until the test ends.
-func startController(t *testing.T) {
+// server, with cfg's identity, until the test ends.
+func startController(t *testing.T, cfg *rest.Config) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	c, err := controller.New(cluster.Config, controller.Options{Namespace: ns, DefaultImage: "registry.test/meshcni-agent:v1", Log: log})
+	c, err := controller.New(cfg, controller.Options{Namespace: ns, DefaultImage: "registry.test/meshcni-agent:v1", Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,14 +257,14 @@ func taints(t *testing.T, node string) []string {
 	return keys
 }
 
-// TestLifecycle: create → node side and Updating; agents ready → Running;
+// TestLifecycle, as the chart's RBAC allows: create → node side and Updating; agents ready → Running;
 // a settings change → Updating (even while the DaemonSet's own counters
 // say all is updated and ready) → Running; enabled: false → the node side
 // and the startup taints gone, Disabled; delete → the resource is gone.
 func TestLifecycle(t *testing.T) {
 	ctx := context.Background()
 	setupNodes(t)
-	startController(t)
+	startController(t, controllerConfig(t))
 
 	obj := meshcni(t, "metadata: {name: default}\nspec: {excludeNamespaces: [kube-system, team-a]}\n")
 	if _, err := meshRC().Create(ctx, obj, metav1.CreateOptions{}); err != nil {

@@ -364,3 +364,27 @@ func resourceFor(t *testing.T, dyn dynamic.Interface, mapper meta.RESTMapper, ap
 	}
 	return dyn.Resource(m.Resource)
 }
+
+// TestNamespaceFlag: -n is honoured by enable, status and disable, not
+// silently ignored.
+func TestNamespaceFlag(t *testing.T) {
+	ctx := context.Background()
+	const other = "mesh-other"
+	mustRun(t, "-n", other, "enable")
+	if _, err := cluster.Client.AppsV1().DaemonSets(other).Get(ctx, ctl.DaemonSetName, metav1.GetOptions{}); err != nil {
+		t.Fatalf("enable -n %s: %v", other, err)
+	}
+	if _, err := cluster.Client.AppsV1().DaemonSets(ns).Get(ctx, ctl.DaemonSetName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("enable -n %s also installed into %s: %v", other, ns, err)
+	}
+	if out := mustRun(t, "-n", "elsewhere", "status"); !strings.Contains(out, "NotInstalled") {
+		t.Errorf("status -n elsewhere found the install in %s:\n%s", other, out)
+	}
+	if out := mustRun(t, "-n", other, "status"); !strings.Contains(out, "Status: Updating") {
+		t.Errorf("status -n %s:\n%s", other, out)
+	}
+	mustRun(t, "-n", other, "disable", "--timeout", "30s")
+	if _, err := cluster.Client.AppsV1().DaemonSets(other).Get(ctx, ctl.DaemonSetName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("after disable -n %s: %v", other, err)
+	}
+}

@@ -1,15 +1,28 @@
 {{/* Labels every object carries; `meshcnictl status` and `disable` select on them. */}}
 {{- define "meshcni.labels" -}}
 app.kubernetes.io/name: meshcni
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/part-of: meshcni
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* The labels plus the component: agent or controller. */}}
+{{- define "meshcni.componentLabels" -}}
+{{ include "meshcni.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* The controller pods' selector: never changes across versions. */}}
+{{- define "meshcni.controllerSelector" -}}
+app.kubernetes.io/name: meshcni-controller
 {{- end -}}
 
 {{/* The agent pods' selector: never changes across versions. */}}
 {{- define "meshcni.selector" -}}
-app.kubernetes.io/name: meshcni-agent
+app.kubernetes.io/name: meshcni
+app.kubernetes.io/component: agent
 {{- end -}}
 
 {{/* The platform's entry in .Values.platforms; fails on an unknown name. */}}
@@ -36,8 +49,8 @@ app.kubernetes.io/name: meshcni-agent
 {{/* Excluded namespaces, comma-separated, the chart's own always last. */}}
 {{- define "meshcni.excludeNamespaces" -}}
 {{- $ns := list -}}
-{{- range .Values.excludeNamespaces }}{{ if ne . $.Values.namespace }}{{ $ns = append $ns . }}{{ end }}{{ end -}}
-{{- append ($ns | uniq) .Values.namespace | join "," -}}
+{{- range .Values.excludeNamespaces }}{{ if ne . $.Release.Namespace }}{{ $ns = append $ns . }}{{ end }}{{ end -}}
+{{- append ($ns | uniq) .Release.Namespace | join "," -}}
 {{- end -}}
 
 {{/* repository@digest when a digest is given (it pins the bytes), else repository:tag. */}}
