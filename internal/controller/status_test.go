@@ -156,7 +156,7 @@ func TestNodeSideRender(t *testing.T) {
 			}
 		}
 	}
-	for _, k := range []string{"DaemonSet", "ConfigMap", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Secret"} {
+	for _, k := range []string{"DaemonSet", "ConfigMap", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} {
 		if !seen[k] {
 			t.Errorf("no %s in the node side", k)
 		}

@@ -106,11 +106,10 @@ func chartExcludes() ([]string, error) {
 		return nil, err
 	}
 	var v struct {
-		Namespace         string   `json:"namespace"`
 		ExcludeNamespaces []string `json:"excludeNamespaces"`
 	}
 	if err := yaml.Unmarshal(raw, &v); err != nil {
 		return nil, fmt.Errorf("chart values: %v", err)
 	}
-	return append([]string{v.Namespace}, v.ExcludeNamespaces...), nil
+	return append([]string{DefaultNamespace}, v.ExcludeNamespaces...), nil
 }

@@ -34,6 +34,35 @@ var wantRoles = map[string]struct {
 	// A stopping agent reads its own DaemonSet (upgrade or uninstall); the
 	// agent mints the plug-in's tokens, for that one account only.
 	"Role/meshcni-agent": {false, false, []string{"/serviceaccounts/token: create names=meshcni-plugin", "apps/daemonsets: get"}},
+	// The controller (its own release): the MeshCNI and its status, the
+	// nodes' startup taint, events; the agent's roles and bindings by name
+	// (escalate and bind on those two names only: it grants the agent's
+	// rules without holding them).
+	"ClusterRole/meshcni-controller": {true, true, []string{
+		"/events: create patch",
+		"/nodes: get list watch update",
+		"meshcni.io/meshcnis/status: update",
+		"meshcni.io/meshcnis: get list watch patch",
+		"rbac.authorization.k8s.io/clusterrolebindings: create",
+		"rbac.authorization.k8s.io/clusterrolebindings: get patch delete names=meshcni-agent,meshcni-plugin",
+		"rbac.authorization.k8s.io/clusterroles: create",
+		"rbac.authorization.k8s.io/clusterroles: get patch delete escalate bind names=meshcni-agent,meshcni-plugin",
+	}},
+	// ... and, in its namespace, the node side's objects, its lease, and
+	// the agent's right to mint the plug-in's token (which it must hold to
+	// grant it).
+	"Role/meshcni-controller": {false, true, []string{
+		"/configmaps: get list watch create patch delete",
+		"/pods: list watch",
+		"/resourcequotas: get create patch delete",
+		"/serviceaccounts/token: create names=meshcni-plugin",
+		"/serviceaccounts: get create patch delete",
+		"apps/daemonsets: get list watch create patch delete",
+		"coordination.k8s.io/leases: create",
+		"coordination.k8s.io/leases: get update names=meshcni-controller",
+		"rbac.authorization.k8s.io/rolebindings: get create patch delete",
+		"rbac.authorization.k8s.io/roles: get create patch delete",
+	}},
 	// The webhook: its certificate's Secret and its configuration's caBundle.
 	"ClusterRole/meshcni-webhook": {true, true, []string{"admissionregistration.k8s.io/mutatingwebhookconfigurations: get patch names=meshcni-webhook"}},
 	"Role/meshcni-webhook":        {false, false, []string{"/secrets: create", "/secrets: get update names=meshcni-webhook-tls"}},
@@ -84,13 +113,22 @@ func TestRBACIsExactlyMinimal(t *testing.T) {
 					t.Errorf("%s rules:\n got  %q\n want %q", key, got, want.rules)
 				}
 				for _, r := range rules {
+					// escalate and bind only on meshcni's own roles, by name:
+					// the controller grants the agent's rules without holding them.
+					ownRoles := len(r.ResourceNames) > 0 && !slices.ContainsFunc(r.ResourceNames, func(n string) bool { return !strings.HasPrefix(n, "meshcni-") })
 					if slices.Contains(r.Verbs, "*") || slices.Contains(r.Resources, "*") || slices.Contains(r.APIGroups, "*") ||
-						slices.ContainsFunc(r.Verbs, func(v string) bool { return v == "escalate" || v == "bind" || v == "impersonate" }) {
+						slices.Contains(r.Verbs, "impersonate") ||
+						(!ownRoles && slices.ContainsFunc(r.Verbs, func(v string) bool { return v == "escalate" || v == "bind" })) {
 						t.Errorf("%s: rule %+v is a wildcard or an escalation", key, r)
 					}
 				}
 			}
-			for _, o := range decodeAll(t, render(t, Settings{Platform: platform})) {
+			// The node side (what the controller and enable apply) and the
+			// controller's own release (the controller, the webhook, the
+			// node-bound policy).
+			objects := decodeAll(t, render(t, Settings{Platform: platform}))
+			objects = append(objects, decodeAll(t, render(t, Settings{Platform: platform, Set: []string{"nodeSide=false"}}))...)
+			for _, o := range objects {
 				switch r := o.(type) {
 				case *rbacv1.ClusterRole:
 					if r.AggregationRule != nil {

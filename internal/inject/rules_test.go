@@ -24,15 +24,15 @@ func pluginRules(t *testing.T, js []byte, prefix string) (bool, string) {
 	if err := json.Unmarshal(raw, &p); err != nil {
 		t.Fatal(err)
 	}
-	if ok, _ := podspec.Decide(&p); !ok {
-		return false, ""
-	}
-	s, err := podspec.Spec(capture.Default(), &p, false)
+	v, err := podspec.NewJudge(capture.Default(), nil).Pod(&p, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !v.Capture {
+		return false, ""
+	}
 	var out string
-	for _, rs := range rules.Build(s) {
+	for _, rs := range rules.Build(v.Spec) {
 		out += rs.Restore()
 	}
 	return true, out
