@@ -38,12 +38,17 @@ func TestAgentIsBoundToItsNode(t *testing.T) {
 		}
 	}
 	// repairMode label: the role then holds pods/status patch.
-	m, err := ctl.Render(map[string]any{"namespace": ns, "repairMode": "label"})
+	m, err := ctl.RenderIn(map[string]any{"repairMode": "label"}, ns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	applyRendered(t, m.Objects, map[string]bool{"ServiceAccount": true, "ClusterRole": true, "ClusterRoleBinding": true,
-		"ValidatingAdmissionPolicy": true, "ValidatingAdmissionPolicyBinding": true})
+	applyRendered(t, m.Objects, map[string]bool{"ServiceAccount": true, "ClusterRole": true, "ClusterRoleBinding": true})
+	// The policy ships with the controller's release, not the node side.
+	release, err := ctl.RenderIn(map[string]any{"nodeSide": false}, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyRendered(t, release.Objects, map[string]bool{"ValidatingAdmissionPolicy": true, "ValidatingAdmissionPolicyBinding": true})
 	// As repairMode delete would grant: delete on pods, so that only the
 	// policy stands between the token and node-b's pods.
 	grantDelete(t, ns)

@@ -288,7 +288,8 @@ func checkRBAC(t *testing.T) {
 		}},
 		{"meshcni-agent", []access{
 			{"get", "pods", "", "", true}, {"list", "pods", "", "", true}, {"watch", "pods", "", "", true},
-			{"delete", "pods", "", "", true}, {"update", "pods", "status", "", true}, {"patch", "nodes", "", "", true},
+			// repairMode repair (the default): no delete, no pods/status.
+			{"delete", "pods", "", "", false}, {"update", "pods", "status", "", false}, {"patch", "nodes", "", "", true},
 			{"create", "events", "", "", true},
 			{"create", "pods", "", "", false}, {"update", "pods", "", "", false}, {"get", "secrets", "", "", false},
 			{"list", "nodes", "", "", false}, {"delete", "nodes", "", "", false},
