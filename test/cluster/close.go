@@ -1,21 +1,18 @@
 package cluster
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/meshcni/meshcni/test/daemon"
 )
 
 // Close stops everything by PID, in an order that lets each piece clean up
@@ -30,11 +27,11 @@ func (c *Cluster) Close() error {
 		}
 	}
 	for _, n := range c.Nodes {
-		note(n.proxy.stop(10 * time.Second))
-		note(n.kubelet.stop(10 * time.Second))
+		note(n.proxy.Stop(10 * time.Second))
+		note(n.kubelet.Stop(10 * time.Second))
 	}
-	note(c.sched.stop(10 * time.Second))
-	note(c.cm.stop(10 * time.Second))
+	note(c.sched.Stop(10 * time.Second))
+	note(c.cm.Stop(10 * time.Second))
 	for _, n := range c.Nodes {
 		if n.containerd != nil && !n.containerd.Exited() {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -43,29 +40,29 @@ func (c *Cluster) Close() error {
 			}
 			cancel()
 		}
-		note(n.containerd.stop(15 * time.Second))
+		note(n.containerd.Stop(15 * time.Second))
 	}
-	note(c.api.stop(10 * time.Second))
-	note(c.etcd.stop(10 * time.Second))
+	note(c.api.Stop(10 * time.Second))
+	note(c.etcd.Stop(10 * time.Second))
 	// Each node's mount namespace, and every mount in it (pod volumes,
 	// rootfs overlays, netns files), goes with its holder and whatever
 	// process is still in it.
 	for _, n := range c.Nodes {
-		note(n.holder.stop(5 * time.Second))
+		note(n.holder.Stop(5 * time.Second))
 	}
 	for _, pid := range c.leftoverPIDs() {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 		note("killed leftover pid " + strconv.Itoa(pid))
 	}
-	notes = append(notes, c.removeCgroups()...)
+	// A cgroup whose last task is still exiting is retried for 10s.
+	notes = append(notes, daemon.RemoveCgroups(c.Name, 10*time.Second)...)
 	for _, ns := range c.netnsNames() {
 		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
 			note(fmt.Sprintf("ip netns del %s: %v %s", ns, err, out))
 		}
 	}
-	for _, p := range unmountUnder(c.Dir) {
-		note("unmounted " + p)
-	}
+	// There should be none: the nodes' mounts live in their own namespaces.
+	notes = append(notes, daemon.UnmountUnder(c.Dir)...)
 	if err := os.RemoveAll(c.Dir); err != nil {
 		note("remove " + c.Dir + ": " + err.Error())
 	}
@@ -86,63 +83,7 @@ func (c *Cluster) Close() error {
 // leftoverPIDs are the processes in the cluster's cgroups (containers)
 // and those whose command line names the cluster's dir (shims, daemons).
 func (c *Cluster) leftoverPIDs() []int {
-	var pids []int
-	seen := map[int]bool{os.Getpid(): true}
-	_ = filepath.WalkDir(filepath.Join("/sys/fs/cgroup/pids", c.Name), func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.Name() != "cgroup.procs" {
-			return nil
-		}
-		b, _ := os.ReadFile(p)
-		for _, f := range strings.Fields(string(b)) {
-			if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
-				seen[pid] = true
-				pids = append(pids, pid)
-			}
-		}
-		return nil
-	})
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || seen[pid] {
-			continue
-		}
-		b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if bytes.Contains(b, []byte(c.Dir+"/")) {
-			seen[pid] = true
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// removeCgroups removes the cluster's cgroup tree from every hierarchy,
-// deepest first; a cgroup whose last task is still exiting is retried.
-func (c *Cluster) removeCgroups() []string {
-	var notes []string
-	roots, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", c.Name))
-	for _, root := range roots {
-		var dirs []string
-		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
-			}
-			return nil
-		})
-		sort.Sort(sort.Reverse(sort.StringSlice(dirs)))
-		for _, d := range dirs {
-			err := waitFor(context.Background(), "remove cgroup "+d, 10*time.Second, func() error {
-				if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
-					return err
-				}
-				return nil
-			})
-			if err != nil {
-				notes = append(notes, err.Error())
-			}
-		}
-	}
-	return notes
+	return daemon.PIDs(c.Name, func(cmdline []byte) bool { return bytes.Contains(cmdline, []byte(c.Dir+"/")) })
 }
 
 // mountMarker is the file of this cluster's in a host mount point.
@@ -170,7 +111,7 @@ func (c *Cluster) Leftovers() []string {
 	for _, ns := range c.netnsNames() {
 		left = append(left, "netns "+ns)
 	}
-	for _, m := range mountsUnder(c.Dir) {
+	for _, m := range daemon.MountsUnder(c.Dir) {
 		left = append(left, "mount "+m)
 	}
 	if cg, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", c.Name)); len(cg) > 0 {
@@ -193,36 +134,6 @@ func (c *Cluster) Leftovers() []string {
 		}
 	}
 	return left
-}
-
-func mountsUnder(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return []string{err.Error()}
-	}
-	defer f.Close()
-	var points []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
-			points = append(points, fields[4])
-		}
-	}
-	sort.Sort(sort.Reverse(sort.StringSlice(points)))
-	return points
-}
-
-// unmountUnder detaches every host mount at or below dir, deepest first
-// (there should be none: the nodes' mounts live in their own namespaces).
-func unmountUnder(dir string) []string {
-	var done []string
-	for _, p := range mountsUnder(dir) {
-		if err := unix.Unmount(p, unix.MNT_DETACH); err == nil {
-			done = append(done, p)
-		}
-	}
-	return done
 }
 
 // SweepStale removes what a run killed with SIGKILL left behind: its

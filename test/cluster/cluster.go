@@ -23,6 +23,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/meshcni/meshcni/test/daemon"
 )
 
 // Options are what Start needs from outside.
@@ -64,8 +66,8 @@ type Cluster struct {
 	crictl     string
 	pki        *pki
 	log        io.Writer
-	etcd, api  *proc
-	cm, sched  *proc
+	etcd, api  *daemon.Proc
+	cm, sched  *daemon.Proc
 	madeMounts []string // host mount points this run created
 	// hostSysctls are the host's values, read at Start, that the cluster
 	// must not change: Close checks them.
@@ -265,7 +267,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 	}
 	p := c.pki.path
 	var err error
-	c.etcd, err = start("etcd", filepath.Join(logs, "etcd.log"), c.inLan(filepath.Join(c.bin, "etcd"),
+	c.etcd, err = daemon.Start("etcd", filepath.Join(logs, "etcd.log"), c.inLan(filepath.Join(c.bin, "etcd"),
 		"--name=cluster", "--data-dir="+filepath.Join(c.Dir, "etcd"),
 		"--listen-client-urls=http://127.0.0.1:2379", "--advertise-client-urls=http://127.0.0.1:2379",
 		"--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
@@ -273,7 +275,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.api, err = start("kube-apiserver", filepath.Join(logs, "kube-apiserver.log"), c.inLan(filepath.Join(c.bin, "kube-apiserver"),
+	c.api, err = daemon.Start("kube-apiserver", filepath.Join(logs, "kube-apiserver.log"), c.inLan(filepath.Join(c.bin, "kube-apiserver"),
 		"--etcd-servers=http://127.0.0.1:2379", "--bind-address="+lanIP, "--advertise-address="+lanIP, "--secure-port=6443",
 		"--cert-dir="+filepath.Join(c.Dir, "apiserver-certs"),
 		"--tls-cert-file="+p("apiserver.crt"), "--tls-private-key-file="+p("apiserver.key"),
@@ -289,7 +291,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 	}
 	if err := waitFor(ctx, "kube-apiserver /readyz", 90*time.Second, func() error {
 		if c.api.Exited() {
-			return fmt.Errorf("kube-apiserver exited:\n%s\netcd:\n%s", c.api.tail(20), c.etcd.tail(10))
+			return fmt.Errorf("kube-apiserver exited:\n%s\netcd:\n%s", c.api.Tail(20), c.etcd.Tail(10))
 		}
 		_, err := c.Kubectl(ctx, "get", "--raw", "/readyz")
 		return err
@@ -297,7 +299,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 		return err
 	}
 	kc := func(n string) string { return p(n + ".kubeconfig") }
-	c.cm, err = start("kube-controller-manager", filepath.Join(logs, "kube-controller-manager.log"), c.inLan(filepath.Join(c.bin, "kube-controller-manager"),
+	c.cm, err = daemon.Start("kube-controller-manager", filepath.Join(logs, "kube-controller-manager.log"), c.inLan(filepath.Join(c.bin, "kube-controller-manager"),
 		"--kubeconfig="+kc("controller-manager"), "--authentication-kubeconfig="+kc("controller-manager"),
 		"--authorization-kubeconfig="+kc("controller-manager"), "--bind-address=127.0.0.1", "--leader-elect=false",
 		"--cluster-signing-cert-file="+p("ca.crt"), "--cluster-signing-key-file="+p("ca.key"), "--root-ca-file="+p("ca.crt"),
@@ -306,7 +308,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.sched, err = start("kube-scheduler", filepath.Join(logs, "kube-scheduler.log"), c.inLan(filepath.Join(c.bin, "kube-scheduler"),
+	c.sched, err = daemon.Start("kube-scheduler", filepath.Join(logs, "kube-scheduler.log"), c.inLan(filepath.Join(c.bin, "kube-scheduler"),
 		"--kubeconfig="+kc("scheduler"), "--authentication-kubeconfig="+kc("scheduler"),
 		"--authorization-kubeconfig="+kc("scheduler"), "--bind-address=127.0.0.1", "--leader-elect=false",
 		"--profiling=false", "--v=1")...)
@@ -334,7 +336,7 @@ func (c *Cluster) waitNodesReady(ctx context.Context) error {
 	return waitFor(ctx, "every node Ready", 60*time.Second, func() error {
 		for _, n := range c.Nodes {
 			if n.kubelet.Exited() {
-				return fmt.Errorf("kubelet on %s exited:\n%s", n.Name, n.kubelet.tail(20))
+				return fmt.Errorf("kubelet on %s exited:\n%s", n.Name, n.kubelet.Tail(20))
 			}
 		}
 		out, err := c.Kubectl(ctx, "get", "nodes", "-o", `jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}`)

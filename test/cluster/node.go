@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/meshcni/meshcni/test/daemon"
 )
 
 // Node is one node: a network namespace routed to the lan, and a private
@@ -23,10 +25,10 @@ type Node struct {
 	Cgroup  string // kubelet cgroupRoot, e.g. /mcl123/node-a
 
 	c          *Cluster
-	holder     *proc
-	containerd *proc
-	kubelet    *proc
-	proxy      *proc
+	holder     *daemon.Proc
+	containerd *daemon.Proc
+	kubelet    *daemon.Proc
+	proxy      *daemon.Proc
 }
 
 func (c *Cluster) newNode(name string, i int) *Node {
@@ -41,7 +43,7 @@ func (n *Node) path(elem ...string) string { return filepath.Join(append([]strin
 
 // In returns argv run inside the node: its netns and its mount namespace.
 func (n *Node) In(argv ...string) []string {
-	return append([]string{"nsenter", "-t", strconv.Itoa(n.holder.cmd.Process.Pid), "-m", "-n", "--"}, argv...)
+	return append([]string{"nsenter", "-t", strconv.Itoa(n.holder.PID()), "-m", "-n", "--"}, argv...)
 }
 
 // Exec runs argv inside the node and returns its stdout.
@@ -154,7 +156,7 @@ func (n *Node) startHolder(ctx context.Context) error {
 	var err error
 	// standin pause names the cluster's dir in its command line, so a
 	// sweep after a crash can find it.
-	n.holder, err = start("holder-"+n.Name, n.path("logs", "holder.log"),
+	n.holder, err = daemon.Start("holder-"+n.Name, n.path("logs", "holder.log"),
 		"nsenter", "--net="+n.NS, "unshare", "--mount", "--propagation", "private", c.Tool("standin"), "pause")
 	if err != nil {
 		return err
@@ -162,13 +164,13 @@ func (n *Node) startHolder(ctx context.Context) error {
 	self, _ := os.Readlink("/proc/self/ns/mnt")
 	if err := waitFor(ctx, "the node's mount namespace", 10*time.Second, func() error {
 		if n.holder.Exited() {
-			return fmt.Errorf("holder exited: %s", n.holder.tail(5))
+			return fmt.Errorf("holder exited: %s", n.holder.Tail(5))
 		}
-		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", n.holder.cmd.Process.Pid))
+		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", n.holder.PID()))
 		if err != nil || ns == self {
 			return fmt.Errorf("not yet unshared (%v)", err)
 		}
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n.holder.cmd.Process.Pid))
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n.holder.PID()))
 		if !strings.Contains(string(b), "standin") {
 			return fmt.Errorf("not yet exec'd")
 		}
@@ -191,7 +193,7 @@ func (n *Node) startHolder(ctx context.Context) error {
 		fmt.Fprintf(&script, "mount --bind %q %q && ", b[0], b[1])
 	}
 	script.WriteString("true")
-	_, err = run(ctx, nil, "nsenter", "-t", strconv.Itoa(n.holder.cmd.Process.Pid), "-m", "--", "sh", "-c", script.String())
+	_, err = run(ctx, nil, "nsenter", "-t", strconv.Itoa(n.holder.PID()), "-m", "--", "sh", "-c", script.String())
 	return err
 }
 
@@ -262,63 +264,21 @@ func (n *Node) writeCNI() error {
 }
 
 func (n *Node) startContainerd(ctx context.Context) error {
-	d := n.path("containerd")
-	conf := fmt.Sprintf(`version = 2
-root = %[1]q
-state = %[2]q
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp"]
-
-[grpc]
-  address = %[3]q
-
-[ttrpc]
-  address = %[4]q
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = %[5]q
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.k8s.io/pause:3.10"
-  restrict_oom_score_adj = true
-  disable_apparmor = true
-  netns_mounts_under_state_dir = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = %[6]q
-    conf_dir = %[7]q
-    max_conf_num = 1
-
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = %[8]q
-`, filepath.Join(d, "root"), filepath.Join(d, "state"), n.Sock, n.Sock+".ttrpc", filepath.Join(d, "opt"),
-		n.c.CNIBinDir, n.c.CNIConfDir, filepath.Join(d, "runc"))
+	conf := daemon.Containerd{
+		Dir: n.path("containerd"), Sock: n.Sock, SandboxImage: "registry.k8s.io/pause:3.10",
+		CNIBinDir: n.c.CNIBinDir, CNIConfDir: n.c.CNIConfDir,
+	}.Config()
 	path := n.path("etc", "containerd.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return err
 	}
 	var err error
-	if n.containerd, err = start("containerd-"+n.Name, n.path("logs", "containerd.log"), n.In("containerd", "--config", path)...); err != nil {
+	if n.containerd, err = daemon.Start("containerd-"+n.Name, n.path("logs", "containerd.log"), n.In("containerd", "--config", path)...); err != nil {
 		return err
 	}
 	return waitFor(ctx, "containerd's CRI on "+n.Name, 30*time.Second, func() error {
 		if n.containerd.Exited() {
-			return fmt.Errorf("containerd exited:\n%s", n.containerd.tail(20))
+			return fmt.Errorf("containerd exited:\n%s", n.containerd.Tail(20))
 		}
 		_, err := n.Crictl(ctx, "info")
 		return err
@@ -388,7 +348,7 @@ evictionHard: {memory.available: "1Mi", nodefs.available: "1%%", imagefs.availab
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return err
 	}
-	n.kubelet, err = start("kubelet-"+n.Name, n.path("logs", "kubelet.log"), n.In(filepath.Join(c.bin, "kubelet"),
+	n.kubelet, err = daemon.Start("kubelet-"+n.Name, n.path("logs", "kubelet.log"), n.In(filepath.Join(c.bin, "kubelet"),
 		"--config="+path, "--kubeconfig="+kubeconfig, "--root-dir="+n.path("kubelet"),
 		"--hostname-override="+n.Name, "--node-ip="+n.IP, "--v=2")...)
 	return err
@@ -413,16 +373,16 @@ conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeou
 		return err
 	}
 	var err error
-	n.proxy, err = start("kube-proxy-"+n.Name, n.path("logs", "kube-proxy.log"), n.In(filepath.Join(c.bin, "kube-proxy"), "--config="+path, "--v=1")...)
+	n.proxy, err = daemon.Start("kube-proxy-"+n.Name, n.path("logs", "kube-proxy.log"), n.In(filepath.Join(c.bin, "kube-proxy"), "--config="+path, "--v=1")...)
 	return err
 }
 
 // Logs returns the last n lines of each of the node's daemons' logs.
 func (n *Node) Logs(lines int) string {
 	var b strings.Builder
-	for _, p := range []*proc{n.containerd, n.kubelet, n.proxy} {
+	for _, p := range []*daemon.Proc{n.containerd, n.kubelet, n.proxy} {
 		if p != nil {
-			fmt.Fprintf(&b, "--- %s\n%s\n", p.name, p.tail(lines))
+			fmt.Fprintf(&b, "--- %s\n%s\n", p.Name, p.Tail(lines))
 		}
 	}
 	return b.String()
@@ -432,12 +392,12 @@ func (n *Node) Logs(lines int) string {
 // through CRI (their CNI DEL runs, as at a shutdown), and stops
 // containerd: what a reboot does to the node's workloads.
 func (n *Node) Shutdown(ctx context.Context) error {
-	n.proxy.stop(10 * time.Second)
-	n.kubelet.stop(10 * time.Second)
+	n.proxy.Stop(10 * time.Second)
+	n.kubelet.Stop(10 * time.Second)
 	if _, err := n.Crictl(ctx, "rmp", "--all", "--force"); err != nil {
 		return err
 	}
-	n.containerd.stop(15 * time.Second)
+	n.containerd.Stop(15 * time.Second)
 	return nil
 }
 

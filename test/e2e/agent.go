@@ -14,13 +14,14 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/meshcni/meshcni/test/daemon"
 	"github.com/meshcni/meshcni/test/testbed"
 )
 
 // Agent is meshcni-agent running on the node (inside the node netns, as a
 // hostNetwork DaemonSet pod would be).
 type Agent struct {
-	*proc
+	*daemon.Proc
 	RunDir     string
 	HealthAddr string // on the node's loopback
 	node       ns.NetNS
@@ -53,7 +54,7 @@ func StartAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
 		return nil, err
 	}
 	var err error
-	if a.proc, err = startInNetns("meshcni-agent", o.Node.NS.Path(), filepath.Join(o.Dir, "agent.log"), argv...); err != nil {
+	if a.Proc, err = startInNetns("meshcni-agent", o.Node.NS.Path(), filepath.Join(o.Dir, "agent.log"), argv...); err != nil {
 		return nil, err
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -63,8 +64,8 @@ func StartAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
 			return a, nil
 		}
 		if a.Exited() || time.Now().After(deadline) || ctx.Err() != nil {
-			note := a.stop(5 * time.Second)
-			return nil, fmt.Errorf("meshcni-agent not ready (last /readyz: %d %q, %v) %s\nagent log:\n%s", code, body, err, note, a.tail(30))
+			note := a.Stop(5 * time.Second)
+			return nil, fmt.Errorf("meshcni-agent not ready (last /readyz: %d %q, %v) %s\nagent log:\n%s", code, body, err, note, a.Tail(30))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -278,7 +278,7 @@ func TestConflistEditPickedUpWithoutRestart(t *testing.T) {
 	if err := env.rt.WaitCNIConfig(ctx, "with the new range and meshcni last", func(c string) bool {
 		return strings.Contains(c, newRange) && chainedLast(c)
 	}); err != nil {
-		t.Fatalf("%v\nagent log:\n%s", err, env.agent.tail(20))
+		t.Fatalf("%v\nagent log:\n%s", err, env.agent.Tail(20))
 	}
 	t.Logf("the agent put meshcni back and containerd loaded it %s after the edit", time.Since(edited).Round(time.Millisecond))
 
@@ -393,7 +393,7 @@ func TestUninstallWhilePodsRun(t *testing.T) {
 		t.Fatalf("before the uninstall: %q, want %q", got, want)
 	}
 
-	if note := env.agent.stop(15 * time.Second); note != "" {
+	if note := env.agent.Stop(15 * time.Second); note != "" {
 		t.Fatalf("the agent did not stop cleanly: %s", note)
 	}
 	t.Cleanup(func() {
@@ -411,7 +411,7 @@ func TestUninstallWhilePodsRun(t *testing.T) {
 		}
 	})
 	if err := env.rt.WaitCNIConfig(ctx, "without meshcni", func(c string) bool { return !hasMeshcni(c) }); err != nil {
-		t.Fatalf("%v\nagent log:\n%s", err, env.agent.tail(20))
+		t.Fatalf("%v\nagent log:\n%s", err, env.agent.Tail(20))
 	}
 	for _, f := range []string{filepath.Join(env.node.BinDir, "meshcni"), filepath.Join(env.agentIn.Dir, "run", "kubeconfig")} {
 		if _, err := os.Stat(f); !os.IsNotExist(err) {

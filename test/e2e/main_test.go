@@ -93,7 +93,7 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "containerd log (tail):\n%s\n", env.rt.LogTail(40))
 	}
 	if code != 0 && env.agent != nil {
-		fmt.Fprintf(os.Stderr, "meshcni-agent log (tail):\n%s\n", env.agent.tail(40))
+		fmt.Fprintf(os.Stderr, "meshcni-agent log (tail):\n%s\n", env.agent.Tail(40))
 	}
 	if code != 0 && env.cluster != nil {
 		fmt.Fprintln(os.Stderr, env.cluster.LogTail(20))
@@ -247,7 +247,7 @@ func teardown() {
 		}
 	}
 	if env.agent != nil {
-		if note := env.agent.stop(15 * time.Second); note != "" {
+		if note := env.agent.Stop(15 * time.Second); note != "" {
 			fmt.Fprintln(os.Stderr, "e2e cleanup:", note)
 		}
 	}

@@ -3,26 +3,23 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/meshcni/meshcni/test/daemon"
 )
 
 // Runtime is a containerd of the suite's own: config, root, state, sockets
@@ -38,7 +35,7 @@ type Runtime struct {
 
 	crictl     string
 	crictlConf string
-	containerd *proc
+	containerd *daemon.Proc
 	closing    atomic.Bool
 }
 
@@ -96,7 +93,9 @@ func StartRuntime(ctx context.Context, o RuntimeOptions) (_ *Runtime, err error)
 		}
 	}()
 	conf := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(conf, []byte(r.config(o)), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(daemon.Containerd{
+		Dir: r.Dir, Sock: r.Sock, SandboxImage: o.SandboxImage, CNIBinDir: o.CNIBinDir, CNIConfDir: o.CNIConfDir,
+	}.Config()), 0o644); err != nil {
 		return nil, err
 	}
 	crictlYAML := fmt.Sprintf("runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 60\n", r.Sock, r.Sock)
@@ -114,8 +113,8 @@ func StartRuntime(ctx context.Context, o RuntimeOptions) (_ *Runtime, err error)
 			return r, nil
 		}
 		select {
-		case <-r.containerd.exited:
-			return nil, fmt.Errorf("containerd exited at start: %s", r.containerd.cmd.ProcessState)
+		case <-r.containerd.Done():
+			return nil, fmt.Errorf("containerd exited at start: %s", r.containerd.State())
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
@@ -139,57 +138,6 @@ func findCrictl() (string, error) {
 		return "", fmt.Errorf("crictl is neither in PATH nor at %s (hack/e2e-deps.sh builds it)", p)
 	}
 	return p, nil
-}
-
-// config is containerd 1.6's config: everything under r.Dir; CRI with the
-// node's CNI dirs; cgroupfs (cgroups v1 here); no AppArmor; OOM score
-// adjustments restricted, as this sandbox refuses to lower them.
-func (r *Runtime) config(o RuntimeOptions) string {
-	return fmt.Sprintf(`version = 2
-root = %[1]q
-state = %[2]q
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp"]
-
-[grpc]
-  address = %[3]q
-
-[ttrpc]
-  address = %[4]q
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = %[5]q
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = %[6]q
-  restrict_oom_score_adj = true
-  disable_apparmor = true
-  netns_mounts_under_state_dir = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = %[7]q
-    conf_dir = %[8]q
-    max_conf_num = 1
-
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = %[9]q
-`, filepath.Join(r.Dir, "root"), filepath.Join(r.Dir, "state"), r.Sock, r.Sock+".ttrpc",
-		filepath.Join(r.Dir, "opt"), o.SandboxImage, o.CNIBinDir, o.CNIConfDir, filepath.Join(r.Dir, "runc"))
 }
 
 // Crictl runs crictl against this runtime, inside the node netns: the
@@ -227,7 +175,7 @@ func (r *Runtime) LogTail(n int) string {
 	if r.containerd == nil {
 		return ""
 	}
-	return r.containerd.tail(n)
+	return r.containerd.Tail(n)
 }
 
 // Close removes every pod through CRI (so CNI DEL runs), stops containerd,
@@ -246,7 +194,7 @@ func (r *Runtime) Close() []string {
 			}
 			cancel()
 		}
-		if note := r.containerd.stop(15 * time.Second); note != "" {
+		if note := r.containerd.Stop(15 * time.Second); note != "" {
 			swept = append(swept, note)
 		}
 	}
@@ -254,8 +202,9 @@ func (r *Runtime) Close() []string {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 		swept = append(swept, "killed leftover pid "+strconv.Itoa(pid))
 	}
-	swept = append(swept, r.removeCgroups()...)
-	swept = append(swept, unmountUnder(r.Dir)...)
+	// A cgroup whose last task is still exiting is retried for 5s.
+	swept = append(swept, daemon.RemoveCgroups(r.Cgroup, 5*time.Second)...)
+	swept = append(swept, daemon.UnmountUnder(r.Dir)...)
 	for _, sock := range socks {
 		if err := os.Remove(sock); err == nil {
 			swept = append(swept, "removed shim socket "+sock)
@@ -273,90 +222,9 @@ func (r *Runtime) Close() []string {
 // leftoverPIDs are the processes in the suite's cgroup (containers) and
 // the shims whose command line names this containerd's socket.
 func (r *Runtime) leftoverPIDs() []int {
-	var pids []int
-	seen := map[int]bool{}
-	_ = filepath.WalkDir(filepath.Join("/sys/fs/cgroup/pids", r.Cgroup), func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.Name() != "cgroup.procs" {
-			return nil
-		}
-		b, _ := os.ReadFile(p)
-		for _, f := range strings.Fields(string(b)) {
-			if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
-				seen[pid] = true
-				pids = append(pids, pid)
-			}
-		}
-		return nil
+	return daemon.PIDs(r.Cgroup, func(cmdline []byte) bool {
+		return bytes.Contains(cmdline, []byte(r.Sock+"\x00")) || bytes.HasSuffix(cmdline, []byte(r.Sock))
 	})
-	procs, _ := os.ReadDir("/proc")
-	for _, e := range procs {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || seen[pid] || pid == os.Getpid() {
-			continue
-		}
-		b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if bytes.Contains(b, []byte(r.Sock+"\x00")) || bytes.HasSuffix(b, []byte(r.Sock)) {
-			seen[pid] = true
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// removeCgroups removes the suite's cgroup tree from every v1 hierarchy,
-// deepest first.
-func (r *Runtime) removeCgroups() []string {
-	var swept []string
-	roots, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", r.Cgroup))
-	for _, root := range roots {
-		var dirs []string
-		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
-			}
-			return nil
-		})
-		sort.Sort(sort.Reverse(sort.StringSlice(dirs)))
-		for _, d := range dirs {
-			for i := 0; i < 50; i++ {
-				err := os.Remove(d)
-				if err == nil || errors.Is(err, os.ErrNotExist) {
-					break
-				}
-				if i == 49 {
-					swept = append(swept, "cgroup "+d+": "+err.Error())
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
-		}
-	}
-	return swept
-}
-
-// unmountUnder detaches every mount at or below dir, deepest first: pod
-// netns, shm, rootfs overlays, if a crash left them.
-func unmountUnder(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return []string{err.Error()}
-	}
-	defer f.Close()
-	var points []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
-			points = append(points, fields[4])
-		}
-	}
-	sort.Sort(sort.Reverse(sort.StringSlice(points)))
-	var swept []string
-	for _, p := range points {
-		if err := unix.Unmount(p, unix.MNT_DETACH); err == nil {
-			swept = append(swept, "unmounted "+p)
-		}
-	}
-	return swept
 }
 
 // CNIConfig is the conflist the CRI plug-in has loaded for pods' eth0,

@@ -22,18 +22,16 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strconv"
 	"syscall"
 	"time"
 
-	"github.com/meshcni/meshcni/internal/origdst"
+	"github.com/meshcni/meshcni/test/workload"
 )
 
 func main() {
@@ -43,9 +41,7 @@ func main() {
 	var err error
 	switch os.Args[1] {
 	case "pause":
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-		<-sig
+		workload.Pause()
 	case "proxy":
 		err = proxy()
 	case "istio-iptables":
@@ -129,29 +125,11 @@ func serve(addr string, answer func(orig netip.AddrPort) string) error {
 		}
 		go func() {
 			defer c.Close()
-			tc := c.(*net.TCPConn)
-			orig, err := origdst.Of(tc)
-			if err != nil {
-				orig = tc.LocalAddr().(*net.TCPAddr).AddrPort()
-			}
-			orig = netip.AddrPortFrom(orig.Addr().Unmap(), orig.Port())
-			line := answer(orig)
+			line := answer(workload.OrigDst(c.(*net.TCPConn)))
 			fmt.Printf("%s: from %s: %s\n", addr, c.RemoteAddr(), line)
 			_, _ = fmt.Fprintln(c, line)
 		}()
 	}
 }
 
-func ask(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return "", fmt.Errorf("read answer from %s: %w", addr, err)
-	}
-	return line[:len(line)-1], nil
-}
+func ask(addr string) (string, error) { return workload.Ask(addr, 5*time.Second) }

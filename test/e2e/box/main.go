@@ -13,17 +13,14 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
-	"github.com/meshcni/meshcni/internal/origdst"
+	"github.com/meshcni/meshcni/test/workload"
 )
 
 func main() {
@@ -33,7 +30,7 @@ func main() {
 	var err error
 	switch os.Args[1] {
 	case "pause":
-		pause()
+		workload.Pause()
 	case "serve":
 		err = serve(os.Args[2:])
 	case "ask":
@@ -53,12 +50,6 @@ func main() {
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: box pause | box serve NAME=ADDR... | box ask ADDR")
 	os.Exit(2)
-}
-
-func pause() {
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
 }
 
 func serve(specs []string) error {
@@ -88,11 +79,7 @@ func accept(l net.Listener, name string) error {
 			return err
 		}
 		tc := c.(*net.TCPConn)
-		orig, err := origdst.Of(tc)
-		if err != nil {
-			orig = tc.LocalAddr().(*net.TCPAddr).AddrPort()
-		}
-		orig = netip.AddrPortFrom(orig.Addr().Unmap(), orig.Port())
+		orig := workload.OrigDst(tc)
 		peer := tc.RemoteAddr().(*net.TCPAddr).AddrPort()
 		fmt.Printf("%s %s from %s (served by uid %d)\n", name, orig, netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port()), os.Getuid())
 		_, _ = fmt.Fprintf(c, "%s %s\n", name, orig)
@@ -101,16 +88,10 @@ func accept(l net.Listener, name string) error {
 }
 
 func ask(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	line, err := workload.Ask(addr, 3*time.Second)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("read answer from %s: %w", addr, err)
-	}
-	fmt.Print(line)
+	fmt.Println(line)
 	return nil
 }
