@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -104,6 +105,16 @@ var listAnnotations = []string{
 	AnnotationExcludeInterfaces, AnnotationRerouteInterfaces, AnnotationKubevirtInterfaces,
 }
 
+// ErrOverBudget matches (errors.Is) the error of a pod whose rules would
+// exceed RuleBudget, so that callers can count it apart; the message
+// stays the one that says what to shorten.
+var ErrOverBudget = errors.New("over the rule budget")
+
+type overBudget struct{ msg string }
+
+func (e overBudget) Error() string        { return e.msg }
+func (e overBudget) Is(target error) bool { return target == ErrOverBudget }
+
 // budgetError names the pod's list annotations and their sizes, since
 // which of them to shorten is the owner's choice.
 func budgetError(n int, annotations map[string]string) error {
@@ -116,7 +127,7 @@ func budgetError(n int, annotations map[string]string) error {
 	if len(lists) == 0 {
 		lists = append(lists, "none: the node's defaults alone")
 	}
-	return fmt.Errorf("the pod's capture would take %d rules, over meshcni's budget of %d per pod "+
+	return overBudget{fmt.Sprintf("the pod's capture would take %d rules, over meshcni's budget of %d per pod "+
 		"(include CIDRs count once per rerouted interface); shorten or merge the lists in its annotations: %s",
-		n, RuleBudget, strings.Join(lists, ", "))
+		n, RuleBudget, strings.Join(lists, ", "))}
 }

@@ -17,26 +17,26 @@ const (
 )
 
 // decide says whether a pod in a namespace meshcni captures is captured,
-// and why.
-func decide(pod *Pod) (bool, string) {
+// why, and why in a word (one of Codes).
+func decide(pod *Pod) (bool, string, string) {
 	if strings.EqualFold(pod.Annotations[capture.AnnotationInject], sidecarValue) {
-		return false, "annotation " + capture.AnnotationInject + "=false"
+		return false, CodeInjectFalse, "annotation " + capture.AnnotationInject + "=false"
 	}
 	proxy := proxyContainer(pod)
 	if proxy == nil {
-		return false, "no " + sidecarName + " container"
+		return false, CodeNoSidecar, "no " + sidecarName + " container"
 	}
 	n := len(pod.Spec.Containers)
 	if !isRegular(pod, proxy) {
 		n++ // a native sidecar counts as a container
 	}
 	if n < 2 {
-		return false, "only one container"
+		return false, CodeOneContainer, "only one container"
 	}
 	if hasInit(pod) {
-		return false, "has an " + initName + " init container, which programs the rules itself"
+		return false, CodeIstioInit, "has an " + initName + " init container, which programs the rules itself"
 	}
-	return true, "sidecar " + sidecarName + " present"
+	return true, CodeCaptured, "sidecar " + sidecarName + " present"
 }
 
 // proxyContainer finds istio-proxy among the containers, or among init

@@ -1,6 +1,7 @@
 package podspec
 
 import (
+	"errors"
 	"net/netip"
 
 	"github.com/meshcni/meshcni/internal/capture"
@@ -31,6 +32,8 @@ type Verdict struct {
 	Capture bool
 	// Reason says why, for logs and for verify.
 	Reason string
+	// Code is Reason in a word, one of Codes, for metrics.
+	Code string
 	// Spec is the capture spec, when Capture.
 	Spec capture.Spec
 	// ProgrammedBy names what programs the rules of a pod meshcni does
@@ -46,7 +49,7 @@ type Verdict struct {
 // plug-in calls it before any API call; Pod calls it first too.
 func (j Judge) Namespace(ns string) (v Verdict, done bool) {
 	if j.excluded[ns] {
-		return Verdict{Reason: "namespace " + ns + " is excluded"}, true
+		return Verdict{Reason: "namespace " + ns + " is excluded", Code: CodeExcludedNamespace}, true
 	}
 	return Verdict{}, false
 }
@@ -59,7 +62,7 @@ func (j Judge) Namespace(ns string) (v Verdict, done bool) {
 func (j Judge) Pod(pod *Pod, addrs []netip.Addr) (Verdict, error) {
 	v, done := j.Namespace(pod.Namespace)
 	if !done {
-		v.Capture, v.Reason = decide(pod)
+		v.Capture, v.Code, v.Reason = decide(pod)
 	}
 	if !v.Capture {
 		if hasInit(pod) {
@@ -70,6 +73,10 @@ func (j Judge) Pod(pod *Pod, addrs []netip.Addr) (Verdict, error) {
 	proxy := ProxyOf(pod)
 	spec, err := capture.FromPod(j.base, pod.Annotations, proxy, addrs)
 	if err != nil {
+		v.Code = CodeInvalidPod
+		if errors.Is(err, capture.ErrOverBudget) {
+			v.Code = CodeBudget
+		}
 		return v, err
 	}
 	v.Spec, v.Warnings = spec, proxy.FlagWarnings()
