@@ -11,6 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meshcni/meshcni/internal/buildinfo"
 )
 
 // metrics are the agent's Prometheus series, in a registry of its own so
@@ -24,6 +26,7 @@ type metrics struct {
 	ready       prometheus.Gauge
 	taintErrors prometheus.Counter
 	results     *prometheus.CounterVec
+	adds        *addMetrics
 }
 
 func newMetrics() *metrics {
@@ -47,6 +50,8 @@ func newMetrics() *metrics {
 	}
 	m.reg.MustRegister(m.installs, m.reinserts, m.conflicts, m.kubeconfig, m.ready, m.taintErrors, m.results,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.adds = newAddMetrics(m.reg)
+	buildinfo.MustRegister(m.reg)
 	return m
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/meshcni/meshcni/internal/addstat"
 	"github.com/meshcni/meshcni/internal/trust"
 )
 
@@ -202,6 +203,12 @@ func (a *Agent) relog(line []byte) {
 	var rec map[string]any
 	if err := json.Unmarshal(line, &rec); err != nil {
 		a.log.Warn("plug-in sent a line that is not JSON", "line", string(line))
+		return
+	}
+	if _, ok := rec[addstat.Key]; ok {
+		if r, ok := addstat.Parse(line); ok {
+			a.metrics.adds.observe(r)
+		}
 		return
 	}
 	msg, _ := rec["msg"].(string)

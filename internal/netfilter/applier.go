@@ -140,6 +140,7 @@ func (a *Applier) enter(ctx context.Context, path string, fn func(*session) erro
 			return err
 		}
 		s.backend = b
+		noteBackend(ctx, b)
 		return fn(s)
 	})
 }

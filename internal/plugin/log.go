@@ -16,8 +16,9 @@ import (
 // openLog sends JSON lines to the agent's socket when it listens (so that
 // `kubectl logs` on the agent shows every decision), else appends to
 // log_file, and always to stderr, which the runtime records. Never stdout:
-// it carries the CNI result.
-func openLog(conf *Config) (*slog.Logger, func()) {
+// it carries the CNI result. sock is the agent's socket, nil when it does
+// not listen: the ADD's record (addstat) goes there only.
+func openLog(conf *Config) (_ *slog.Logger, sock io.Writer, _ func()) {
 	writers := []io.Writer{os.Stderr}
 	var closers []io.Closer
 	if conf.LogSocket != "" {
@@ -29,6 +30,7 @@ func openLog(conf *Config) (*slog.Logger, func()) {
 			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 			writers = append(writers, c)
 			closers = append(closers, c)
+			sock = c
 		}
 	}
 	if len(closers) == 0 && conf.LogFile != "" {
@@ -38,7 +40,7 @@ func openLog(conf *Config) (*slog.Logger, func()) {
 		}
 	}
 	h := slog.NewJSONHandler(io.MultiWriter(writers...), &slog.HandlerOptions{Level: level(conf.LogLevel)})
-	return slog.New(h).With("plugin", "meshcni"), func() {
+	return slog.New(h).With("plugin", "meshcni"), sock, func() {
 		for _, c := range closers {
 			_ = c.Close()
 		}

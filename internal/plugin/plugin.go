@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -34,6 +35,8 @@ type Plugin struct {
 	Cache func(socket string) PodCache
 	// LogTo overrides where log lines go (tests); nil means per config.
 	LogTo *slog.Logger
+	// ReportTo receives the ADD records (addstat) when LogTo is set.
+	ReportTo io.Writer
 }
 
 // Funcs wires the plug-in into skel.
@@ -83,6 +86,8 @@ type target struct {
 	// why the cache did not, when it was asked.
 	source    string
 	cacheMiss string
+	// failed is the code (podspec.Codes) of a failure before the verdict.
+	failed string
 }
 
 func (t *target) name() string {
@@ -110,6 +115,7 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 	if conf.PrevResult != nil {
 		res, err := current.NewResultFromResult(conf.PrevResult)
 		if err != nil {
+			t.failed = podspec.CodeInvalidInput
 			return t, types.NewError(types.ErrDecodingFailure, "meshcni: cannot read prevResult", err.Error())
 		}
 		for _, ip := range res.IPs {
@@ -120,6 +126,7 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 	}
 	if kargs.K8S_POD_NAME == "" || kargs.K8S_POD_NAMESPACE == "" {
 		t.verdict.Reason = "not a Kubernetes pod (no K8S_POD_NAME/K8S_POD_NAMESPACE in CNI_ARGS)"
+		t.verdict.Code = podspec.CodeNotKubernetes
 		return t, nil
 	}
 	// The verdict's namespace part, before any API call.
@@ -130,6 +137,7 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 
 	pod, err := p.lookup(ctx, t)
 	if err != nil {
+		t.failed = podspec.CodeLookupFailed
 		return t, err
 	}
 	t.pod = pod
@@ -141,12 +149,12 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 	return t, nil
 }
 
-func (p *Plugin) logger(conf *Config) (*slog.Logger, func()) {
+func (p *Plugin) logger(conf *Config) (*slog.Logger, io.Writer, func()) {
 	if p.LogTo != nil {
-		return p.LogTo, func() {}
+		return p.LogTo, p.ReportTo, func() {}
 	}
 	if conf == nil {
-		return slog.New(slog.NewJSONHandler(os.Stderr, nil)), func() {}
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil)), nil, func() {}
 	}
 	return openLog(conf)
 }
@@ -154,7 +162,7 @@ func (p *Plugin) logger(conf *Config) (*slog.Logger, func()) {
 // CmdAdd captures the pod if it qualifies and passes prevResult through.
 func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 	start := time.Now()
-	ctx := context.Background()
+	ctx, backend := netfilter.RecordBackend(context.Background())
 	t, err := p.resolve(ctx, args, true)
 	var rules netfilter.Interface
 	if err == nil && t.verdict.Capture {
@@ -165,7 +173,7 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 			err = applyError(t.name(), args.Netns, err)
 		}
 	}
-	p.report("ADD", args, t, err, start)
+	p.report("ADD", args, t, err, start, backend())
 	if err != nil {
 		return err
 	}
@@ -199,7 +207,7 @@ func (p *Plugin) CmdCheck(args *skel.CmdArgs) error {
 			err = types.NewError(types.ErrInternal, fmt.Sprintf("meshcni: pod %s: redirection is not as its spec demands", t.name()), err.Error())
 		}
 	}
-	p.report("CHECK", args, t, err, start)
+	p.report("CHECK", args, t, err, start, netfilter.Auto)
 	return err
 }
 
@@ -243,14 +251,20 @@ func (p *Plugin) CmdGC(args *skel.CmdArgs) error {
 }
 
 // report writes the one line per ADD/CHECK that says what happened.
-func (p *Plugin) report(cmd string, args *skel.CmdArgs, t *target, err error, start time.Time) {
+// An ADD also sends its record (addstat) to the agent, taking as long as
+// the line says; backend is the one that programmed the pod, if any.
+func (p *Plugin) report(cmd string, args *skel.CmdArgs, t *target, err error, start time.Time, backend netfilter.Backend) {
+	took := time.Since(start)
 	var conf *Config
 	if t != nil {
 		conf = t.conf
 	}
-	log, done := p.logger(conf)
+	log, sock, done := p.logger(conf)
 	defer done()
-	attrs := []any{"container", shortID(args.ContainerID), "netns", args.Netns, "duration", time.Since(start).Round(time.Microsecond).String()}
+	if cmd == "ADD" {
+		defer sendRecord(sock, addRecord(t, err, backend, took))
+	}
+	attrs := []any{"container", shortID(args.ContainerID), "netns", args.Netns, "duration", took.Round(time.Microsecond).String()}
 	if t != nil {
 		attrs = append(attrs, "pod", t.name())
 		if t.source != "" {
