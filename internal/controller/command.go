@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -65,7 +66,7 @@ func NewCommand(stderr io.Writer) *cobra.Command {
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster)")
 	f.StringVar(&namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of the node side and the lease (default $POD_NAMESPACE)")
 	f.StringVar(&image, "agent-image", os.Getenv("MESHCNI_AGENT_IMAGE"), "agent image when the MeshCNI's spec.image is empty (default $MESHCNI_AGENT_IMAGE)")
-	f.StringVar(&healthAddr, "health-addr", ":8081", "serves /healthz; empty: off")
+	f.StringVar(&healthAddr, "health-addr", ":8081", "serves /healthz and /metrics; empty: off")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&leaderElect, "leader-elect", true, "run only while holding the Lease "+LeaseName+" (for more than one replica)")
 	return cmd
@@ -91,6 +92,7 @@ func serveHealth(ctx context.Context, addr string) error {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.Handle("/metrics", promhttp.Handler())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	go func() {

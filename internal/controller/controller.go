@@ -198,7 +198,7 @@ func (c *Controller) next(ctx context.Context) bool {
 		return false
 	}
 	defer c.queue.Done(key)
-	again, err := c.reconcile(ctx)
+	again, err := c.observedReconcile(ctx)
 	switch {
 	case apierrors.IsConflict(err):
 		// Our cache was behind a write; the watch event is on its way.

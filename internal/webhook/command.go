@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -51,7 +52,7 @@ func NewCommand(logOut io.Writer) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.Addr, "listen", ":9443", "HTTPS address serving /mutate, /healthz and /readyz")
+	f.StringVar(&o.Addr, "listen", ":9443", "HTTPS address serving /mutate, /healthz, /readyz and /metrics")
 	f.StringVar(&o.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of the webhook's Service and Secret (default $POD_NAMESPACE)")
 	f.StringVar(&o.Service, "service", "meshcni-webhook", "the Service the API server calls (names the certificate)")
 	f.StringVar(&o.Secret, "secret", "meshcni-webhook-tls", "Secret holding the CA and serving certificate")
@@ -121,6 +122,7 @@ func (o *Options) Run(ctx context.Context, logOut io.Writer) error {
 func Serve(ctx context.Context, ln net.Listener, h http.Handler, certs *Certs, interval time.Duration, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("/mutate", h)
+	mux.Handle("/metrics", promhttp.Handler())
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !certs.Ready() {

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -76,10 +77,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // convert is left as it is, and keeps Istio's istio-init, which programs
 // the pod's rules itself (safe, as with failurePolicy Ignore).
 func (h *Handler) Review(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	result := resultSkipped
+	defer observeReview(time.Now(), &result)
 	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
 	if req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.Operation != admissionv1.Create || req.SubResource != "" {
 		return resp
 	}
+	result = resultError
 	var pod corev1.Pod
 	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
 		resp.Warnings = []string{"meshcni-webhook: pod left unchanged: " + err.Error()}
@@ -92,6 +96,7 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 	}
 	_, _, rec := inject.Template(pod.ObjectMeta, pod.Spec, ns, h.Excluded)
 	if !rec.Changed() {
+		result = resultUnchanged
 		return resp
 	}
 	ops := rec.Patch("", pod.Annotations != nil)
@@ -108,6 +113,7 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 	}
 	pt := admissionv1.PatchTypeJSONPatch
 	resp.Patch, resp.PatchType = patch, &pt
+	result = resultOf(rec.Action)
 	if rec.Action == "" {
 		h.log().Info("pod keeps istio-init", "namespace", ns, "name", podName(req, &pod), "reason", note(rec))
 	} else {
