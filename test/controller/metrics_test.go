@@ -4,10 +4,12 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshcni/meshcni/api/v1alpha1"
@@ -55,8 +57,14 @@ func TestReconcileMetrics(t *testing.T) {
 	if _, err := meshRC().Create(ctx, obj, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// Gone before the controller stops (cleanups run last first), so
+	// that its finalizer is removed and the next test can create it.
 	t.Cleanup(func() {
-		_ = meshRC().Delete(context.Background(), v1alpha1.Name, metav1.DeleteOptions{})
+		_ = meshRC().Delete(ctx, v1alpha1.Name, metav1.DeleteOptions{})
+		eventually(t, "MeshCNI deleted", func() (string, bool) {
+			_, err := meshRC().Get(ctx, v1alpha1.Name, metav1.GetOptions{})
+			return fmt.Sprint(err), apierrors.IsNotFound(err)
+		})
 	})
 	waitPhase(t, v1alpha1.PhaseUpdating, nil)
 	count, timed := successes(t)
