@@ -107,7 +107,7 @@ func TestChartMatchesTheCommand(t *testing.T) {
 	if !named("secrets", flag("secret"), "get", "list", "watch", "update") {
 		t.Errorf("no rule on the Secret %s", flag("secret"))
 	}
-	if !named("mutatingwebhookconfigurations", flag("webhook-configuration"), "get", "patch") {
+	if !named("mutatingwebhookconfigurations", flag("webhook-configuration"), "get", "list", "watch", "patch") {
 		t.Errorf("no rule on the webhook configuration %s", flag("webhook-configuration"))
 	}
 }

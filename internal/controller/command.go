@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -224,7 +225,10 @@ func RunAsLeader(ctx context.Context, cfg *rest.Config, namespace string, log *s
 		Client:     kube.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
 	}
-	var runErr error
+	// RunOrDie starts OnStartedLeading in a goroutine and returns without
+	// waiting for it: wait here, so that run has ended when we return.
+	var leading atomic.Bool
+	ran := make(chan error, 1)
 	lost := false
 	leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
 		Lock:            lock,
@@ -234,8 +238,9 @@ func RunAsLeader(ctx context.Context, cfg *rest.Config, namespace string, log *s
 		RetryPeriod:     2 * time.Second,
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(ctx context.Context) {
+				leading.Store(true)
 				log.Info("leading", "identity", id)
-				runErr = run(ctx)
+				ran <- run(ctx)
 			},
 			OnStoppedLeading: func() {
 				if ctx.Err() == nil {
@@ -244,8 +249,10 @@ func RunAsLeader(ctx context.Context, cfg *rest.Config, namespace string, log *s
 			},
 		},
 	})
-	if runErr != nil {
-		return runErr
+	if leading.Load() {
+		if err := <-ran; err != nil {
+			return err
+		}
 	}
 	if lost {
 		return errors.New("lost the leader lease " + namespace + "/" + LeaseName)

@@ -40,7 +40,7 @@ var wantRoles = map[string]struct {
 	// rules without holding them); the webhook configuration's caBundle.
 	"ClusterRole/meshcni-controller": {true, true, []string{
 		"/events: create patch",
-		"admissionregistration.k8s.io/mutatingwebhookconfigurations: get patch names=meshcni-webhook",
+		"admissionregistration.k8s.io/mutatingwebhookconfigurations: get list watch patch names=meshcni-webhook",
 		"/nodes: get list watch update",
 		"meshcni.io/meshcnis/status: update",
 		"meshcni.io/meshcnis: get list watch patch",

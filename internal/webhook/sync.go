@@ -95,28 +95,69 @@ func (c *Certs) Watch(ctx context.Context) error {
 	return nil
 }
 
-// Maintain is the writer: it syncs until the first sync succeeds (with a
-// backoff), then every interval, until ctx ends.
+// Maintain is the writer: it syncs now, again on every change of the
+// webhook configuration (an informer on that one object: one re-created
+// or re-applied without our caBundle gets it back at once, not at the
+// next interval), every interval, and after a failure with a backoff,
+// until ctx ends.
 func (c *Certs) Maintain(ctx context.Context, interval time.Duration) {
+	kick := make(chan struct{}, 1)
+	if err := c.watchConfiguration(ctx, kick); err != nil {
+		c.log().Error("watching the webhook configuration", "err", err)
+	}
 	backoff := time.Second
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	ready := false
 	for {
-		err := c.Sync(ctx)
-		if err == nil {
-			c.log().Info("certificates ready")
-			break
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		c.log().Error("certificate sync", "err", err)
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-timer.C:
+		case <-kick:
 		}
-		backoff = min(2*backoff, 30*time.Second)
+		wait := interval
+		if err := c.Sync(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.log().Error("certificate sync", "err", err)
+			wait, backoff = backoff, min(2*backoff, 30*time.Second)
+		} else {
+			if !ready {
+				c.log().Info("certificates ready")
+				ready = true
+			}
+			backoff = time.Second
+		}
+		timer.Reset(wait)
 	}
-	c.Run(ctx, interval)
+}
+
+// watchConfiguration kicks a sync on every event of the webhook
+// configuration. A sync that changes nothing writes nothing, so our own
+// patch's event ends there.
+func (c *Certs) watchConfiguration(ctx context.Context, kick chan<- struct{}) error {
+	f := informers.NewSharedInformerFactoryWithOptions(c.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + c.WebhookConfiguration }))
+	poke := func() {
+		select {
+		case kick <- struct{}{}:
+		default: // one pending sync covers any number of events
+		}
+	}
+	if _, err := f.Admissionregistration().V1().MutatingWebhookConfigurations().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { poke() },
+		UpdateFunc: func(any, any) { poke() },
+	}); err != nil {
+		return err
+	}
+	f.Start(ctx.Done())
+	go func() {
+		<-ctx.Done()
+		f.Shutdown()
+	}()
+	return nil
 }
 
 // Sync renews what needs renewing, stores it, serves it and puts the CA
@@ -229,23 +270,6 @@ func (c *Certs) ours(cc admissionregistrationv1.WebhookClientConfig) bool {
 	}
 	u, err := url.Parse(*cc.URL)
 	return err == nil && slices.Contains(c.names(), u.Hostname())
-}
-
-// Run syncs every interval until ctx ends, logging failures (the next
-// round retries; the served certificate stays until replaced).
-func (c *Certs) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := c.Sync(ctx); err != nil && ctx.Err() == nil {
-				c.log().Error("certificate sync", "err", err)
-			}
-		}
-	}
 }
 
 func (c *Certs) log() *slog.Logger {

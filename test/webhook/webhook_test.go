@@ -161,6 +161,24 @@ func dryRun(t *testing.T, ctx context.Context, ns string, p *corev1.Pod) (string
 	return initName(got), got.Annotations[inject.AnnotationMutated]
 }
 
+// waitLeaderAndSecret waits until a replica holds the lease (a new
+// identity: the previous run's replica released it) and has synced the
+// certificate's Secret; it returns the holder.
+func waitLeaderAndSecret(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	var holder string
+	eventually(t, time.Minute, "a replica leads and stores the certificate", func() (string, bool) {
+		lease, err := cluster.Client.CoordinationV1().Leases(system).Get(ctx, controller.LeaseName, metav1.GetOptions{})
+		if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
+			return fmt.Sprint("lease: ", err), false
+		}
+		holder = *lease.Spec.HolderIdentity
+		sec, err := cluster.Client.CoreV1().Secrets(system).Get(ctx, secretName, metav1.GetOptions{})
+		return fmt.Sprint("secret: ", err), err == nil && sec.ResourceVersion != ""
+	})
+	return holder
+}
+
 func sarFor(user string) *authorizationv1.SubjectAccessReview {
 	return &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{User: user,
 		ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: system, Verb: "watch", Resource: "secrets", Name: secretName}}}
@@ -189,6 +207,17 @@ func TestWebhookServedByTheController(t *testing.T) {
 		t.Fatalf("certificate Secret: %v", err)
 	}
 
+	t.Run("a re-created webhook configuration gets its CA back at once", func(t *testing.T) {
+		// As a re-install or a re-apply without the caBundle would: the
+		// leader watches the configuration, it does not wait for its
+		// hourly check.
+		webhookConfiguration(t, ctx, ctrl.url)
+		took := eventually(t, 20*time.Second, "the API server calls the webhook again", func() (string, bool) {
+			init, _ := dryRun(t, ctx, captured, stock[0])
+			return "first init container " + init, init == inject.ValidationName
+		})
+		t.Logf("caBundle back in %v", took)
+	})
 	t.Run("baseline admits the converted Bookinfo pods", func(t *testing.T) {
 		for _, p := range stock {
 			got, err := create(ctx, baseline, p, false)
@@ -279,16 +308,7 @@ func TestStandbyServesAndReloads(t *testing.T) {
 	setMesh(t, ctx, true, "kube-system", excluded, exclBase)
 	kubeconfig := controllerKubeconfig(t, ctx)
 	leader := startReplica(t, kubeconfig, time.Second)
-	var holder string
-	eventually(t, time.Minute, "the first replica leads and stores the certificate", func() (string, bool) {
-		lease, err := cluster.Client.CoordinationV1().Leases(system).Get(ctx, controller.LeaseName, metav1.GetOptions{})
-		if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
-			return fmt.Sprint("lease: ", err), false
-		}
-		holder = *lease.Spec.HolderIdentity
-		_, err = cluster.Client.CoreV1().Secrets(system).Get(ctx, secretName, metav1.GetOptions{})
-		return fmt.Sprint("secret: ", err), err == nil
-	})
+	holder := waitLeaderAndSecret(t, ctx)
 	standby := startReplica(t, kubeconfig, time.Second)
 	webhookConfiguration(t, ctx, standby.url)
 	eventually(t, time.Minute, "the API server calls the standby", func() (string, bool) {
