@@ -61,7 +61,7 @@ manifests:
 # dist/meshcni-agent.oci.tar: the agent image as an OCI layout tarball,
 # built offline and reproducibly (SOURCE_DATE_EPOCH, default: the last
 # commit's time). IMAGE_CMDS lists the cmd/ binaries to put in it.
-IMAGE_CMDS ?= meshcni-agent,meshcni,meshcni-lookup,meshcni-iptables,meshcni-controller,meshcni-webhook
+IMAGE_CMDS ?= meshcni-agent,meshcni,meshcni-lookup,meshcni-iptables,meshcni-controller
 IMAGE_REF ?= ghcr.io/meshcni/meshcni-agent:0.1.0
 .PHONY: image
 image:

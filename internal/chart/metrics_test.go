@@ -61,7 +61,7 @@ func TestMetricsTemplates(t *testing.T) {
 		md, _ := obj["metadata"].(map[string]any)
 		kinds[obj["kind"].(string)+"/"+md["name"].(string)] = obj
 	}
-	for _, want := range []string{"ServiceMonitor/meshcni", "Service/meshcni-agent-metrics", "Service/meshcni-controller-metrics", "Service/meshcni-webhook-metrics", "ConfigMap/meshcni-dashboard"} {
+	for _, want := range []string{"ServiceMonitor/meshcni", "Service/meshcni-agent-metrics", "Service/meshcni-controller-metrics", "ConfigMap/meshcni-dashboard"} {
 		if kinds[want] == nil {
 			t.Errorf("no %s", want)
 		}

@@ -262,7 +262,7 @@ func (c *Controller) reconcile(ctx context.Context) (again bool, err error) {
 // install renders the node side from the spec and applies it; it returns
 // the settings hash the agents must run.
 func (c *Controller) install(ctx context.Context, mc *v1alpha1.MeshCNI) (string, error) {
-	vals, err := Values(mc.Spec, c.opts.DefaultImage)
+	vals, err := Values(mc.Spec, c.opts.Namespace, c.opts.DefaultImage)
 	if err != nil {
 		return "", err
 	}

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -84,7 +85,7 @@ func TestValues(t *testing.T) {
 	off := false
 	spec := v1alpha1.MeshCNISpec{Enabled: &off, ExcludeNamespaces: []string{}, IptablesBackend: "iptables-nft", RepairMode: "label",
 		LogLevel: "debug", Platform: "k3s", Image: "reg:5000/a/agent@sha256:" + string(make64('f'))}
-	v, err := Values(spec, "ignored:v9")
+	v, err := Values(spec, "mesh", "ignored:v9")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,21 +96,21 @@ func TestValues(t *testing.T) {
 	if v["iptablesBackend"] != "nft" || v["platform"] != "k3s" || v["repairMode"] != "label" || v["nodeSide"] != true {
 		t.Errorf("values %v", v)
 	}
-	if l, ok := v["excludeNamespaces"].([]any); !ok || len(l) != 0 {
-		t.Errorf("an empty exclusion list became %v", v["excludeNamespaces"])
+	if l, ok := v["excludeNamespaces"].([]any); !ok || len(l) != 1 || l[0] != "mesh" {
+		t.Errorf("an empty exclusion list became %v, want the release namespace only", v["excludeNamespaces"])
 	}
-	v, err = Values(v1alpha1.MeshCNISpec{}, "reg/agent:v2")
+	v, err = Values(v1alpha1.MeshCNISpec{}, "mesh", "reg/agent:v2")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if img := v["image"].(map[string]any); img["repository"] != "reg/agent" || img["tag"] != "v2" {
 		t.Errorf("default image %v", img)
 	}
-	if _, ok := v["excludeNamespaces"]; ok {
-		t.Error("a nil exclusion list overrode the chart's default")
+	if l, ok := v["excludeNamespaces"].([]any); !ok || fmt.Sprint(l) != "[kube-system istio-system mesh]" {
+		t.Errorf("a nil exclusion list became %v, want the schema's default and the release namespace", v["excludeNamespaces"])
 	}
 	for _, bad := range []string{"@sha256:" + string(make64('a')), "repo@sha256:12"} {
-		if _, err := Values(v1alpha1.MeshCNISpec{Image: bad}, ""); err == nil {
+		if _, err := Values(v1alpha1.MeshCNISpec{Image: bad}, "mesh", ""); err == nil {
 			t.Errorf("image %q accepted", bad)
 		}
 	}
@@ -127,7 +128,7 @@ func make64(c byte) []byte {
 // digest image pinned and the settings in the ConfigMap.
 func TestNodeSideRender(t *testing.T) {
 	digest := "sha256:" + string(make64('e'))
-	v, err := Values(v1alpha1.MeshCNISpec{Image: "reg/agent@" + digest, LogLevel: "warn"}, "")
+	v, err := Values(v1alpha1.MeshCNISpec{Image: "reg/agent@" + digest, LogLevel: "warn"}, "mesh", "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,26 +7,28 @@ import (
 	"github.com/meshcni/meshcni/internal/chart"
 )
 
-// Values turns a spec into the chart's values for the node side.
-// defaultImage ("repository:tag" or "repository@sha256:...")
-// is used when the spec leaves the image empty. Pure.
-func Values(spec v1alpha1.MeshCNISpec, defaultImage string) (map[string]any, error) {
+// Values turns a spec into the chart's values for the node side, in the
+// release namespace namespace. defaultImage ("repository:tag" or
+// "repository@sha256:...") is used when the spec leaves the image empty.
+// Pure.
+func Values(spec v1alpha1.MeshCNISpec, namespace, defaultImage string) (map[string]any, error) {
 	v := map[string]any{
 		"nodeSide":        true,
 		"keepOnExit":      spec.KeepOnExit,
 		"iptablesBackend": backend(spec.IptablesBackend),
 	}
+	// The whole list, decided here: the chart's template keeps it as it is
+	// (it drops and re-appends the release namespace, already last).
+	excluded := ExcludedNamespaces(spec, namespace)
+	list := make([]any, 0, len(excluded))
+	for _, ns := range excluded {
+		list = append(list, ns)
+	}
+	v["excludeNamespaces"] = list
 	for key, s := range map[string]string{"platform": spec.Platform, "repairMode": spec.RepairMode, "logLevel": spec.LogLevel, "pluginLogLevel": spec.PluginLogLevel} {
 		if s != "" { // the schema defaults them; an old object may lack them
 			v[key] = s
 		}
-	}
-	if spec.ExcludeNamespaces != nil {
-		list := make([]any, 0, len(spec.ExcludeNamespaces))
-		for _, ns := range spec.ExcludeNamespaces {
-			list = append(list, ns)
-		}
-		v["excludeNamespaces"] = list
 	}
 	ref := spec.Image
 	if ref == "" {

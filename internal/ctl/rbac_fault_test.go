@@ -37,9 +37,10 @@ var wantRoles = map[string]struct {
 	// The controller (its own release): the MeshCNI and its status, the
 	// nodes' startup taint, events; the agent's roles and bindings by name
 	// (escalate and bind on those two names only: it grants the agent's
-	// rules without holding them).
+	// rules without holding them); the webhook configuration's caBundle.
 	"ClusterRole/meshcni-controller": {true, true, []string{
 		"/events: create patch",
+		"admissionregistration.k8s.io/mutatingwebhookconfigurations: get list watch patch names=meshcni-webhook",
 		"/nodes: get list watch update",
 		"meshcni.io/meshcnis/status: update",
 		"meshcni.io/meshcnis: get list watch patch",
@@ -48,13 +49,15 @@ var wantRoles = map[string]struct {
 		"rbac.authorization.k8s.io/clusterroles: create",
 		"rbac.authorization.k8s.io/clusterroles: get patch delete escalate bind names=meshcni-agent,meshcni-plugin",
 	}},
-	// ... and, in its namespace, the node side's objects, its lease, and
-	// the agent's right to mint the plug-in's token (which it must hold to
-	// grant it).
+	// ... and, in its namespace, the node side's objects, its lease, the
+	// agent's right to mint the plug-in's token (which it must hold to
+	// grant it), and the serving certificate's Secret.
 	"Role/meshcni-controller": {false, true, []string{
 		"/configmaps: get list watch create patch delete",
 		"/pods: list watch",
 		"/resourcequotas: get create patch delete",
+		"/secrets: create",
+		"/secrets: get list watch update names=meshcni-controller-tls",
 		"/serviceaccounts/token: create names=meshcni-plugin",
 		"/serviceaccounts: get create patch delete",
 		"apps/daemonsets: get list watch create patch delete",
@@ -63,9 +66,6 @@ var wantRoles = map[string]struct {
 		"rbac.authorization.k8s.io/rolebindings: get create patch delete",
 		"rbac.authorization.k8s.io/roles: get create patch delete",
 	}},
-	// The webhook: its certificate's Secret and its configuration's caBundle.
-	"ClusterRole/meshcni-webhook": {true, true, []string{"admissionregistration.k8s.io/mutatingwebhookconfigurations: get patch names=meshcni-webhook"}},
-	"Role/meshcni-webhook":        {false, false, []string{"/secrets: create", "/secrets: get update names=meshcni-webhook-tls"}},
 }
 
 // flatten renders rules as "group/resource: verbs" lines, sorted, one per
@@ -124,8 +124,8 @@ func TestRBACIsExactlyMinimal(t *testing.T) {
 				}
 			}
 			// The node side (what the controller and enable apply) and the
-			// controller's own release (the controller, the webhook, the
-			// node-bound policy).
+			// controller's own release (the controller, which serves the
+			// webhook, and the node-bound policy).
 			objects := decodeAll(t, render(t, Settings{Platform: platform}))
 			objects = append(objects, decodeAll(t, render(t, Settings{Platform: platform, Set: []string{"nodeSide=false"}}))...)
 			for _, o := range objects {

@@ -120,7 +120,7 @@ func newCA(now time.Time) ([]byte, []byte, error) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "meshcni-webhook-ca@" + now.UTC().Format(time.RFC3339)},
+		Subject:               pkix.Name{CommonName: "meshcni-controller-ca@" + now.UTC().Format(time.RFC3339)},
 		NotBefore:             now.Add(-time.Hour), // clock skew between nodes
 		NotAfter:              now.Add(CAValidity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,

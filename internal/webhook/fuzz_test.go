@@ -16,7 +16,7 @@ func FuzzServeHTTP(f *testing.F) {
 	f.Add(review("Pod", admissionv1.Create, "shop", stockPod(f)))
 	f.Add(review("Pod", admissionv1.Create, "shop", []byte(`{"metadata":{"annotations":null},"spec":{"initContainers":[{"name":"istio-init","args":["istio-iptables","-p"]}]}}`)))
 	f.Add([]byte(`{"request":{"uid":"x","kind":{"kind":"Pod"},"operation":"CREATE","object":{}}}`))
-	h := &Handler{Excluded: []string{"istio-system"}}
+	h := enabled("istio-system")
 	f.Fuzz(func(t *testing.T, body []byte) {
 		w := post(h, "POST", "application/json", body)
 		if w.Code != http.StatusOK {

@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -25,11 +27,38 @@ import (
 // an AdmissionReview of a pod is far smaller.
 const MaxBody = 3 << 20
 
-// Handler answers AdmissionReview (admission.k8s.io/v1) requests.
-type Handler struct {
-	// Excluded are the namespaces meshcni never captures (the agent's list).
+// Policy is what the handler applies: the MeshCNI resource as it is now.
+type Policy struct {
+	// Enabled false leaves every pod alone: with meshcni switched off, pods
+	// keep Istio's istio-init, which programs their rules itself.
+	Enabled bool
+	// Excluded are the namespaces meshcni never captures: exactly the
+	// plug-in's list (controller.ExcludedNamespaces decides both).
 	Excluded []string
-	Log      *slog.Logger
+}
+
+// Handler answers AdmissionReview (admission.k8s.io/v1) requests. Its zero
+// value leaves every pod alone until SetPolicy is called: a webhook that
+// does not know the settings yet acts as one that is down (failurePolicy
+// Ignore), which is safe.
+type Handler struct {
+	Log    *slog.Logger
+	policy atomic.Pointer[Policy]
+}
+
+// SetPolicy replaces the policy; requests already being answered keep
+// the one they started with.
+func (h *Handler) SetPolicy(p Policy) {
+	p.Excluded = slices.Clone(p.Excluded)
+	h.policy.Store(&p)
+}
+
+// Policy is the policy in force (the zero Policy before any SetPolicy).
+func (h *Handler) Policy() Policy {
+	if p := h.policy.Load(); p != nil {
+		return *p
+	}
+	return Policy{}
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -86,7 +115,7 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 	result = resultError
 	var pod corev1.Pod
 	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
-		resp.Warnings = []string{"meshcni-webhook: pod left unchanged: " + err.Error()}
+		resp.Warnings = []string{"meshcni: pod left unchanged: " + err.Error()}
 		h.log().Warn("pod left unchanged", "namespace", req.Namespace, "name", req.Name, "err", err)
 		return resp
 	}
@@ -94,7 +123,12 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 	if ns == "" {
 		ns = pod.Namespace
 	}
-	_, _, rec := inject.Template(pod.ObjectMeta, pod.Spec, ns, h.Excluded)
+	policy := h.Policy()
+	if !policy.Enabled {
+		result = resultSkipped
+		return resp
+	}
+	_, _, rec := inject.Template(pod.ObjectMeta, pod.Spec, ns, policy.Excluded)
 	if !rec.Changed() {
 		result = resultUnchanged
 		return resp
@@ -103,7 +137,7 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 	// The patch must apply to exactly what the API server sent; if it
 	// does not (it always should), leaving the pod alone is safe.
 	if _, err := inject.ApplyPatch(req.Object.Raw, ops); err != nil {
-		resp.Warnings = []string{"meshcni-webhook: pod left unchanged: " + err.Error()}
+		resp.Warnings = []string{"meshcni: pod left unchanged: " + err.Error()}
 		h.log().Error("patch does not apply", "namespace", ns, "name", podName(req, &pod), "err", err)
 		return resp
 	}

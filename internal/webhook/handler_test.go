@@ -74,8 +74,15 @@ func decode(t *testing.T, w *httptest.ResponseRecorder) *admissionv1.AdmissionRe
 	return r.Response
 }
 
+// enabled is a handler whose policy has meshcni on, excluding excl.
+func enabled(excl ...string) *Handler {
+	h := &Handler{}
+	h.SetPolicy(Policy{Enabled: true, Excluded: excl})
+	return h
+}
+
 func TestMutatesStockPod(t *testing.T) {
-	h := &Handler{Excluded: []string{"istio-system"}}
+	h := enabled("istio-system")
 	pod := stockPod(t)
 	resp := decode(t, post(h, "POST", "application/json", review("Pod", admissionv1.Create, "shop", pod)))
 	if resp.PatchType == nil || *resp.PatchType != admissionv1.PatchTypeJSONPatch {
@@ -112,14 +119,40 @@ func TestMutatesStockPod(t *testing.T) {
 		t.Errorf("second pass patched: %s", again.Patch)
 	}
 	// In an excluded namespace the stock pod is left alone.
-	excl := decode(t, post(&Handler{Excluded: []string{"shop"}}, "POST", "application/json", review("Pod", admissionv1.Create, "shop", pod)))
+	excl := decode(t, post(enabled("shop"), "POST", "application/json", review("Pod", admissionv1.Create, "shop", pod)))
 	if excl.Patch != nil {
 		t.Errorf("excluded namespace patched: %s", excl.Patch)
 	}
 }
 
-func TestLeavesOtherRequestsAlone(t *testing.T) {
+// The policy follows the resource: switched off (or not known yet) every
+// pod is left alone; a namespace added to the exclusions takes effect on
+// the next request, without a new handler.
+func TestPolicyIsLive(t *testing.T) {
+	pod := stockPod(t)
+	req := review("Pod", admissionv1.Create, "shop", pod)
 	h := &Handler{}
+	if resp := decode(t, post(h, "POST", "application/json", req)); resp.Patch != nil {
+		t.Errorf("patched before any policy: %s", resp.Patch)
+	}
+	h.SetPolicy(Policy{Enabled: true, Excluded: []string{"istio-system"}})
+	if resp := decode(t, post(h, "POST", "application/json", req)); resp.Patch == nil {
+		t.Error("enabled, captured namespace: not patched")
+	}
+	excl := []string{"istio-system", "shop"}
+	h.SetPolicy(Policy{Enabled: true, Excluded: excl})
+	excl[1] = "other" // the handler keeps its own copy
+	if resp := decode(t, post(h, "POST", "application/json", req)); resp.Patch != nil {
+		t.Errorf("namespace newly excluded: patched %s", resp.Patch)
+	}
+	h.SetPolicy(Policy{Enabled: false, Excluded: []string{"istio-system"}})
+	if resp := decode(t, post(h, "POST", "application/json", req)); resp.Patch != nil {
+		t.Errorf("disabled: patched %s", resp.Patch)
+	}
+}
+
+func TestLeavesOtherRequestsAlone(t *testing.T) {
+	h := enabled()
 	pod := stockPod(t)
 	for _, c := range []struct {
 		name string

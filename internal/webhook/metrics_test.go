@@ -15,7 +15,8 @@ import (
 // histogram by one, and no other result's counter.
 func TestMutationMetrics(t *testing.T) {
 	pod := stockPod(t)
-	h := &Handler{Excluded: []string{"istio-system"}}
+	h := &Handler{}
+	h.SetPolicy(Policy{Enabled: true, Excluded: []string{"istio-system"}})
 	// The stock pod converted, for the restore case.
 	resp := decode(t, post(h, "POST", "application/json", review("Pod", admissionv1.Create, "shop", pod)))
 	var ops []inject.Op

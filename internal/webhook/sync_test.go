@@ -69,3 +69,36 @@ func TestSyncStoresAndPatches(t *testing.T) {
 		t.Fatal("not renewed")
 	}
 }
+
+// Without the webhook configuration (the chart's webhook.enabled=false)
+// the certificate is still stored and served: the console needs it.
+func TestSyncWithoutWebhookConfiguration(t *testing.T) {
+	client := fake.NewClientset()
+	c := &Certs{Client: client, Namespace: "meshcni-system", Service: "meshcni-controller", Secret: "tls", WebhookConfiguration: "meshcni-webhook"}
+	if err := c.Sync(context.Background()); err != nil {
+		t.Fatalf("sync without a webhook configuration: %v", err)
+	}
+	if !c.Ready() {
+		t.Fatal("not ready")
+	}
+}
+
+// A replica loads only a whole bundle; a broken one keeps the served
+// certificate.
+func TestLoadKeepsTheServedCertificate(t *testing.T) {
+	b, _, err := Plan(nil, DNSNames("meshcni-controller", "meshcni-system"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Certs{Namespace: "meshcni-system", Secret: "tls"}
+	if err := c.Load(b); err != nil {
+		t.Fatal(err)
+	}
+	good, _ := c.GetCertificate(nil)
+	if err := c.Load(Bundle{KeyCert: b[KeyCert]}); err == nil {
+		t.Fatal("a bundle without its key loaded")
+	}
+	if got, _ := c.GetCertificate(nil); got != good {
+		t.Fatal("a failed load replaced the served certificate")
+	}
+}

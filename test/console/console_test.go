@@ -2,16 +2,21 @@
 
 // Package console_test drives the console page in a real headless chromium
 // against a real kube-apiserver (test/kubeharness) with the MeshCNI CRD
-// installed: the handler is served on loopback exactly as the controller
-// serves it, and each user reaches it through meshcnictl console's
+// installed: the page is served over HTTPS by meshcni-controller's Server
+// (what every replica serves, with the certificate it keeps in its
+// Secret), and each user reaches it through meshcnictl console's
 // forwarder with their own service-account kubeconfig. The test plays the
-// controller's part by writing the MeshCNI's status through the API.
+// reconciler's part by writing the MeshCNI's status through the API.
 package console_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -36,6 +41,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshcni/meshcni/internal/console"
+	"github.com/meshcni/meshcni/internal/controller"
+	"github.com/meshcni/meshcni/internal/webhook"
 	"github.com/meshcni/meshcni/test/kubeharness"
 )
 
@@ -113,17 +120,13 @@ func TestConsoleInABrowser(t *testing.T) {
 	_, operator := userKubeconfig(t, ctx, "console-operator", []string{"get", "list", "watch", "update", "patch"})
 	_, viewer := userKubeconfig(t, ctx, "console-viewer", []string{"get", "list", "watch"})
 
-	// The handler as meshcni-controller serves it: Config holds the
+	// The console as meshcni-controller serves it: Config holds the
 	// controller's (here: the cluster admin's) credentials, which the
-	// handler must never use for a caller.
-	h, err := console.New(console.Options{Config: cluster.Config, Namespace: agentsNS})
-	if err != nil {
-		t.Fatal(err)
-	}
-	backend := httptest.NewServer(h)
-	defer backend.Close()
-	opURL := forwarder(t, backend.URL, operator)
-	viewURL := forwarder(t, backend.URL, viewer)
+	// console must never use for a caller.
+	backendURL, caPEM := serveConsole(t, ctx)
+	https := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool(t, caPEM), ServerName: "localhost"}}}
+	opURL := forwarder(t, backendURL, withCA(operator, caPEM))
+	viewURL := forwarder(t, backendURL, withCA(viewer, caPEM))
 
 	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx,
 		chromedp.ExecPath(chromium),
@@ -258,13 +261,13 @@ func TestConsoleInABrowser(t *testing.T) {
 		{"Impersonate-User": "system:admin", "Impersonate-Group": "system:masters"},
 		{"X-Remote-User": "system:admin", "X-Remote-Group": "system:masters"},
 	} {
-		req, _ := http.NewRequest(http.MethodPost, backend.URL+"/api/settings", strings.NewReader(`{"enabled":false,"excludeNamespaces":[],"resourceVersion":"`+rv+`"}`))
+		req, _ := http.NewRequest(http.MethodPost, backendURL+"/api/settings", strings.NewReader(`{"enabled":false,"excludeNamespaces":[],"resourceVersion":"`+rv+`"}`))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("X-Meshcni-Console", "1")
 		for k, v := range hdr {
 			req.Header.Set(k, v)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := https.Do(req)
 		must(t, err)
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusUnauthorized {
@@ -396,6 +399,57 @@ func userKubeconfig(t *testing.T, ctx context.Context, name string, verbs []stri
 	cfg, err := clientcmd.BuildConfigFromFlags("", path)
 	must(t, err)
 	return path, cfg
+}
+
+// serveConsole runs the controller's Server with only its console
+// listener, on loopback, until the test ends: it writes its certificate
+// to its Secret (the leader's job) and serves it (every replica's). It
+// returns the console's URL and the CA that signed its certificate.
+func serveConsole(t *testing.T, ctx context.Context) (string, []byte) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	srv, err := controller.NewServer(cluster.Config, controller.ServerOptions{Namespace: agentsNS, Service: "meshcni-controller",
+		Secret: "meshcni-controller-tls", WebhookConfiguration: "meshcni-webhook", DNSNames: []string{"localhost"}, Log: log})
+	must(t, err)
+	sctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, nil, ln) }()
+	go srv.MaintainCerts(sctx, time.Hour)
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for srv.Ready() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("the controller's server is not ready: %v", srv.Ready())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	sec, err := cluster.Client.CoreV1().Secrets(agentsNS).Get(ctx, "meshcni-controller-tls", metav1.GetOptions{})
+	must(t, err)
+	return fmt.Sprintf("https://localhost:%d", ln.Addr().(*net.TCPAddr).Port), webhook.Bundle(sec.Data).CABundle()
+}
+
+// withCA is cfg trusting caPEM: the forwarder reaches the console itself
+// here, where in a cluster it reaches the API server's service proxy.
+func withCA(cfg *rest.Config, caPEM []byte) *rest.Config {
+	cfg = rest.CopyConfig(cfg)
+	cfg.TLSClientConfig.CAData, cfg.TLSClientConfig.CAFile = caPEM, ""
+	return cfg
+}
+
+func pool(t *testing.T, caPEM []byte) *x509.CertPool {
+	t.Helper()
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(caPEM) {
+		t.Fatal("no CA certificate in the Secret")
+	}
+	return p
 }
 
 // forwarder serves meshcnictl console's forwarder for cfg's user on
