@@ -135,7 +135,7 @@ func (j *Journey) WatchMeshCNI(ctx context.Context) (*Phases, error) {
 		cancel()
 		return nil, err
 	}
-	j.show("kubectl get meshcni --watch", "")
+	j.show("kubectl get meshcni --watch &   # its rows below, as they change", "")
 	p := &Phases{j: j, rows: make(chan string, 64), cancel: cancel, done: make(chan error, 1)}
 	go func() {
 		sc := bufio.NewScanner(stdout)

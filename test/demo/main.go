@@ -128,8 +128,10 @@ func run(ctx context.Context) (err error) {
 		return err
 	}
 	j.Say("In the excluded namespace the rules are istio-init's own:")
-	if _, err := j.Inspect(ctx, "bookinfo-legacy", "productpage"); err != nil {
+	if v, err := j.Inspect(ctx, "bookinfo-legacy", "productpage"); err != nil {
 		return err
+	} else if v.VerifyErr != nil {
+		j.Say("(known: verify does not yet accept meshcni-iptables' own tables in an istio-init pod; docs/e2e.md, \"Found by this suite\")")
 	}
 	took()
 
@@ -158,7 +160,8 @@ func run(ctx context.Context) (err error) {
 	}
 	j.Say("A stock-injected pod in batch now keeps istio-init (a server-side dry run: nothing is created):")
 	if err := j.WaitWebhook(ctx, "batch", true); err != nil {
-		return err
+		// Not the end of the demo: what follows does not depend on it.
+		j.Say("the webhook did not follow the resource: %v", firstLine(err))
 	}
 	took()
 
