@@ -69,9 +69,10 @@ func (c *Cluster) Close() error {
 	for _, mp := range hostMountPoints {
 		_ = os.Remove(c.mountMarker(mp))
 	}
-	// Only if still empty: another run's node may be using them.
-	for _, mp := range c.madeMounts {
-		_ = os.Remove(mp)
+	// Only if still empty (another run's node may be using them), the
+	// deepest first.
+	for i := len(c.madeMounts) - 1; i >= 0; i-- {
+		_ = os.Remove(c.madeMounts[i])
 	}
 	left := c.Leftovers()
 	if len(left) > 0 {

@@ -51,12 +51,6 @@ type Cluster struct {
 	Nodes []*Node
 	// Admin is the admin kubeconfig (system:masters).
 	Admin string
-	// NodeDir is the one path every node sees as its own directory (its
-	// mount namespace binds it): the CNI dirs and meshcni's run dir live
-	// under it, so the DaemonSet's hostPaths are the same on every node.
-	NodeDir string
-	// CNIBinDir, CNIConfDir and RunDir are under NodeDir.
-	CNIBinDir, CNIConfDir, RunDir string
 	// Conflist is the primary CNI conflist's name in CNIConfDir.
 	Conflist string
 
@@ -101,10 +95,40 @@ const (
 	podCIDRs    = "10.244.0.0/16"
 )
 
-// hostMountPoints are paths the kubelet and containerd hard-code, bound to
-// a per-node directory inside each node's mount namespace. The host only
-// holds the empty mount point.
-var hostMountPoints = []string{"/var/lib/kubelet", "/var/lib/cni", "/run/containerd"}
+// The node paths the chart uses by default (platform "default"), as on a
+// real node. The MeshCNI resource chooses a platform, not directories, so
+// each node's mount namespace binds its own directories over them: the
+// DaemonSet's hostPaths are the same strings on every node and each node
+// sees its own files.
+const (
+	CNIBinDir  = "/opt/cni/bin"
+	CNIConfDir = "/etc/cni/net.d"
+	RunDir     = "/var/run/meshcni"
+)
+
+// hostMountPoints are paths the kubelet, containerd and the chart
+// hard-code, bound to a per-node directory inside each node's mount
+// namespace. The host only holds the mount point (created if missing,
+// removed again if this run created it and it is empty).
+var hostMountPoints = []string{"/var/lib/kubelet", "/var/lib/cni", "/run/containerd", CNIBinDir, CNIConfDir, "/run/meshcni"}
+
+// mkdirAll is os.MkdirAll returning the directories it created, parents
+// first.
+func mkdirAll(dir string) ([]string, error) {
+	var missing []string
+	for d := dir; d != "/"; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		}
+		missing = append([]string{d}, missing...)
+	}
+	for i, d := range missing {
+		if err := os.Mkdir(d, 0o755); err != nil && !os.IsExist(err) {
+			return missing[:i], err
+		}
+	}
+	return missing, nil
+}
 
 // Start brings up the control plane and nodes named nodeNames, each Ready.
 // On failure it closes what it started and says which step failed.
@@ -117,9 +141,6 @@ func Start(ctx context.Context, o Options, nodeNames ...string) (_ *Cluster, err
 	if c.log == nil {
 		c.log = io.Discard
 	}
-	c.NodeDir = filepath.Join(c.Dir, "node")
-	c.CNIBinDir, c.CNIConfDir = filepath.Join(c.NodeDir, "cni", "bin"), filepath.Join(c.NodeDir, "cni", "net.d")
-	c.RunDir = filepath.Join(c.NodeDir, "run-meshcni")
 	c.tools = filepath.Join(c.Dir, "bin")
 	c.hostSysctls = readSysctls()
 	defer func() {
@@ -145,7 +166,7 @@ func Start(ctx context.Context, o Options, nodeNames ...string) (_ *Cluster, err
 			return nil, fmt.Errorf("%s is not installed (hack/e2e-deps.sh installs it)", b)
 		}
 	}
-	if err := os.MkdirAll(c.NodeDir, 0o755); err != nil {
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
 		return nil, err
 	}
 	step := func(what string, f func() error) error {
@@ -285,6 +306,14 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+p("sa.pub"), "--service-account-signing-key-file="+p("sa.key"),
 		"--service-cluster-ip-range="+serviceCIDR, "--authorization-mode=Node,RBAC",
+		// The API server calls meshcni's admission webhook through its
+		// Service. ClusterIPs exist only where kube-proxy runs, in the node
+		// netns, not in the lan netns that holds the API server; the lan
+		// routes to every node's pod range, so the API server goes to the
+		// Service's endpoints (pod IPs) directly, as a control plane
+		// without kube-proxy does. A lan route to the Service range via one
+		// node would instead depend on that node (the journey reboots one).
+		"--enable-aggregator-routing=true",
 		"--enable-admission-plugins=NodeRestriction", "--allow-privileged=true", "--profiling=false", "--v=1")...)
 	if err != nil {
 		return err
@@ -324,12 +353,6 @@ func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
 // KubectlIn is Kubectl with stdin.
 func (c *Cluster) KubectlIn(ctx context.Context, stdin []byte, args ...string) (string, error) {
 	return run(ctx, stdin, c.inLan(append([]string{filepath.Join(c.bin, "kubectl"), "--kubeconfig", c.Admin}, args...)...)...)
-}
-
-// MeshcnictlCombined runs meshcnictl as the admin, from the lan netns,
-// and returns what it printed on stdout and stderr, in order.
-func (c *Cluster) MeshcnictlCombined(ctx context.Context, args ...string) (string, error) {
-	return runCombined(ctx, c.inLan(append([]string{c.Tool("meshcnictl"), "--kubeconfig", c.Admin}, args...)...)...)
 }
 
 func (c *Cluster) waitNodesReady(ctx context.Context) error {

@@ -1,14 +1,18 @@
 package cluster
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -48,75 +52,256 @@ func (j *Journey) kubectl(ctx context.Context, args ...string) (string, error) {
 	return out, err
 }
 
-// Meshcnictl runs and shows a meshcnictl command (its progress lines
-// included).
-func (j *Journey) Meshcnictl(ctx context.Context, args ...string) (string, error) {
-	out, err := j.C.MeshcnictlCombined(ctx, args...)
-	j.show("meshcnictl "+strings.Join(args, " "), out)
-	return out, err
+// ReleaseNamespace is where the controller release goes, as the chart's
+// instructions install it (helm install -n meshcni-system).
+const ReleaseNamespace = "meshcni-system"
+
+// AgentSelector selects the agent pods (the chart's DaemonSet selector).
+const AgentSelector = "app.kubernetes.io/name=meshcni,app.kubernetes.io/component=agent"
+
+// InstallController installs meshcni as a user of the chart does without
+// Helm: the release namespace with the privileged Pod Security level (the
+// agents need hostPath, hostNetwork, NET_ADMIN), then the chart rendered
+// with its default values (`meshcnictl render`, byte for byte `helm
+// template --include-crds`: the MeshCNI CRD, the controller, the
+// injection webhook; no agents) applied server-side; then it waits for the
+// CRD to be established. Nothing runs on the nodes yet.
+func (j *Journey) InstallController(ctx context.Context) error {
+	if _, err := j.kubectl(ctx, "create", "namespace", ReleaseNamespace); err != nil {
+		return err
+	}
+	if _, err := j.kubectl(ctx, "label", "namespace", ReleaseNamespace, "pod-security.kubernetes.io/enforce=privileged"); err != nil {
+		return err
+	}
+	manifest, err := run(ctx, nil, j.C.Tool("meshcnictl"), "render", "-n", ReleaseNamespace)
+	if err != nil {
+		return err
+	}
+	out, err := j.C.KubectlIn(ctx, []byte(manifest), "apply", "--server-side", "-f", "-")
+	j.show("meshcnictl render -n "+ReleaseNamespace+" | kubectl apply --server-side -f -", out)
+	if err != nil {
+		return err
+	}
+	_, err = j.kubectl(ctx, "wait", "--for=condition=Established", "crd/meshcnis.meshcni.io", "--timeout=60s")
+	return err
 }
 
-// InstallFlags are the flags meshcnictl enable gets here besides the
-// excluded namespaces: the node dirs this cluster's nodes use.
-func (j *Journey) InstallFlags() []string {
-	c := j.C
-	return []string{"--set", "cniBinDir=" + c.CNIBinDir, "--set", "cniConfDir=" + c.CNIConfDir, "--set", "runDir=" + c.RunDir}
+// ApplyMeshCNI applies the MeshCNI resource "default", enabled, with the
+// given excluded namespaces, as kubectl apply -f.
+func (j *Journey) ApplyMeshCNI(ctx context.Context, exclude ...string) error {
+	quoted := make([]string, len(exclude))
+	for i, ns := range exclude {
+		quoted[i] = strconv.Quote(ns)
+	}
+	doc := "apiVersion: meshcni.io/v1alpha1\nkind: MeshCNI\nmetadata:\n  name: default\nspec:\n  enabled: true\n" +
+		"  excludeNamespaces: [" + strings.Join(quoted, ", ") + "]\n"
+	j.show("cat meshcni.yaml", doc)
+	out, err := j.C.KubectlIn(ctx, []byte(doc), "apply", "-f", "-")
+	j.show("kubectl apply -f meshcni.yaml", out)
+	return err
 }
 
-// Enable installs meshcni excluding the given namespaces and waits for
-// Running; it returns the states meshcnictl status went through.
-func (j *Journey) Enable(ctx context.Context, exclude ...string) ([]string, error) {
-	args := append([]string{"enable", "--exclude-namespaces", strings.Join(exclude, ",")}, j.InstallFlags()...)
-	if _, err := j.Meshcnictl(ctx, args...); err != nil {
+// PatchMeshCNI changes the resource with a JSON patch, as kubectl patch.
+func (j *Journey) PatchMeshCNI(ctx context.Context, patch string) error {
+	_, err := j.kubectl(ctx, "patch", "meshcni", "default", "--type=json", "-p", patch)
+	return err
+}
+
+// Phases follows `kubectl get meshcni --watch` (the resource's printer
+// columns: ENABLED, EXCLUDED, STATUS, READY NODES), printing each row that
+// changes. A watch, not a poll: no phase the controller writes is missed.
+type Phases struct {
+	j      *Journey
+	rows   chan string
+	cancel context.CancelFunc
+	done   chan error
+	last   string
+	seen   []string // phases, each change once
+}
+
+// WatchMeshCNI starts following the resource; Close ends it.
+func (j *Journey) WatchMeshCNI(ctx context.Context) (*Phases, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	argv := j.C.inLan(filepath.Join(j.C.bin, "kubectl"), "--kubeconfig", j.C.Admin, "get", "meshcni", "--watch")
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		cancel()
 		return nil, err
 	}
-	out, err := j.Meshcnictl(ctx, "status", "--wait", "--timeout", "2m")
-	return states(out), err
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		cancel()
+		return nil, err
+	}
+	j.show("kubectl get meshcni --watch &   # its rows below, as they change", "")
+	p := &Phases{j: j, rows: make(chan string, 64), cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			p.rows <- sc.Text()
+		}
+		close(p.rows)
+		err := cmd.Wait()
+		if ctx.Err() == nil {
+			err = fmt.Errorf("kubectl get meshcni --watch ended: %v %s", err, stderr.String())
+		}
+		p.done <- err
+	}()
+	return p, nil
 }
 
-// states lists the states a status --wait run printed, in order.
-func states(out string) []string {
-	var seen []string
-	for _, line := range strings.Split(out, "\n") {
-		for _, s := range []string{"NotInstalled", "Updating", "Degraded", "Running"} {
-			if strings.HasPrefix(line, s+":") || strings.HasPrefix(line, "Status: "+s) || strings.HasPrefix(line, "State: "+s) {
-				if len(seen) == 0 || seen[len(seen)-1] != s {
-					seen = append(seen, s)
+// Close stops the watch.
+func (p *Phases) Close() {
+	p.cancel()
+	for range p.rows {
+	}
+}
+
+// meshcniPhases are the values of the STATUS column.
+var meshcniPhases = []string{"Updating", "Running", "Degraded", "Disabled"}
+
+// Await reads rows until the phases seen since the watch began contain
+// want in order (other phases may come between), or timeout. It returns
+// every phase seen, in order.
+func (p *Phases) Await(ctx context.Context, timeout time.Duration, want ...string) ([]string, error) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		if isSubsequence(want, p.seen) {
+			return p.seen, nil
+		}
+		select {
+		case row, ok := <-p.rows:
+			if !ok {
+				return p.seen, <-p.done
+			}
+			// Each event repeats the row; AGE (the last column) alone
+			// changing is no change.
+			f := strings.Fields(row)
+			if key := strings.Join(f[:max(len(f)-1, 0)], " "); key != p.last {
+				p.last = key
+				fmt.Fprintln(p.j.Out, row)
+			}
+			for _, phase := range meshcniPhases {
+				if slices.Contains(f, phase) && (len(p.seen) == 0 || p.seen[len(p.seen)-1] != phase) {
+					p.seen = append(p.seen, phase)
 				}
 			}
+		case <-timer.C:
+			return p.seen, fmt.Errorf("timed out after %v waiting for the MeshCNI to go %s; it went %v (last row %q)",
+				timeout, strings.Join(want, " -> "), p.seen, p.last)
+		case <-ctx.Done():
+			return p.seen, ctx.Err()
 		}
 	}
-	return seen
+}
+
+// isSubsequence says whether want appears in seen in order.
+func isSubsequence(want, seen []string) bool {
+	i := 0
+	for _, s := range seen {
+		if i < len(want) && s == want[i] {
+			i++
+		}
+	}
+	return i == len(want)
+}
+
+// Observed checks that the controller has acted on the resource's latest
+// generation (status.observedGeneration == metadata.generation) and
+// returns its phase.
+func (j *Journey) Observed(ctx context.Context) (string, error) {
+	out, err := j.C.Kubectl(ctx, "get", "meshcni", "default", "-o", "jsonpath={.metadata.generation} {.status.observedGeneration} {.status.phase}")
+	if err != nil {
+		return "", err
+	}
+	f := strings.Fields(out)
+	if len(f) != 3 || f[0] != f[1] {
+		return "", fmt.Errorf("MeshCNI generation, observedGeneration, phase: %q: the status is not about the latest spec", out)
+	}
+	return f[2], nil
+}
+
+// ReleaseAvailable waits until every Deployment of the release is
+// Available, whichever Deployments the chart renders.
+func (j *Journey) ReleaseAvailable(ctx context.Context) error {
+	_, err := j.kubectl(ctx, "-n", ReleaseNamespace, "wait", "deployment", "--all", "--for=condition=Available", "--timeout=120s")
+	if err != nil {
+		pods, _ := j.C.Kubectl(ctx, "-n", ReleaseNamespace, "get", "pods", "-o", "wide")
+		return fmt.Errorf("%w\n%s", err, pods)
+	}
+	return nil
+}
+
+// Agents shows the agent pods and returns them (node → "name ready
+// restarts containerID").
+func (j *Journey) Agents(ctx context.Context) (map[string][]string, error) {
+	if _, err := j.kubectl(ctx, "-n", ReleaseNamespace, "get", "pods", "-l", AgentSelector, "-o", "wide"); err != nil {
+		return nil, err
+	}
+	return agentPods(ctx, j.C)
+}
+
+// agentPods returns node → "pod-name ready restartCount containerID" of
+// the meshcni agents.
+func agentPods(ctx context.Context, c *Cluster) (map[string][]string, error) {
+	out, err := c.Kubectl(ctx, "-n", ReleaseNamespace, "get", "pods", "-l", AgentSelector, "-o",
+		`jsonpath={range .items[*]}{.spec.nodeName} {.metadata.name} {.status.containerStatuses[0].ready} {.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].containerID}{"\n"}{end}`)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string][]string{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 1 {
+			m[f[0]] = f[1:]
+		}
+	}
+	return m, nil
+}
+
+// ReleasePods returns "name restarts" of every pod of the release that is
+// not an agent (the controller and the webhook, however the chart splits
+// them), to show that a settings change restarts none of them.
+func (j *Journey) ReleasePods(ctx context.Context) ([]string, error) {
+	out, err := j.C.Kubectl(ctx, "-n", ReleaseNamespace, "get", "pods", "-l", "app.kubernetes.io/component!=agent", "-o",
+		`jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses[*].restartCount}{"\n"}{end}`)
+	if err != nil {
+		return nil, err
+	}
+	pods := strings.Split(strings.TrimSpace(out), "\n")
+	sort.Strings(pods)
+	return pods, nil
 }
 
 // Placement pins two Bookinfo services to two nodes, so that the traffic
 // between them crosses nodes.
 type Placement map[string]string // Deployment → node
 
-// ApplyBookinfo applies a Bookinfo fixture (testdata) to namespace ns, as
-// kubectl apply -f, and waits for every Deployment to be available. The
-// proxy image is retagged (see ProxyImage) and the Deployments in place
-// get a nodeSelector; nothing else changes.
-func (j *Journey) ApplyBookinfo(ctx context.Context, ns, fixture string, place Placement) error {
-	src, err := os.ReadFile(filepath.Join(j.C.moduleDir, "test", "cluster", "testdata", fixture))
+// StockFixture is Istio's stock injection output for Bookinfo
+// (testdata/README.md): istio-init with NET_ADMIN and NET_RAW.
+const StockFixture = "bookinfo-injected-default.yaml"
+
+// ApplyBookinfo applies Istio's stock-injected Bookinfo (StockFixture) to
+// namespace ns (made with Namespace), as kubectl apply -f, and waits for every Deployment to be
+// available. The proxy image is retagged (see ProxyImage) and the
+// Deployments in place get a nodeSelector; only the objects named in only
+// are applied, when it is not empty; nothing else changes. The webhook
+// decides what each pod becomes.
+func (j *Journey) ApplyBookinfo(ctx context.Context, ns string, place Placement, only ...string) error {
+	manifest, err := j.fixture(place, only)
 	if err != nil {
 		return err
 	}
-	manifest, err := prepare(src, place)
-	if err != nil {
-		return fmt.Errorf("%s: %w", fixture, err)
+	what := "all of it"
+	if len(only) > 0 {
+		what = strings.Join(only, ", ")
 	}
-	if _, err := j.kubectl(ctx, "create", "namespace", ns); err != nil {
-		return err
-	}
-	// istiod publishes its root certificate into every namespace; the
-	// injected pods mount it.
-	if _, err := j.kubectl(ctx, "-n", ns, "create", "configmap", "istio-ca-root-cert", "--from-file=root-cert.pem="+j.C.pki.path("ca.crt")); err != nil {
-		return err
-	}
-	j.Say("(%s, with the proxy image tagged %q and %s)", fixture, ProxyImage, place)
+	j.Say("(%s: %s, with the proxy image tagged %q and %s)", StockFixture, what, ProxyImage, place)
 	out, err := j.C.KubectlIn(ctx, manifest, "apply", "-n", ns, "-f", "-")
-	j.show("kubectl apply -n "+ns+" -f "+fixture, out)
+	j.show("kubectl apply -n "+ns+" -f "+StockFixture, out)
 	if err != nil {
 		return err
 	}
@@ -130,9 +315,32 @@ func (j *Journey) ApplyBookinfo(ctx context.Context, ns, fixture string, place P
 	return err
 }
 
+// Namespace creates ns with what istiod would have put there: its root
+// certificate, which the injected pods mount.
+func (j *Journey) Namespace(ctx context.Context, ns string) error {
+	if _, err := j.kubectl(ctx, "create", "namespace", ns); err != nil {
+		return err
+	}
+	_, err := j.kubectl(ctx, "-n", ns, "create", "configmap", "istio-ca-root-cert", "--from-file=root-cert.pem="+j.C.pki.path("ca.crt"))
+	return err
+}
+
+func (j *Journey) fixture(place Placement, only []string) ([]byte, error) {
+	src, err := os.ReadFile(filepath.Join(j.C.moduleDir, "test", "cluster", "testdata", StockFixture))
+	if err != nil {
+		return nil, err
+	}
+	manifest, err := prepare(src, place, only)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", StockFixture, err)
+	}
+	return manifest, nil
+}
+
 // prepare rewrites the fixture's documents: the proxy image's tag, and
-// a nodeSelector for the placed Deployments.
-func prepare(src []byte, place Placement) ([]byte, error) {
+// a nodeSelector for the placed Deployments; it keeps only the objects
+// named in only, if any.
+func prepare(src []byte, place Placement, only []string) ([]byte, error) {
 	var out bytes.Buffer
 	placed := map[string]bool{}
 	for _, doc := range strings.Split(string(src), "\n---\n") {
@@ -145,10 +353,11 @@ func prepare(src []byte, place Placement) ([]byte, error) {
 		}
 		meta, _ := obj["metadata"].(map[string]any)
 		name, _ := meta["name"].(string)
+		if len(only) > 0 && !slices.Contains(only, name) {
+			continue
+		}
 		if node, ok := place[name]; ok && obj["kind"] == "Deployment" {
-			spec, _ := obj["spec"].(map[string]any)
-			tmpl, _ := spec["template"].(map[string]any)
-			podSpec, _ := tmpl["spec"].(map[string]any)
+			podSpec := podTemplateSpec(obj)
 			if podSpec == nil {
 				return nil, fmt.Errorf("deployment %s has no pod template", name)
 			}
@@ -170,12 +379,149 @@ func prepare(src []byte, place Placement) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
-// ApplyStockInjected is where the stock-injected Bookinfo goes into the
-// captured namespace once meshcni's injection webhook exists (issue
-// "Works with an unchanged Istio"): stock pods there lose istio-init.
-// Until then the captured namespace gets Istio's CNI-mode injection.
-func (j *Journey) ApplyStockInjected(ctx context.Context, ns string, place Placement) error {
-	return j.ApplyBookinfo(ctx, ns, "bookinfo-injected-cni.yaml", place)
+func podTemplateSpec(deployment map[string]any) map[string]any {
+	spec, _ := deployment["spec"].(map[string]any)
+	tmpl, _ := spec["template"].(map[string]any)
+	podSpec, _ := tmpl["spec"].(map[string]any)
+	return podSpec
+}
+
+// probePod is a stock-injected pod (details' template in the fixture) in
+// ns, for server-side dry runs.
+func (j *Journey) probePod(ns string) ([]byte, error) {
+	manifest, err := j.fixture(nil, []string{"details-v1"})
+	if err != nil {
+		return nil, err
+	}
+	var d map[string]any
+	if err := yaml.Unmarshal(bytes.TrimPrefix(manifest, []byte("---\n")), &d); err != nil {
+		return nil, err
+	}
+	tmpl := d["spec"].(map[string]any)["template"].(map[string]any)
+	meta, _ := tmpl["metadata"].(map[string]any)
+	meta["name"], meta["namespace"] = "webhook-probe", ns
+	spec := podTemplateSpec(d)
+	// The namespace's default service account: the fixture's is not there.
+	delete(spec, "serviceAccountName")
+	return yaml.Marshal(map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
+}
+
+// WebhookConfiguration is the chart's MutatingWebhookConfiguration.
+const WebhookConfiguration = "meshcni-webhook"
+
+// WaitWebhook waits until meshcni's injection webhook answers for pods of
+// namespace ns as it should: a server-side dry run (admission runs,
+// nothing is stored) of a stock-injected pod comes back with istio-init
+// when ns is excluded, and without it (converted) when ns is captured.
+// Its failurePolicy is Ignore, so a pod created while the API server
+// cannot reach it keeps istio-init: waiting for this first makes the next
+// creates deterministic. Every ready endpoint of the Service the
+// configuration names must also be a Ready pod: after a node is lost a
+// stale endpoint would fail some calls.
+func (j *Journey) WaitWebhook(ctx context.Context, ns string, excluded bool) error {
+	pod, err := j.probePod(ns)
+	if err != nil {
+		return err
+	}
+	want := "converted (no istio-init)"
+	if excluded {
+		want = "istio-init kept"
+	}
+	var last string
+	err = waitFor(ctx, "the webhook answers for "+ns+": "+want, 90*time.Second, func() error {
+		svc, err := j.C.Kubectl(ctx, "get", "mutatingwebhookconfiguration", WebhookConfiguration, "-o",
+			"jsonpath={.webhooks[0].clientConfig.service.namespace} {.webhooks[0].clientConfig.service.name}")
+		if err != nil {
+			return err
+		}
+		f := strings.Fields(svc)
+		if len(f) != 2 {
+			return fmt.Errorf("webhook service %q", svc)
+		}
+		eps, err := j.C.Kubectl(ctx, "-n", f[0], "get", "endpointslices", "-l", "kubernetes.io/service-name="+f[1], "-o",
+			`jsonpath={range .items[*].endpoints[?(@.conditions.ready==true)]}{.targetRef.name}{"\n"}{end}`)
+		if err != nil {
+			return err
+		}
+		pods, err := j.C.Kubectl(ctx, "-n", f[0], "get", "pods", "-o",
+			`jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}`)
+		if err != nil {
+			return err
+		}
+		ready := strings.Fields(eps)
+		if len(ready) == 0 {
+			return fmt.Errorf("service %s/%s has no ready endpoint", f[0], f[1])
+		}
+		for _, name := range ready {
+			if !slices.Contains(strings.Fields(pods), name+"=True") {
+				return fmt.Errorf("service %s/%s: endpoint %s is not a ready pod (pods: %s)", f[0], f[1], name, strings.Fields(pods))
+			}
+		}
+		out, err := j.C.KubectlIn(ctx, pod, "create", "--dry-run=server", "-f", "-", "-o", "jsonpath={.spec.initContainers[*].name}")
+		if err != nil {
+			return err
+		}
+		last = out
+		if slices.Contains(strings.Fields(out), "istio-init") != excluded {
+			return fmt.Errorf("a dry-run pod in %s gets init containers %q", ns, out)
+		}
+		return nil
+	})
+	j.show("kubectl create --dry-run=server -n "+ns+" -f stock-injected-pod.yaml -o jsonpath='{.spec.initContainers[*].name}'", last)
+	return err
+}
+
+// PodInit is what the webhook decides for a pod: its init containers and
+// the capabilities any of its containers add.
+type PodInit struct {
+	Init []string
+	Caps []string
+}
+
+// PodInits returns each pod of ns (that is not terminating) by name.
+func (j *Journey) PodInits(ctx context.Context, ns string) (map[string]PodInit, error) {
+	out, err := j.C.Kubectl(ctx, "-n", ns, "get", "pods", "-o", "json")
+	if err != nil {
+		return nil, err
+	}
+	type container struct {
+		Name            string `json:"name"`
+		SecurityContext struct {
+			Capabilities struct {
+				Add []string `json:"add"`
+			} `json:"capabilities"`
+		} `json:"securityContext"`
+	}
+	var list struct {
+		Items []struct {
+			Metadata struct {
+				Name              string  `json:"name"`
+				DeletionTimestamp *string `json:"deletionTimestamp"`
+			} `json:"metadata"`
+			Spec struct {
+				InitContainers []container `json:"initContainers"`
+				Containers     []container `json:"containers"`
+			} `json:"spec"`
+		} `json:"items"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		return nil, err
+	}
+	m := map[string]PodInit{}
+	for _, p := range list.Items {
+		if p.Metadata.DeletionTimestamp != nil {
+			continue
+		}
+		var pi PodInit
+		for _, c := range p.Spec.InitContainers {
+			pi.Init = append(pi.Init, c.Name)
+		}
+		for _, c := range append(p.Spec.InitContainers, p.Spec.Containers...) {
+			pi.Caps = append(pi.Caps, c.SecurityContext.Capabilities.Add...)
+		}
+		m[p.Metadata.Name] = pi
+	}
+	return m, nil
 }
 
 // PodView is what an operator reads about one pod.
@@ -221,7 +567,7 @@ func (j *Journey) Inspect(ctx context.Context, ns, app string) (PodView, error) 
 	}
 	j.show("nsenter -t "+v.PID+" -n iptables -L -t nat -n -v --line-numbers -x", v.NAT)
 	v.Verify, v.VerifyErr = n.Exec(ctx, j.C.Tool("meshcnictl"), "--kubeconfig", j.C.Admin, "verify", v.Name, "-n", ns,
-		"--runtime-endpoint", "unix://"+n.Sock, "--cni-conf-dir", j.C.CNIConfDir)
+		"--runtime-endpoint", "unix://"+n.Sock, "--cni-conf-dir", CNIConfDir)
 	j.show("meshcnictl verify "+v.Name+" -n "+ns, v.Verify+errText(v.VerifyErr))
 	return v, nil
 }
@@ -312,4 +658,65 @@ func (j *Journey) Taints(ctx context.Context) (map[string][]string, error) {
 		}
 	}
 	return m, nil
+}
+
+// Install is the user's install: the controller release, then the
+// MeshCNI resource (enabled, excluding the given namespaces); it follows
+// `kubectl get meshcni` until Running, checks that the status is about
+// this spec, waits for the release's Deployments and shows the agents. It
+// returns the phases the resource went through.
+func (j *Journey) Install(ctx context.Context, exclude ...string) ([]string, error) {
+	if err := j.InstallController(ctx); err != nil {
+		return nil, err
+	}
+	w, err := j.WatchMeshCNI(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Close()
+	if err := j.ApplyMeshCNI(ctx, exclude...); err != nil {
+		return nil, err
+	}
+	return j.awaitRunning(ctx, w, "Updating", "Running")
+}
+
+// Change changes the resource with a JSON patch and follows it to want
+// (Running or Disabled) through Updating when updating.
+func (j *Journey) Change(ctx context.Context, patch string, want ...string) ([]string, error) {
+	w, err := j.WatchMeshCNI(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Close()
+	// The watch's first row is the state before the patch.
+	if _, err := w.Await(ctx, 30*time.Second, "Running"); err != nil {
+		return nil, err
+	}
+	w.seen = nil
+	if err := j.PatchMeshCNI(ctx, patch); err != nil {
+		return nil, err
+	}
+	return j.awaitRunning(ctx, w, want...)
+}
+
+func (j *Journey) awaitRunning(ctx context.Context, w *Phases, want ...string) ([]string, error) {
+	seen, err := w.Await(ctx, 3*time.Minute, want...)
+	if err != nil {
+		return seen, err
+	}
+	phase, err := j.Observed(ctx)
+	if err != nil {
+		return seen, err
+	}
+	if phase != want[len(want)-1] {
+		return seen, fmt.Errorf("MeshCNI phase %s after it went %v", phase, seen)
+	}
+	if phase == "Disabled" {
+		return seen, nil
+	}
+	if err := j.ReleaseAvailable(ctx); err != nil {
+		return seen, err
+	}
+	_, err = j.Agents(ctx)
+	return seen, err
 }

@@ -20,7 +20,7 @@ type Node struct {
 	IP      string // on the lan
 	PodCIDR string
 	NS      string // netns path
-	Dir     string // its own directory; inside its mount ns it is also Cluster.NodeDir
+	Dir     string // its own directory; its mount ns binds parts of it over the standard node paths
 	Sock    string // containerd's socket (a host path)
 	Cgroup  string // kubelet cgroupRoot, e.g. /mcl123/node-a
 
@@ -58,7 +58,7 @@ func (n *Node) Crictl(ctx context.Context, args ...string) (string, error) {
 }
 
 func (n *Node) start(ctx context.Context, agentImage string) error {
-	for _, d := range []string{"varlibcni", "varlog/pods", "run-containerd", "kubelet", "cni/bin", "cni/net.d", "ipam", "containerd", "logs", "etc"} {
+	for _, d := range []string{"varlibcni", "varlog/pods", "run-containerd", "kubelet", "cni/bin", "cni/net.d", "run-meshcni", "containerd", "logs", "etc"} {
 		if err := os.MkdirAll(n.path(d), 0o755); err != nil {
 			return err
 		}
@@ -140,11 +140,10 @@ func (n *Node) startHolder(ctx context.Context) error {
 		}
 	}
 	for _, mp := range hostMountPoints {
-		if _, err := os.Stat(mp); os.IsNotExist(err) {
-			if err := os.MkdirAll(mp, 0o755); err != nil {
-				return err
-			}
-			c.madeMounts = append(c.madeMounts, mp)
+		made, err := mkdirAll(mp)
+		c.madeMounts = append(c.madeMounts, made...)
+		if err != nil {
+			return err
 		}
 		// A file of ours keeps the mount point non-empty while the cluster
 		// runs: another suite that removes it when empty (test/e2e does,
@@ -186,7 +185,11 @@ func (n *Node) startHolder(ctx context.Context) error {
 		{n.path("varlog"), "/var/log"},                // the kubelet's /var/log/containers
 		{n.path("run-containerd"), "/run/containerd"}, // containerd 1.6's shim sockets
 		{n.path("kubelet"), "/var/lib/kubelet"},       // the kubelet's serving cert, device-plugin socket
-		{n.Dir, c.NodeDir},                            // the one path every node's hostPaths use
+		// The chart's default node paths (the MeshCNI resource picks a
+		// platform, not directories): each node sees its own.
+		{n.path("cni", "bin"), CNIBinDir},
+		{n.path("cni", "net.d"), CNIConfDir},
+		{n.path("run-meshcni"), "/run/meshcni"}, // RunDir; /var/run is /run
 	}
 	var script strings.Builder
 	for _, b := range binds {
@@ -251,7 +254,6 @@ func (n *Node) writeCNI() error {
       "hairpinMode": true,
       "ipam": {
         "type": "host-local",
-        "dataDir": %q,
         "ranges": [[{"subnet": %q, "gateway": %q}]],
         "routes": [{"dst": "0.0.0.0/0"}]
       }
@@ -259,14 +261,14 @@ func (n *Node) writeCNI() error {
     {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
 }
-`, filepath.Join(n.c.NodeDir, "ipam"), n.PodCIDR, gw)
+`, n.PodCIDR, gw)
 	return os.WriteFile(n.path("cni", "net.d", n.c.Conflist), []byte(conf), 0o644)
 }
 
 func (n *Node) startContainerd(ctx context.Context) error {
 	conf := daemon.Containerd{
 		Dir: n.path("containerd"), Sock: n.Sock, SandboxImage: "registry.k8s.io/pause:3.10",
-		CNIBinDir: n.c.CNIBinDir, CNIConfDir: n.c.CNIConfDir,
+		CNIBinDir: CNIBinDir, CNIConfDir: CNIConfDir,
 	}.Config()
 	path := n.path("etc", "containerd.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {

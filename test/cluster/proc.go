@@ -24,16 +24,6 @@ func run(ctx context.Context, stdin []byte, argv ...string) (string, error) {
 	return stdout.String(), nil
 }
 
-// runCombined runs a command to completion and returns its stdout and
-// stderr together, in the order written.
-func runCombined(ctx context.Context, argv ...string) (string, error) {
-	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s: %w", strings.Join(argv, " "), err)
-	}
-	return string(out), nil
-}
-
 // waitFor polls check every 100 ms until it returns nil, or fails after
 // timeout with what check last said.
 func waitFor(ctx context.Context, what string, timeout time.Duration, check func() error) error {
