@@ -10,14 +10,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshcni/meshcni/internal/netconf"
 	"github.com/meshcni/meshcni/internal/trust"
 )
 
 // openLog sends JSON lines to the agent's socket when it listens (so that
 // `kubectl logs` on the agent shows every decision), else appends to
-// log_file, and always to stderr, which the runtime records. Never stdout:
+// logFile, and always to stderr, which the runtime records. Never stdout:
 // it carries the CNI result.
-func openLog(conf *Config) (*slog.Logger, func()) {
+func openLog(conf *netconf.Entry) (*slog.Logger, func()) {
 	writers := []io.Writer{os.Stderr}
 	var closers []io.Closer
 	if conf.LogSocket != "" {
