@@ -197,25 +197,30 @@ func cat(parts ...[]byte) []byte {
 	return out
 }
 
+// The netlink names of nftrules' words: a word not here is outside the
+// in-process builder's vocabulary, and nft writes the rule instead.
+var (
+	chainTypes = map[string]nftables.ChainType{
+		"filter": nftables.ChainTypeFilter, "route": nftables.ChainTypeRoute, "nat": nftables.ChainTypeNAT,
+	}
+	chainHooks = map[string]*nftables.ChainHook{
+		"prerouting": nftables.ChainHookPrerouting, "output": nftables.ChainHookOutput,
+	}
+	metaKeys = map[string]expr.MetaKey{
+		"skuid": expr.MetaKeySKUID, "skgid": expr.MetaKeySKGID, "mark": expr.MetaKeyMARK,
+	}
+)
+
 func baseChain(c nftrules.Chain) (nftables.ChainType, *nftables.ChainHook, error) {
-	var typ nftables.ChainType
-	switch c.Type {
-	case "filter":
-		typ = nftables.ChainTypeFilter
-	case "route":
-		typ = nftables.ChainTypeRoute
-	case "nat":
-		typ = nftables.ChainTypeNAT
-	default:
+	typ, ok := chainTypes[c.Type]
+	if !ok {
 		return "", nil, fmt.Errorf("%w: chain %s type %q", errNotNative, c.Name, c.Type)
 	}
-	switch c.Hook {
-	case "prerouting":
-		return typ, nftables.ChainHookPrerouting, nil
-	case "output":
-		return typ, nftables.ChainHookOutput, nil
+	hook, ok := chainHooks[c.Hook]
+	if !ok {
+		return "", nil, fmt.Errorf("%w: chain %s hook %q", errNotNative, c.Name, c.Hook)
 	}
-	return "", nil, fmt.Errorf("%w: chain %s hook %q", errNotNative, c.Name, c.Hook)
+	return typ, hook, nil
 }
 
 // anonSet is an anonymous set of ports that a rule looks up; nftBatch
@@ -306,15 +311,8 @@ func ruleExprs(f rules.Family, r nftrules.Rule) ([]expr.Any, []anonSet, error) {
 			sets = append(sets, s)
 			out = append(out, s.lookup)
 		case nftrules.KindMeta:
-			var key expr.MetaKey
-			switch e.Field {
-			case "skuid":
-				key = expr.MetaKeySKUID
-			case "skgid":
-				key = expr.MetaKeySKGID
-			case "mark":
-				key = expr.MetaKeyMARK
-			default:
+			key, ok := metaKeys[e.Field]
+			if !ok {
 				return nil, nil, fmt.Errorf("field %q", e.Field)
 			}
 			out = append(out, &expr.Meta{Key: key, Register: reg},
