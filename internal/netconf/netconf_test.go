@@ -225,3 +225,22 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// benchEntry is an entry as the agent writes it, with a runtime's
+// prevResult: what every ADD parses.
+const benchEntry = `{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"meshcni",
+ "kubeconfig":"/var/run/meshcni/kubeconfig","excludeNamespaces":["kube-system","istio-system"],
+ "logLevel":"info","logFile":"/var/run/meshcni/meshcni.log","logSocket":"/var/run/meshcni/log.sock",
+ "lockDir":"/var/run/meshcni/locks","podCacheSocket":"/var/run/meshcni/pods.sock",
+ "prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/x"}],
+ "ips":[{"address":"10.22.0.5/16","gateway":"10.22.0.1","interface":0}],"dns":{}}}`
+
+// BenchmarkParse is the config's share of an ADD (docs/performance.md).
+func BenchmarkParse(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Parse([]byte(benchEntry)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
