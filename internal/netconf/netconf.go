@@ -108,14 +108,14 @@ var Aliases = map[string]string{
 	"proxy_gid":            "proxyGID",
 }
 
-// keys are Config's JSON keys, read from its tags so that they cannot
-// drift from the type.
-var keys = func() map[string]bool {
-	k := map[string]bool{}
+// keys are Config's JSON keys and their fields' indexes, read from its
+// tags so that they cannot drift from the type.
+var keys = func() map[string]int {
+	k := map[string]int{}
 	t := reflect.TypeFor[Config]()
 	for i := range t.NumField() {
 		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
-		k[name] = true
+		k[name] = i
 	}
 	return k
 }()
@@ -187,7 +187,7 @@ func decode(data []byte) (*Config, map[string]string, error) {
 		if to, ok := Aliases[k]; ok {
 			key = to
 		}
-		if !keys[key] {
+		if _, ok := keys[key]; !ok {
 			unknown = append(unknown, k)
 			continue
 		}
@@ -201,25 +201,19 @@ func decode(data []byte) (*Config, map[string]string, error) {
 		slices.Sort(unknown)
 		return nil, nil, invalid("unknown key(s) %s: meshcni's keys are listed in docs/config.md", quoteAll(unknown))
 	}
-	renamed := make(map[string]json.RawMessage, len(raw))
-	for key, k := range written {
-		renamed[key] = raw[k]
-	}
-	b, err := json.Marshal(renamed)
-	if err != nil {
-		return nil, nil, types.NewError(types.ErrDecodingFailure, "meshcni: config is not valid JSON", err.Error())
-	}
+	// Each value straight into its field: no second pass over the JSON
+	// (an ADD parses its config once, on a path where every allocation
+	// shows; docs/performance.md).
 	conf := &Config{}
-	if err := json.Unmarshal(b, conf); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			field := te.Field
-			if k, ok := written[field]; ok {
-				field = k
+	v := reflect.ValueOf(conf).Elem()
+	for key, k := range written {
+		if err := json.Unmarshal(raw[k], v.Field(keys[key]).Addr().Interface()); err != nil {
+			var te *json.UnmarshalTypeError
+			if errors.As(err, &te) {
+				return nil, nil, invalid("field %q: got JSON %s, want %s", k, te.Value, te.Type)
 			}
-			return nil, nil, invalid("field %q: got JSON %s, want %s", field, te.Value, te.Type)
+			return nil, nil, types.NewError(types.ErrDecodingFailure, "meshcni: config is not valid JSON", err.Error())
 		}
-		return nil, nil, types.NewError(types.ErrDecodingFailure, "meshcni: config is not valid JSON", err.Error())
 	}
 	return conf, written, nil
 }
