@@ -78,9 +78,9 @@ func addInNetns(t *testing.T, pods mapPods, conf map[string]any, namespace, name
 
 func pluginEntry(t *testing.T, socket, backend string) map[string]any {
 	return map[string]any{"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "meshcni",
-		"kubeconfig": "/nonexistent", "exclude_namespaces": []string{"kube-system"}, "log_level": "error",
-		"pod_lookup_retries": 1, "pod_lookup_interval": "1ms", "log_socket": socket,
-		"lock_dir": t.TempDir(), "iptables_backend": backend}
+		"kubeconfig": "/nonexistent", "excludeNamespaces": []string{"kube-system"}, "logLevel": "error",
+		"podLookupRetries": 1, "podLookupInterval": "1ms", "logSocket": socket,
+		"lockDir": t.TempDir(), "iptablesBackend": backend}
 }
 
 // The plug-in, run for real into real netns, reports each ADD's duration

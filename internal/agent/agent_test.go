@@ -272,7 +272,7 @@ func TestInstallAndUninstall(t *testing.T) {
 				t.Fatal(err)
 			}
 			if e["type"] != "meshcni" || e["kubeconfig"] != filepath.Join(n.run, "kubeconfig") ||
-				e["log_socket"] != filepath.Join(n.run, "log.sock") || e["lock_dir"] != filepath.Join(n.run, "locks") {
+				e["logSocket"] != filepath.Join(n.run, "log.sock") || e["lockDir"] != filepath.Join(n.run, "locks") {
 				t.Errorf("entry = %s", last.Bytes)
 			}
 			for _, b := range []string{"meshcni", "meshcni-lookup"} {
@@ -377,7 +377,7 @@ func TestReinsert(t *testing.T) {
 		t.Fatal(err)
 	}
 	ps := installed["plugins"].([]any)
-	ps[len(ps)-1].(map[string]any)["api_timeout"] = "9s"
+	ps[len(ps)-1].(map[string]any)["apiTimeout"] = "9s"
 	edited, _ := json.MarshalIndent(installed, "", "  ")
 
 	changes := []struct {

@@ -16,8 +16,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/meshcni/meshcni/internal/netconf"
 	"github.com/meshcni/meshcni/internal/netfilter"
-	"github.com/meshcni/meshcni/internal/plugin"
 	"github.com/meshcni/meshcni/internal/repair"
 )
 
@@ -205,7 +205,7 @@ func (a *Agent) nodeEntry(ctx context.Context, cs kubernetes.Interface) (json.Ra
 func (a *Agent) runRepair(ctx context.Context, cs kubernetes.Interface, pods *NodePods) {
 	o := &a.opts
 	raw, _ := a.currentEntry()
-	entry, err := plugin.ParseEntry(raw)
+	entry, err := netconf.Parse(raw)
 	if err != nil {
 		a.log.Error("repair controller not started: the entry does not parse", "error", err)
 		return

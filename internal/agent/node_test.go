@@ -73,8 +73,8 @@ func TestNodeEntry(t *testing.T) {
 				if err := json.Unmarshal(entry, &e); err != nil {
 					t.Fatalf("entry %s: %v", entry, err)
 				}
-				if e["iptables_backend"] != tc.backend || e["type"] != "meshcni" || e["pod_cache_socket"] == nil {
-					t.Fatalf("entry %s, want the flags' entry with iptables_backend %s", entry, tc.backend)
+				if e["iptablesBackend"] != tc.backend || e["type"] != "meshcni" || e["podCacheSocket"] == nil {
+					t.Fatalf("entry %s, want the flags' entry with iptablesBackend %s", entry, tc.backend)
 				}
 			}
 			if !strings.Contains(log.String(), tc.logged) {
@@ -101,7 +101,7 @@ func TestNodeSettingsUpdateTheEntry(t *testing.T) {
 		return r.installed(t) && !ready && strings.Contains(why, BackendLabel)
 	})
 	conflist := filepath.Join(n.conf, "10-bridge.conflist")
-	if b := mustRead(t, conflist); !strings.Contains(b, `"iptables_backend":"nft"`) {
+	if b := mustRead(t, conflist); !strings.Contains(b, `"iptablesBackend":"nft"`) {
 		t.Fatalf("conflist before the node's settings:\n%s", b)
 	}
 
@@ -113,7 +113,7 @@ func TestNodeSettingsUpdateTheEntry(t *testing.T) {
 	}
 	r.settle(entry)
 	r.waitInstalled(t, 5*time.Second)
-	if b := mustRead(t, conflist); !strings.Contains(b, `"iptables_backend":"nftables"`) {
+	if b := mustRead(t, conflist); !strings.Contains(b, `"iptablesBackend":"nftables"`) {
 		t.Fatalf("conflist after the node's settings:\n%s", b)
 	}
 	if v := r.metric(t, "meshcni_agent_reinserts_total"); v != "0" {
@@ -162,7 +162,7 @@ func TestSettleDuringARound(t *testing.T) {
 	if v := testutil.ToFloat64(a.metrics.reinserts); v != 0 {
 		t.Errorf("reinserts = %v: the agent's own update counted as a fight", v)
 	}
-	if b := mustRead(t, filepath.Join(n.conf, "10-bridge.conflist")); !strings.Contains(b, `"iptables_backend":"nftables"`) {
+	if b := mustRead(t, filepath.Join(n.conf, "10-bridge.conflist")); !strings.Contains(b, `"iptablesBackend":"nftables"`) {
 		t.Fatalf("conflist after the node's settings:\n%s", b)
 	}
 	if ready, why := a.Ready(); !ready {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshcni/meshcni/internal/apilookup"
 	"github.com/meshcni/meshcni/internal/install"
+	"github.com/meshcni/meshcni/internal/netconf"
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/repair"
 )
@@ -107,7 +108,7 @@ func DefaultOptions() Options {
 		RunDir:            DefaultRunDir,
 		PluginBinary:      DefaultPluginBinary,
 		TokenPath:         DefaultTokenPath,
-		ExcludeNamespaces: []string{"kube-system"},
+		ExcludeNamespaces: netconf.DefaultExcludeNamespaces(),
 		LogLevel:          "info",
 		HealthAddr:        DefaultHealthAddr,
 		PluginLogLevel:    "info",
@@ -208,39 +209,42 @@ func (o *Options) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Entry is the meshcni entry the agent keeps last in the primary conflist.
+// Entry is the meshcni entry the agent keeps last in the primary conflist:
+// netconf.Config encoded, zero settings left out so that the plug-in's
+// defaults apply, and parsed back as the plug-in will parse it, so that
+// an entry the plug-in would refuse stops the agent at startup.
 func (o *Options) Entry() (json.RawMessage, error) {
-	e := map[string]any{
-		"type":       install.PluginType,
-		"kubeconfig": o.KubeconfigPath(),
-		"log_socket": o.SocketPath(),
-		"log_file":   o.LogFilePath(),
-		"lock_dir":   o.LockDir(),
+	c := netconf.Config{
+		Type:              install.PluginType,
+		Kubeconfig:        o.KubeconfigPath(),
+		LogSocket:         o.SocketPath(),
+		LogFile:           o.LogFilePath(),
+		LockDir:           o.LockDir(),
+		ExcludeNamespaces: o.ExcludeNamespaces,
+		LogLevel:          strings.ToLower(o.PluginLogLevel),
+		IptablesBackend:   o.IptablesBackend,
 	}
-	if len(o.ExcludeNamespaces) > 0 {
-		e["exclude_namespaces"] = o.ExcludeNamespaces
-	}
-	if o.PluginLogLevel != "" {
-		e["log_level"] = strings.ToLower(o.PluginLogLevel)
-	}
-	if o.IptablesBackend != "" {
-		e["iptables_backend"] = o.IptablesBackend
+	if c.ExcludeNamespaces == nil {
+		c.ExcludeNamespaces = []string{} // none, not the plug-in's default
 	}
 	if o.PodLookupRetries > 0 {
-		e["pod_lookup_retries"] = o.PodLookupRetries
+		c.PodLookupRetries = &o.PodLookupRetries
 	}
 	if o.PodLookupInterval > 0 {
-		e["pod_lookup_interval"] = o.PodLookupInterval.String()
+		c.PodLookupInterval = o.PodLookupInterval.String()
 	}
 	if o.APITimeout > 0 {
-		e["api_timeout"] = o.APITimeout.String()
+		c.APITimeout = o.APITimeout.String()
 	}
 	if o.NodeName != "" {
-		e["pod_cache_socket"] = o.PodCacheSocketPath()
+		c.PodCacheSocket = o.PodCacheSocketPath()
 	}
-	b, err := json.Marshal(e)
+	b, err := json.Marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("build meshcni entry: %w", err)
+	}
+	if _, err := netconf.Parse(b); err != nil {
+		return nil, fmt.Errorf("the meshcni entry the flags make: %w", err)
 	}
 	return b, nil
 }

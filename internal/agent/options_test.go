@@ -3,7 +3,6 @@ package agent
 import (
 	"bytes"
 	"encoding/base64"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -13,6 +12,9 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/spf13/pflag"
+
+	"github.com/meshcni/meshcni/internal/netconf"
+	"github.com/meshcni/meshcni/internal/netfilter"
 )
 
 // parse runs the command's flag parsing and env lookup without running
@@ -143,16 +145,41 @@ func TestEntryLoads(t *testing.T) {
 	if _, err := libcni.NetworkPluginConfFromBytes(e); err != nil {
 		t.Fatal(err)
 	}
-	var m map[string]any
-	_ = json.Unmarshal(e, &m)
-	want := map[string]any{
-		"type": "meshcni", "kubeconfig": "/var/run/meshcni/kubeconfig", "log_socket": "/var/run/meshcni/log.sock",
-		"log_file": "/var/run/meshcni/meshcni.log", "lock_dir": "/var/run/meshcni/locks",
-		"exclude_namespaces": []any{"kube-system"}, "log_level": "info", "iptables_backend": "nft",
-		"pod_lookup_retries": float64(3), "pod_lookup_interval": "200ms", "api_timeout": "3s",
+	// Compared through the plug-in's own parser: what ADD will read.
+	got, err := netconf.Parse(e)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(m, want) {
-		t.Errorf("entry = %v\nwant    %v", m, want)
+	retries := 3
+	want := netconf.Config{
+		Type: "meshcni", Kubeconfig: "/var/run/meshcni/kubeconfig", LogSocket: "/var/run/meshcni/log.sock",
+		LogFile: "/var/run/meshcni/meshcni.log", LockDir: "/var/run/meshcni/locks",
+		ExcludeNamespaces: []string{"kube-system", "istio-system"}, LogLevel: "info", IptablesBackend: "nft",
+		PodLookupRetries: &retries, PodLookupInterval: "200ms", APITimeout: "3s",
+	}
+	if !reflect.DeepEqual(got.Config, want) {
+		t.Errorf("entry = %+v\nwant    %+v", got.Config, want)
+	}
+	if got.Backend != netfilter.NFT || got.Attempts != 3 || got.Interval != 200*time.Millisecond || got.Timeout != 3*time.Second {
+		t.Errorf("the plug-in reads %+v", got)
+	}
+}
+
+// An agent whose flags exclude no namespace writes [] (none), never
+// leaves the key out (the plug-in's default list).
+func TestEntryExcludesNoneWhenTold(t *testing.T) {
+	o := DefaultOptions()
+	o.ExcludeNamespaces = nil
+	e, err := o.Entry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := netconf.Parse(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.ExcludeNamespaces) != 0 {
+		t.Errorf("entry %s excludes %v", e, got.ExcludeNamespaces)
 	}
 }
 

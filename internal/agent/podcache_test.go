@@ -30,7 +30,7 @@ func TestPodCacheServesTheWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(a.entry), `"pod_cache_socket":"`+o.PodCacheSocketPath()+`"`) {
+	if !strings.Contains(string(a.entry), `"podCacheSocket":"`+o.PodCacheSocketPath()+`"`) {
 		t.Fatalf("entry without the pod cache socket: %s", a.entry)
 	}
 	pod := &corev1.Pod{
@@ -113,7 +113,7 @@ func TestNoPodCacheWithoutNodeName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(string(e), "pod_cache_socket") {
+	if strings.Contains(string(e), "podCacheSocket") {
 		t.Fatalf("entry %s", e)
 	}
 }

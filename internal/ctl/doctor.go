@@ -27,8 +27,8 @@ import (
 	"github.com/meshcni/meshcni/internal/apilookup"
 	"github.com/meshcni/meshcni/internal/chart"
 	"github.com/meshcni/meshcni/internal/install"
+	"github.com/meshcni/meshcni/internal/netconf"
 	"github.com/meshcni/meshcni/internal/netfilter"
-	"github.com/meshcni/meshcni/internal/plugin"
 )
 
 // Result of one doctor check.
@@ -166,7 +166,7 @@ func (o *DoctorOptions) Checks(ctx context.Context) []Check {
 	for _, w := range skippedBefore(o.CNIConfDir, primary) {
 		add("conflist", Warn, "%s", w)
 	}
-	var entry *plugin.Entry
+	var entry *netconf.Entry
 	var chain []string
 	st, err := install.Check(o.CNIConfDir, []byte(`{"type":"meshcni"}`))
 	switch {
@@ -186,7 +186,7 @@ func (o *DoctorOptions) Checks(ctx context.Context) []Check {
 				chain = append(chain, p.Network.Type)
 			}
 			raw, _ := meshcniEntry(primary)
-			if entry, err = plugin.ParseEntry(raw); err != nil {
+			if entry, err = netconf.Parse(raw); err != nil {
 				add("conflist", Fail, "%s: meshcni's entry is invalid: %v; the agent writes it from its flags: check the agent's settings (ConfigMap meshcni-config)", primary, err)
 			} else if st.Last {
 				add("conflist", Pass, "%s: valid, meshcni last of %d plug-ins (%s)", primary, len(chain), strings.Join(chain, " -> "))
@@ -311,7 +311,7 @@ func (o *DoctorOptions) kubeconfigCheck(ctx context.Context, path string) Check 
 
 // backendCheck says which iptables backend pods get, from the entry and
 // the node's iptables link, without running any iptables command.
-func (o *DoctorOptions) backendCheck(entry *plugin.Entry) Check {
+func (o *DoctorOptions) backendCheck(entry *netconf.Entry) Check {
 	node := netfilter.SystemDefault("")
 	link := "iptables not found"
 	if p, err := o.lookPath("iptables"); err == nil {
@@ -322,7 +322,7 @@ func (o *DoctorOptions) backendCheck(entry *plugin.Entry) Check {
 	}
 	backend, why := node, fmt.Sprintf("the node's iptables (%s); a pod netns that already holds legacy rules keeps legacy", link)
 	if entry != nil && entry.Backend != netfilter.Auto {
-		backend, why = entry.Backend, "forced by the entry's iptables_backend"
+		backend, why = entry.Backend, "forced by the entry's iptablesBackend"
 	}
 	var missing []string
 	for _, name := range netfilter.Commands(backend) {

@@ -20,10 +20,10 @@ import (
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/initcmd"
 	"github.com/meshcni/meshcni/internal/install"
+	"github.com/meshcni/meshcni/internal/netconf"
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/netns"
 	"github.com/meshcni/meshcni/internal/nftrules"
-	"github.com/meshcni/meshcni/internal/plugin"
 	"github.com/meshcni/meshcni/internal/podspec"
 	"github.com/meshcni/meshcni/internal/rules"
 )
@@ -254,8 +254,8 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 
 // entry reads meshcni's entry from the node's primary CNI config; without
 // one, the defaults judge the pod and the note says so.
-func (o *VerifyOptions) entry() (*plugin.Entry, string) {
-	def, _ := plugin.ParseEntry([]byte(`{"type":"meshcni"}`))
+func (o *VerifyOptions) entry() (*netconf.Entry, string) {
+	def, _ := netconf.Parse([]byte(`{"type":"meshcni"}`))
 	path, err := install.FindPrimary(o.CNIConfDir)
 	if err != nil {
 		return def, fmt.Sprintf("no CNI config in %s (%v); judging with meshcni's defaults (pass --cni-conf-dir)", o.CNIConfDir, err)
@@ -264,7 +264,7 @@ func (o *VerifyOptions) entry() (*plugin.Entry, string) {
 	if err != nil {
 		return def, fmt.Sprintf("%v; judging with meshcni's defaults", err)
 	}
-	e, err := plugin.ParseEntry(raw)
+	e, err := netconf.Parse(raw)
 	if err != nil {
 		return def, fmt.Sprintf("meshcni's entry in %s is invalid (%v); judging with defaults", path, err)
 	}

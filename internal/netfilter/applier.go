@@ -2,8 +2,9 @@
 // iptables-restore, one atomic restore per address family, or with one
 // atomic nftables transaction (the nftables backend, over netlink or nft),
 // and reads it back for CHECK and verify. The rules are package rules'
-// typed model, built once per visit and rendered by rules (restore text),
-// nftrules (nft text) and netlink_encode.go (netlink messages). Visits to
+// typed model, built once per visit and rendered by rules (restore text)
+// and nftrules (nft text and netlink messages); this package does the
+// kernel I/O, and compares what it read (compare.go). Visits to
 // one netns take turns (lock.go). Fake is the same contract over an
 // in-memory kernel, decided by the same comparison (compare.go).
 package netfilter

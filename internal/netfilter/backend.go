@@ -11,7 +11,7 @@ import (
 
 // Backend is how a node programs pods: one of the two iptables
 // implementations, or native nftables. Its value is the name users write
-// (iptables_backend, --iptables-backend, the node label), spelt so that
+// (iptablesBackend, --iptables-backend, the node label), spelt so that
 // the three cannot be confused; ParseBackend also takes the older
 // spellings "legacy" and "nft".
 type Backend string

@@ -1,7 +1,7 @@
 package netfilter
 
 // Kernel I/O of the nftables backend's netlink path: the socket that
-// sends an encoded batch (netlink_encode.go) and reads the kernel's
+// sends a batch nftrules encoded (nftrules.Batch) and reads the kernel's
 // replies, and the listing of a netns's tables. Everything here runs in
 // the calling thread's netns.
 
@@ -22,32 +22,29 @@ import (
 
 // nftNetlinkApply programs tables in the current thread's netns as one
 // transaction: per family, add the table, flush it, add its chains and
-// rules (the shape of nftrules.Script). errNotNative means nothing was
-// sent.
+// rules (the shape of nftrules.Script). nftrules.ErrNotNative means
+// nothing was sent.
 func nftNetlinkApply(tables []nftrules.Table) error {
-	b, err := nftBatch(tables)
+	b, err := nftrules.Batch(tables)
 	if err != nil {
 		return err
 	}
-	return b.send()
+	return send(b)
 }
 
 // nftNetlinkDelete deletes meshcni's table of each family, in one
 // transaction.
 func nftNetlinkDelete(fams []rules.Family) error {
-	b := newBatch()
-	for _, f := range fams {
-		b.msg(unix.NFT_MSG_DELTABLE, 0, nftFamily(f), attrStr(unix.NFTA_TABLE_NAME, nftrules.TableName))
-	}
-	return b.end().send()
+	return send(nftrules.DeleteBatch(fams...))
 }
 
-// send sends the batch on a new NETLINK_NETFILTER socket of the current
-// thread's netns. The kernel handles the whole batch inside the send and
-// reports in message order: a failing message's error (or the commit's)
-// comes before the ack of the last message.
-func (b *batch) send() error {
-	if b.seq <= 2 {
+// send sends b on a new NETLINK_NETFILTER socket of the current thread's
+// netns. The kernel handles the whole batch inside the send and reports
+// in message order: a failing message's error (or the commit's) comes
+// before the ack of the last message.
+func send(b *nftrules.NetlinkBatch) error {
+	buf, count := b.Bytes(), b.Messages()
+	if count <= 2 {
 		return nil // begin and end only: nothing to do, and no ack would come
 	}
 	fd, err := openNFT()
@@ -55,13 +52,13 @@ func (b *batch) send() error {
 		return err
 	}
 	defer unix.Close(fd)
-	if len(b.buf) > 128<<10 {
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 2*len(b.buf))
+	if len(buf) > 128<<10 {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 2*len(buf))
 	}
-	if err := unix.Sendto(fd, b.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if err := unix.Sendto(fd, buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("send nftables batch: %w", err)
 	}
-	lastSeq := b.seq - 1
+	lastSeq := count - 1
 	rb := make([]byte, 64<<10)
 	for {
 		msgs, err := recvNFT(fd, rb)
@@ -73,7 +70,7 @@ func (b *batch) send() error {
 				continue
 			}
 			if err := replyErr(m); err != nil {
-				return fmt.Errorf("nftables batch, message %d of %d: %w", m.Header.Seq, b.seq, err)
+				return fmt.Errorf("nftables batch, message %d of %d: %w", m.Header.Seq, count, err)
 			}
 			if m.Header.Seq == lastSeq {
 				return nil
@@ -142,9 +139,7 @@ func listTables() ([]nftTable, error) {
 		return nil, err
 	}
 	defer unix.Close(fd)
-	req := &batch{}
-	req.raw(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETTABLE, unix.NLM_F_DUMP, unix.AF_UNSPEC, 0)
-	if err := unix.Sendto(fd, req.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if err := unix.Sendto(fd, nftrules.ListTablesRequest(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return nil, fmt.Errorf("list nftables tables: %w", err)
 	}
 	var tables []nftTable

@@ -147,8 +147,8 @@ func TestNetlinkRefusesUnknown(t *testing.T) {
 	c := &tables[0].Chains[len(tables[0].Chains)-1]
 	c.Rules = append(c.Rules, nftrules.Rule{{Kind: nftrules.KindL4Proto, Proto: "sctp"}, {Kind: nftrules.KindVerdict, Verdict: "return"}})
 	n := newNS(t)
-	if _, err := nftBatch(tables); !errors.Is(err, errNotNative) || !strings.Contains(err.Error(), "sctp") {
-		t.Errorf("want errNotNative naming the rule, got %v", err)
+	if _, err := nftrules.Batch(tables); !errors.Is(err, nftrules.ErrNotNative) || !strings.Contains(err.Error(), "sctp") {
+		t.Errorf("want nftrules.ErrNotNative naming the rule, got %v", err)
 	}
 	var execs atomic.Int64
 	s := &session{a: countingApplier(Options{}, &execs), ctx: context.Background()}

@@ -75,7 +75,7 @@ func (s *session) nftApply(spec capture.Spec, sets []rules.Ruleset) error {
 func (s *session) nftProgram(tables []nftrules.Table) error {
 	if s.a.netlink {
 		err := nftNetlinkApply(tables)
-		if !errors.Is(err, errNotNative) {
+		if !errors.Is(err, nftrules.ErrNotNative) {
 			return err
 		}
 	}

@@ -39,7 +39,7 @@ func BenchmarkRender(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := nftBatch(tables); err != nil {
+				if _, err := nftrules.Batch(tables); err != nil {
 					b.Fatal(err)
 				}
 			}

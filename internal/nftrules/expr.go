@@ -7,7 +7,7 @@ import (
 )
 
 // Rule is one nft rule: its matches and statements, in order. Its text
-// (Script) and its netlink messages (package netfilter) are both made
+// (Script) and its netlink messages (Batch) are both made
 // from these typed expressions; neither is derived from the other.
 type Rule []Expr
 

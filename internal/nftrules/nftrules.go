@@ -2,7 +2,8 @@
 // nftables ruleset. It does not restate Istio's logic: it takes the rules
 // of rules.Build, in their order, and maps each typed match and verdict to
 // its nft expression, so that both backends capture the same traffic by
-// construction. It is pure: no exec, no netns, and no rule text is parsed.
+// construction. It is pure: no exec, no netns, no socket, and no rule
+// text is parsed.
 //
 // Each address family gets its own table, "ip meshcni" and "ip6 meshcni",
 // just as iptables and ip6tables each get their ruleset: an IPv4-only spec
@@ -15,9 +16,10 @@
 // (mangle_istio_inbound, raw_istio_output_dns).
 //
 // A rule is a list of typed expressions (Rule, Expr). Its nft text
-// (Rule.String, what Script writes) is rendered from them, and package
-// netfilter encodes the same expressions as netlink messages, so the text
-// and the messages have one source.
+// (Rule.String, what Script writes) is rendered from them, and Batch
+// (netlink.go) encodes the same expressions as netlink messages, so the
+// text and the messages have one source; package netfilter only sends
+// them.
 //
 // The script is nft's own command language, run by one `nft -f -`. It is
 // the text sigs.k8s.io/knftables renders for the same objects (a test

@@ -19,7 +19,7 @@ import (
 func TestAddSendsOneRecord(t *testing.T) {
 	plain := meshPod("shop", "plain", func(p *corev1.Pod) { p.Spec.Containers = p.Spec.Containers[:1] })
 	bad := meshPod("shop", "bad", func(p *corev1.Pod) { p.Annotations[capture.AnnotationIncludeInboundPorts] = "http" })
-	conf := netconf("1.0.0", `,"log_level":"error"`, false)
+	conf := stdinConf("1.0.0", `,"logLevel":"error"`, false)
 	cases := []struct {
 		name             string
 		args             func() ([]byte, string, string)
@@ -70,7 +70,7 @@ func TestCheckSendsNoRecord(t *testing.T) {
 	h := newHarness(meshPod("shop", "productpage"))
 	var sock bytes.Buffer
 	h.p.ReportTo = &sock
-	a := cmdArgs("shop", "productpage", "uid-productpage", netconf("1.0.0", "", false))
+	a := cmdArgs("shop", "productpage", "uid-productpage", stdinConf("1.0.0", "", false))
 	if _, err := h.add(t, a); err != nil {
 		t.Fatal(err)
 	}

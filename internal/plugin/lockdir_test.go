@@ -10,20 +10,22 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/meshcni/meshcni/internal/netconf"
 )
 
 // The default lock dir is the agent's, under its run dir, not the temp
 // dir anyone can write.
 func TestLockDirDefault(t *testing.T) {
-	conf, err := parseConfig(netconf("1.0.0", "", false))
+	conf, err := netconf.Parse(stdinConf("1.0.0", "", false))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if conf.lockDir != "/var/run/meshcni/locks" || strings.HasPrefix(conf.lockDir, os.TempDir()) {
-		t.Errorf("default lock dir %q, want /var/run/meshcni/locks", conf.lockDir)
+	if conf.Locks != "/var/run/meshcni/locks" || strings.HasPrefix(conf.Locks, os.TempDir()) {
+		t.Errorf("default lock dir %q, want /var/run/meshcni/locks", conf.Locks)
 	}
-	for _, key := range []string{"lock_dir", "log_socket", "pod_cache_socket"} {
-		_, err := parseConfig(netconf("1.0.0", `,"`+key+`":"run/x"`, false))
+	for _, key := range []string{"lockDir", "logSocket", "podCacheSocket"} {
+		_, err := netconf.Parse(stdinConf("1.0.0", `,"`+key+`":"run/x"`, false))
 		var te *types.Error
 		if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, key+` "run/x": must be an absolute path`) {
 			t.Errorf("relative %s: %v", key, err)
@@ -32,7 +34,7 @@ func TestLockDirDefault(t *testing.T) {
 }
 
 // A lock dir others can write (or one to be made under such a dir) fails
-// a mesh pod's ADD and CHECK with code 7 naming lock_dir, before any lock
+// a mesh pod's ADD and CHECK with code 7 naming lockDir, before any lock
 // file is made; a pod that is not captured does not need it and starts.
 // Before, the plug-in used whatever dir it was given, and its default
 // was under the world-writable temp dir.
@@ -77,7 +79,7 @@ func TestLockDirOthersCanWriteIsRefused(t *testing.T) {
 				p.Annotations["sidecar.istio.io/inject"] = "false"
 			}))
 			h.p.Rules = nil // the real applier, which takes the locks
-			conf := netconf("1.0.0", `,"lock_dir":"`+dir+`"`, false)
+			conf := stdinConf("1.0.0", `,"lockDir":"`+dir+`"`, false)
 			for cmd, run := range map[string]func(*skel.CmdArgs) error{"ADD": h.p.CmdAdd, "CHECK": h.p.CmdCheck} {
 				// The netns does not exist: past the lock dir check, the
 				// command fails with code 8, without touching a netns.
@@ -92,8 +94,8 @@ func TestLockDirOthersCanWriteIsRefused(t *testing.T) {
 					}
 					continue
 				}
-				if te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, `lock_dir "`+dir+`"`) || !strings.Contains(te.Msg, tc.refused) {
-					t.Errorf("%s: %v, want code 7 naming lock_dir and %q", cmd, te, tc.refused)
+				if te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, `lockDir "`+dir+`"`) || !strings.Contains(te.Msg, tc.refused) {
+					t.Errorf("%s: %v, want code 7 naming lockDir and %q", cmd, te, tc.refused)
 				}
 			}
 			if tc.refused != "" {

@@ -10,15 +10,16 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshcni/meshcni/internal/netconf"
 	"github.com/meshcni/meshcni/internal/trust"
 )
 
 // openLog sends JSON lines to the agent's socket when it listens (so that
 // `kubectl logs` on the agent shows every decision), else appends to
-// log_file, and always to stderr, which the runtime records. Never stdout:
+// logFile, and always to stderr, which the runtime records. Never stdout:
 // it carries the CNI result. sock is the agent's socket, nil when it does
 // not listen: the ADD's record (addstat) goes there only.
-func openLog(conf *Config) (_ *slog.Logger, sock io.Writer, _ func()) {
+func openLog(conf *netconf.Entry) (_ *slog.Logger, sock io.Writer, _ func()) {
 	writers := []io.Writer{os.Stderr}
 	var closers []io.Closer
 	if conf.LogSocket != "" {

@@ -25,7 +25,7 @@ func (p *Plugin) cacheFor(socket string) PodCache {
 	return podcache.NewClient(socket)
 }
 
-// lookup finds t's pod. With pod_cache_socket set and the sandbox's UID
+// lookup finds t's pod. With podCacheSocket set and the sandbox's UID
 // known, it asks the agent's cache first and takes only a pod with that
 // UID: no API request, no kubeconfig read. Every other outcome (not
 // found, another UID, not synced, no socket, timeout) is a miss, and the

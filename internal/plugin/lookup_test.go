@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/netconf"
 	"github.com/meshcni/meshcni/internal/podcache"
 	"github.com/meshcni/meshcni/internal/podinfo"
 	"github.com/meshcni/meshcni/internal/podspec"
@@ -44,7 +45,7 @@ func (f *fakeCache) Pod(ctx context.Context, ns, name, _ string) (*podspec.Pod, 
 	return nil, podcache.ErrNotFound
 }
 
-const cacheConf = `,"pod_cache_socket":"/run/meshcni/pods.sock"`
+const cacheConf = `,"podCacheSocket":"/run/meshcni/pods.sock"`
 
 // withCache gives h an agent cache holding pods; h.podSources counts how
 // often the plug-in built its API client.
@@ -84,7 +85,7 @@ func TestAddFromCache(t *testing.T) {
 	c := h.withCache(meshPod("bookinfo", "reviews", func(p *corev1.Pod) {
 		p.Annotations[capture.AnnotationInterceptionMode] = "TPROXY"
 	}))
-	if _, err := h.add(t, cmdArgs("bookinfo", "reviews", "uid-reviews", netconf("1.0.0", cacheConf, false))); err != nil {
+	if _, err := h.add(t, cmdArgs("bookinfo", "reviews", "uid-reviews", stdinConf("1.0.0", cacheConf, false))); err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
 	spec, ok := h.rules.Spec("/var/run/netns/reviews")
@@ -126,7 +127,7 @@ func TestCacheMissFallsBackToAPI(t *testing.T) {
 			c := h.withCache()
 			tc.cache(c)
 			start := time.Now()
-			if _, err := h.add(t, cmdArgs("default", "p", tc.uid, netconf("1.0.0", cacheConf, false))); err != nil {
+			if _, err := h.add(t, cmdArgs("default", "p", tc.uid, stdinConf("1.0.0", cacheConf, false))); err != nil {
 				t.Fatalf("ADD: %v", err)
 			}
 			if d := time.Since(start); d > 2*podCacheTimeout {
@@ -151,7 +152,7 @@ func TestCacheMissWithAPIDownFailsClosed(t *testing.T) {
 	h := newHarness()
 	h.withCache()
 	h.pods.err = errors.New("connection refused")
-	_, err := h.add(t, cmdArgs("default", "p", "uid-p", netconf("1.0.0", cacheConf, false)))
+	_, err := h.add(t, cmdArgs("default", "p", "uid-p", stdinConf("1.0.0", cacheConf, false)))
 	var te *types.Error
 	if !errors.As(err, &te) || te.Code != types.ErrTryAgainLater {
 		t.Fatalf("got %v, want CNI error 11", err)
@@ -164,12 +165,12 @@ func TestCacheMissWithAPIDownFailsClosed(t *testing.T) {
 	}
 }
 
-// Without pod_cache_socket nothing is asked but the API, and the line
+// Without podCacheSocket nothing is asked but the API, and the line
 // says so.
 func TestNoCacheConfigured(t *testing.T) {
 	h := newHarness(meshPod("default", "p"))
 	c := h.withCache(meshPod("default", "p"))
-	if _, err := h.add(t, cmdArgs("default", "p", "uid-p", netconf("1.0.0", "", false))); err != nil {
+	if _, err := h.add(t, cmdArgs("default", "p", "uid-p", stdinConf("1.0.0", "", false))); err != nil {
 		t.Fatal(err)
 	}
 	if c.calls != 0 || h.pods.calls != 1 {
@@ -178,9 +179,9 @@ func TestNoCacheConfigured(t *testing.T) {
 	if d := h.decision(t); d["pod_source"] != "api" || d["cache_miss"] != nil {
 		t.Fatalf("decision line %v", d)
 	}
-	if _, err := parseConfig([]byte(`{"cniVersion":"1.0.0","pod_cache_socket":"run/pods.sock"}`)); err == nil ||
-		!strings.Contains(err.Error(), "pod_cache_socket") {
-		t.Fatalf("a relative pod_cache_socket: %v", err)
+	if _, err := netconf.Parse([]byte(`{"cniVersion":"1.0.0","podCacheSocket":"run/pods.sock"}`)); err == nil ||
+		!strings.Contains(err.Error(), "podCacheSocket") {
+		t.Fatalf("a relative podCacheSocket: %v", err)
 	}
 }
 
@@ -199,7 +200,7 @@ func TestCacheOverASocket(t *testing.T) {
 	}
 	served := make(chan error, 1)
 	go func() { served <- (&podcache.Handler{Store: storeOf(meshPod("default", "p"))}).Serve(l) }()
-	conf := netconf("1.0.0", `,"pod_cache_socket":"`+sock+`"`, false)
+	conf := stdinConf("1.0.0", `,"podCacheSocket":"`+sock+`"`, false)
 
 	h := newHarness(meshPod("default", "p"))
 	if _, err := h.add(t, cmdArgs("default", "p", "uid-p", conf)); err != nil {

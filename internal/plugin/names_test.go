@@ -37,7 +37,7 @@ func TestInvalidPodNamesFailBeforeAnyLookup(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(meshPod(tc.ns, tc.pod))
 			cache := h.withCache(meshPod(tc.ns, tc.pod))
-			conf := netconf("1.0.0", cacheConf, false)
+			conf := stdinConf("1.0.0", cacheConf, false)
 			for cmd, run := range map[string]func(*skel.CmdArgs) error{"ADD": h.p.CmdAdd, "CHECK": h.p.CmdCheck} {
 				err := run(cmdArgs(tc.ns, tc.pod, "uid-"+tc.pod, conf))
 				var te *types.Error
@@ -71,7 +71,7 @@ func TestValidPodNamesAtTheLimits(t *testing.T) {
 		{"bookinfo", "a.b-c.0"},
 	} {
 		h := newHarness(meshPod(tc.ns, tc.pod))
-		if _, err := h.add(t, cmdArgs(tc.ns, tc.pod, "uid-"+tc.pod, netconf("1.0.0", "", false))); err != nil {
+		if _, err := h.add(t, cmdArgs(tc.ns, tc.pod, "uid-"+tc.pod, stdinConf("1.0.0", "", false))); err != nil {
 			t.Errorf("%s/%s: %v", tc.ns, tc.pod, err)
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/meshcni/meshcni/internal/apilookup"
+	"github.com/meshcni/meshcni/internal/netconf"
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/netns"
 	"github.com/meshcni/meshcni/internal/podspec"
@@ -44,14 +45,14 @@ func (p *Plugin) Funcs() skel.CNIFuncs {
 	return skel.CNIFuncs{Add: p.CmdAdd, Del: p.CmdDel, Check: p.CmdCheck, Status: p.CmdStatus, GC: p.CmdGC}
 }
 
-func (p *Plugin) rulesFor(conf *Config) (netfilter.Interface, error) {
+func (p *Plugin) rulesFor(conf *netconf.Entry) (netfilter.Interface, error) {
 	if p.Rules != nil {
 		return p.Rules, nil
 	}
-	if err := checkLockDir(conf.lockDir); err != nil {
+	if err := checkLockDir(conf.Locks); err != nil {
 		return nil, err
 	}
-	return netfilter.New(netfilter.Options{Backend: conf.backend, LockDir: conf.lockDir}), nil
+	return netfilter.New(netfilter.Options{Backend: conf.Backend, LockDir: conf.Locks}), nil
 }
 
 func (p *Plugin) api() (apilookup.Source, error) {
@@ -67,8 +68,8 @@ func (p *Plugin) api() (apilookup.Source, error) {
 
 // apiRequest is the lookup of t's pod (or, without t, of nothing: STATUS)
 // as the config bounds it.
-func apiRequest(conf *Config, args *k8sArgs) apilookup.Request {
-	r := apilookup.Request{Kubeconfig: conf.Kubeconfig, Timeout: conf.apiTimeout, Attempts: conf.lookupTries, Interval: conf.lookupRetry}
+func apiRequest(conf *netconf.Entry, args *k8sArgs) apilookup.Request {
+	r := apilookup.Request{Kubeconfig: conf.Kubeconfig, Timeout: conf.Timeout, Attempts: conf.Attempts, Interval: conf.Interval}
 	if args != nil {
 		r.Namespace, r.Name, r.UID = string(args.K8S_POD_NAMESPACE), string(args.K8S_POD_NAME), string(args.K8S_POD_UID)
 	}
@@ -77,7 +78,7 @@ func apiRequest(conf *Config, args *k8sArgs) apilookup.Request {
 
 // target is the pod an invocation is about, once looked up.
 type target struct {
-	conf    *Config
+	conf    *netconf.Entry
 	args    *k8sArgs
 	pod     *podspec.Pod
 	addrs   []netip.Addr
@@ -99,11 +100,11 @@ func (t *target) name() string {
 // config and args parse, the target comes back with errors too, so that
 // the failure is reported where the config says (the agent's socket).
 func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult bool) (*target, error) {
-	conf, err := parseConfig(args.StdinData)
+	conf, err := netconf.Parse(args.StdinData)
 	if err != nil {
 		return nil, err
 	}
-	if needResult && conf.PrevResult == nil {
+	if needResult && conf.NetConf.PrevResult == nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig,
 			"meshcni: must be called as chained plugin: no prevResult (add meshcni after the primary CNI in the conflist)", "")
 	}
@@ -112,8 +113,8 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 		return nil, err
 	}
 	t := &target{conf: conf, args: kargs}
-	if conf.PrevResult != nil {
-		res, err := current.NewResultFromResult(conf.PrevResult)
+	if conf.NetConf.PrevResult != nil {
+		res, err := current.NewResultFromResult(conf.NetConf.PrevResult)
 		if err != nil {
 			t.failed = podspec.CodeInvalidInput
 			return t, types.NewError(types.ErrDecodingFailure, "meshcni: cannot read prevResult", err.Error())
@@ -130,7 +131,7 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 		return t, nil
 	}
 	// The verdict's namespace part, before any API call.
-	if v, done := conf.judge.Namespace(string(kargs.K8S_POD_NAMESPACE)); done {
+	if v, done := conf.Judge.Namespace(string(kargs.K8S_POD_NAMESPACE)); done {
 		t.verdict = v
 		return t, nil
 	}
@@ -141,7 +142,7 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 		return t, err
 	}
 	t.pod = pod
-	t.verdict, err = conf.judge.Pod(pod, t.addrs)
+	t.verdict, err = conf.Judge.Pod(pod, t.addrs)
 	if err != nil {
 		return t, types.NewError(types.ErrInvalidNetworkConfig,
 			fmt.Sprintf("meshcni: pod %s: %v; correct it in the pod's spec and recreate the pod", t.name(), err), "")
@@ -149,7 +150,7 @@ func (p *Plugin) resolve(ctx context.Context, args *skel.CmdArgs, needResult boo
 	return t, nil
 }
 
-func (p *Plugin) logger(conf *Config) (*slog.Logger, io.Writer, func()) {
+func (p *Plugin) logger(conf *netconf.Entry) (*slog.Logger, io.Writer, func()) {
 	if p.LogTo != nil {
 		return p.LogTo, p.ReportTo, func() {}
 	}
@@ -177,7 +178,7 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	return types.PrintResult(t.conf.PrevResult, t.conf.CNIVersion)
+	return types.PrintResult(t.conf.NetConf.PrevResult, t.conf.CNIVersion)
 }
 
 func applyError(pod, path string, err error) *types.Error {
@@ -216,14 +217,14 @@ func (p *Plugin) CmdCheck(args *skel.CmdArgs) error {
 // pod's netns by a confused runtime, uncapture that pod; and a repeated
 // ADD in the same netns is idempotent anyway.
 func (p *Plugin) CmdDel(args *skel.CmdArgs) error {
-	_, err := parseConfig(args.StdinData)
+	_, err := netconf.Parse(args.StdinData)
 	return err
 }
 
 // CmdStatus reports whether meshcni can capture pods now: a usable
 // kubeconfig and an API that answers.
 func (p *Plugin) CmdStatus(args *skel.CmdArgs) error {
-	conf, err := parseConfig(args.StdinData)
+	conf, err := netconf.Parse(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -231,7 +232,7 @@ func (p *Plugin) CmdStatus(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), conf.apiTimeout+time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), conf.Timeout+time.Second)
 	defer cancel()
 	if err := api.Ready(ctx, apiRequest(conf, nil)); err != nil {
 		var te *types.Error
@@ -246,7 +247,7 @@ func (p *Plugin) CmdStatus(args *skel.CmdArgs) error {
 // CmdGC has nothing to collect: all state lives in pod netns, which the
 // runtime deletes; lock files are removed after each use.
 func (p *Plugin) CmdGC(args *skel.CmdArgs) error {
-	_, err := parseConfig(args.StdinData)
+	_, err := netconf.Parse(args.StdinData)
 	return err
 }
 
@@ -255,7 +256,7 @@ func (p *Plugin) CmdGC(args *skel.CmdArgs) error {
 // the line says; backend is the one that programmed the pod, if any.
 func (p *Plugin) report(cmd string, args *skel.CmdArgs, t *target, err error, start time.Time, backend netfilter.Backend) {
 	took := time.Since(start)
-	var conf *Config
+	var conf *netconf.Entry
 	if t != nil {
 		conf = t.conf
 	}

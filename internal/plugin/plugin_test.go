@@ -64,7 +64,7 @@ func meshPod(ns, name string, mod ...func(*corev1.Pod)) *corev1.Pod {
 const prevResult = `{"cniVersion":"%s","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/x"}],
  "ips":[{"address":"10.22.0.5/16","gateway":"10.22.0.1","interface":0}%s],"dns":{}}`
 
-func netconf(version, extra string, ipv6 bool) []byte {
+func stdinConf(version, extra string, ipv6 bool) []byte {
 	v6 := ""
 	if ipv6 {
 		v6 = `,{"address":"fd00::5/64","interface":0}`
@@ -78,8 +78,8 @@ func netconf(version, extra string, ipv6 bool) []byte {
 		prev = strings.Replace(prev, `{"address":"10.22`, `{"version":"4","address":"10.22`, 1)
 	}
 	return []byte(fmt.Sprintf(`{"cniVersion":"%s","name":"k8s-pod-network","type":"meshcni",
-	 "kubeconfig":"/nonexistent","exclude_namespaces":["kube-system"],"pod_lookup_retries":2,
-	 "pod_lookup_interval":"1ms"%s,"prevResult":%s}`, version, extra, prev))
+	 "kubeconfig":"/nonexistent","excludeNamespaces":["kube-system"],"podLookupRetries":2,
+	 "podLookupInterval":"1ms"%s,"prevResult":%s}`, version, extra, prev))
 }
 
 type harness struct {
@@ -120,7 +120,7 @@ func TestAddCapturesAndPassesResultThrough(t *testing.T) {
 	for _, ver := range []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
 		t.Run(ver, func(t *testing.T) {
 			h := newHarness(meshPod("bookinfo", "productpage"))
-			conf := netconf(ver, "", true)
+			conf := stdinConf(ver, "", true)
 			out, err := h.add(t, cmdArgs("bookinfo", "productpage", "uid-productpage", conf))
 			if err != nil {
 				t.Fatalf("ADD: %v", err)
@@ -170,7 +170,7 @@ func TestAddDecidesIPv6AsIstio(t *testing.T) {
 					p.Spec.Containers[1].Env = []corev1.EnvVar{{Name: "ISTIO_DUAL_STACK", Value: tc.dualStack}}
 				}
 			}))
-			if _, err := h.add(t, cmdArgs("bookinfo", "productpage", "uid-productpage", netconf("1.0.0", "", true))); err != nil {
+			if _, err := h.add(t, cmdArgs("bookinfo", "productpage", "uid-productpage", stdinConf("1.0.0", "", true))); err != nil {
 				t.Fatalf("ADD: %v", err)
 			}
 			spec, ok := h.rules.Spec("/var/run/netns/productpage")
@@ -184,7 +184,7 @@ func TestAddDecidesIPv6AsIstio(t *testing.T) {
 	}
 	// An IPv6-only pod gets IPv6 rules without the flag.
 	h := newHarness(meshPod("bookinfo", "productpage"))
-	conf := strings.Replace(string(netconf("1.0.0", "", false)), `"10.22.0.5/16","gateway":"10.22.0.1"`, `"fd00::5/64","gateway":"fd00::1"`, 1)
+	conf := strings.Replace(string(stdinConf("1.0.0", "", false)), `"10.22.0.5/16","gateway":"10.22.0.1"`, `"fd00::5/64","gateway":"fd00::1"`, 1)
 	if _, err := h.add(t, cmdArgs("bookinfo", "productpage", "uid-productpage", []byte(conf))); err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
@@ -211,7 +211,7 @@ func TestAddSkips(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(tc.pod)
-			if _, err := h.add(t, cmdArgs(tc.ns, tc.pod.Name, string(tc.pod.UID), netconf("1.0.0", "", false))); err != nil {
+			if _, err := h.add(t, cmdArgs(tc.ns, tc.pod.Name, string(tc.pod.UID), stdinConf("1.0.0", "", false))); err != nil {
 				t.Fatalf("ADD: %v", err)
 			}
 			if _, ok := h.rules.Spec("/var/run/netns/" + tc.pod.Name); ok {
@@ -225,7 +225,7 @@ func TestAddSkips(t *testing.T) {
 	t.Run("excluded namespace needs no API", func(t *testing.T) {
 		h := newHarness()
 		h.pods.err = errors.New("API down")
-		if _, err := h.add(t, cmdArgs("kube-system", "x", "u", netconf("1.0.0", "", false))); err != nil {
+		if _, err := h.add(t, cmdArgs("kube-system", "x", "u", stdinConf("1.0.0", "", false))); err != nil {
 			t.Fatalf("an excluded pod must start while the API is down: %v", err)
 		}
 		if h.pods.calls != 0 {
@@ -234,7 +234,7 @@ func TestAddSkips(t *testing.T) {
 	})
 	t.Run("not a kubernetes pod", func(t *testing.T) {
 		h := newHarness()
-		if _, err := h.add(t, cmdArgs("", "", "", netconf("1.0.0", "", false))); err != nil {
+		if _, err := h.add(t, cmdArgs("", "", "", stdinConf("1.0.0", "", false))); err != nil {
 			t.Fatal(err)
 		}
 		if h.pods.calls != 0 || h.rules.Calls != 0 {
@@ -248,7 +248,7 @@ func TestAddSkips(t *testing.T) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "istio-proxy", RestartPolicy: &always}}
 		})
 		h := newHarness(pod)
-		if _, err := h.add(t, cmdArgs("default", "native", string(pod.UID), netconf("1.0.0", "", false))); err != nil {
+		if _, err := h.add(t, cmdArgs("default", "native", string(pod.UID), stdinConf("1.0.0", "", false))); err != nil {
 			t.Fatal(err)
 		}
 		if _, ok := h.rules.Spec("/var/run/netns/native"); !ok {
@@ -287,7 +287,7 @@ func TestAddFailsClosed(t *testing.T) {
 				h = newHarness()
 			}
 			h.pods.err = tc.err
-			out, err := h.add(t, cmdArgs("default", "p", tc.uid, netconf("1.0.0", "", false)))
+			out, err := h.add(t, cmdArgs("default", "p", tc.uid, stdinConf("1.0.0", "", false)))
 			var te *types.Error
 			if !errors.As(err, &te) {
 				t.Fatalf("want a CNI error, got %v (stdout %s)", err, out)
@@ -306,7 +306,7 @@ func TestAddFailsClosed(t *testing.T) {
 	t.Run("apply fails", func(t *testing.T) {
 		h := newHarness(meshPod("default", "p"))
 		h.rules.Err = errors.New("iptables-restore: boom")
-		_, err := h.add(t, cmdArgs("default", "p", "uid-p", netconf("1.0.0", "", false)))
+		_, err := h.add(t, cmdArgs("default", "p", "uid-p", stdinConf("1.0.0", "", false)))
 		if err == nil || !strings.Contains(err.Error(), "cannot program redirection") {
 			t.Fatalf("want apply error, got %v", err)
 		}
@@ -322,27 +322,30 @@ func TestAddRequiresPrevResult(t *testing.T) {
 	}
 }
 
-func TestConfigErrorsNameTheField(t *testing.T) {
-	cases := map[string]string{
-		`{"cniVersion":"1.0.0","exclude_namespaces":"kube-system"}`: "exclude_namespaces",
-		`{"cniVersion":"1.0.0","api_timeout":"soon"}`:               "api_timeout",
-		`{"cniVersion":"1.0.0","pod_lookup_retries":0}`:             "pod_lookup_retries",
-		`{"cniVersion":"1.0.0","iptables_backend":"ebpf"}`:          "iptables_backend",
-		`{"cniVersion":"1.0.0","proxy_port":70000}`:                 "proxy_port",
-		`{"cniVersion":"1.0.0","log_level":"loud"}`:                 "log_level",
-		`{"cniVersion":"1.0.0",`:                                    "not valid JSON",
-	}
-	for in, field := range cases {
-		_, err := parseConfig([]byte(in))
-		if err == nil || !strings.Contains(err.Error(), field) {
-			t.Errorf("%s: want an error naming %q, got %v", in, field, err)
+// A misspelt key is a CNI error 7 naming it, from every command that
+// reads the config, before anything is looked up or programmed: it never
+// silently becomes a default (here: no pod would be excluded).
+func TestUnknownKeyIsError7(t *testing.T) {
+	h := newHarness(meshPod("kube-system", "coredns"))
+	conf := stdinConf("1.0.0", `,"exclude_namspaces":["kube-system"]`, false)
+	for _, cmd := range []struct {
+		name string
+		run  func(*skel.CmdArgs) error
+	}{{"ADD", h.p.CmdAdd}, {"CHECK", h.p.CmdCheck}, {"DEL", h.p.CmdDel}} {
+		err := cmd.run(cmdArgs("kube-system", "coredns", "uid-coredns", conf))
+		var te *types.Error
+		if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, `"exclude_namspaces"`) {
+			t.Errorf("%s: %v, want code 7 naming exclude_namspaces", cmd.name, err)
 		}
+	}
+	if h.pods.calls != 0 || h.rules.Calls != 0 {
+		t.Errorf("API asked %d times, rules applied %d times", h.pods.calls, h.rules.Calls)
 	}
 }
 
 func TestCheckAndDel(t *testing.T) {
 	h := newHarness(meshPod("default", "p"))
-	a := cmdArgs("default", "p", "uid-p", netconf("1.0.0", "", false))
+	a := cmdArgs("default", "p", "uid-p", stdinConf("1.0.0", "", false))
 	if _, err := h.add(t, a); err != nil {
 		t.Fatal(err)
 	}
@@ -362,7 +365,7 @@ func TestCheckAndDel(t *testing.T) {
 
 func TestStatus(t *testing.T) {
 	h := newHarness()
-	conf := netconf("1.1.0", "", false)
+	conf := stdinConf("1.1.0", "", false)
 	if err := h.p.CmdStatus(&skel.CmdArgs{StdinData: conf}); err != nil {
 		t.Fatalf("STATUS with a reachable API: %v", err)
 	}
@@ -385,15 +388,15 @@ func TestStatus(t *testing.T) {
 func TestFailedLookupIsLoggedWhereTheConfigSays(t *testing.T) {
 	h := newHarness()
 	h.pods.err = errors.New("connection refused")
-	h.p.LogTo = nil // log per config: log_file
+	h.p.LogTo = nil // log per config: logFile
 	logFile := filepath.Join(t.TempDir(), "meshcni.log")
-	a := cmdArgs("default", "p", "u", netconf("1.0.0", `,"log_file":"`+logFile+`"`, false))
+	a := cmdArgs("default", "p", "u", stdinConf("1.0.0", `,"logFile":"`+logFile+`"`, false))
 	if _, err := h.add(t, a); err == nil {
 		t.Fatal("ADD must fail")
 	}
 	b, err := os.ReadFile(logFile)
 	if err != nil || !strings.Contains(string(b), `"decision":"error"`) || !strings.Contains(string(b), "default/p") {
-		t.Fatalf("the failure is not in log_file: %q %v", b, err)
+		t.Fatalf("the failure is not in logFile: %q %v", b, err)
 	}
 }
 
@@ -416,13 +419,13 @@ func TestAddRuleBudget(t *testing.T) {
 		p.Annotations[capture.AnnotationRerouteInterfaces] = "vm0,vm1,vm2,vm3,vm4,vm5,vm6,vm7,vm8,vm9,vm10,vm11,vm12,vm13,vm14,vm15"
 	})
 	h := newHarness(long, multiplied)
-	if _, err := h.add(t, cmdArgs("bookinfo", "long", "uid-long", netconf("1.0.0", "", false))); err != nil {
+	if _, err := h.add(t, cmdArgs("bookinfo", "long", "uid-long", stdinConf("1.0.0", "", false))); err != nil {
 		t.Fatalf("257 CIDRs, as Istio accepts: %v", err)
 	}
 	if spec, ok := h.rules.Spec("/var/run/netns/long"); !ok || len(spec.ExcludeOutboundCIDRs) != 257 {
 		t.Fatalf("257 CIDRs: captured %v with %d", ok, len(spec.ExcludeOutboundCIDRs))
 	}
-	_, err := h.add(t, cmdArgs("bookinfo", "multiplied", "uid-multiplied", netconf("1.0.0", "", false)))
+	_, err := h.add(t, cmdArgs("bookinfo", "multiplied", "uid-multiplied", stdinConf("1.0.0", "", false)))
 	var te *types.Error
 	if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig {
 		t.Fatalf("ADD over the budget: %v, want code 7", err)

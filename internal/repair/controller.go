@@ -38,7 +38,7 @@ type Options struct {
 	Finder Finder
 	Rules  netfilter.Interface
 	// Judge decides about pods as the plug-in does: built from the same
-	// entry (plugin.Entry.Judge), never from the agent's own flags.
+	// entry (netconf.Entry.Judge), never from the agent's own flags.
 	Judge podspec.Judge
 	// MaxAttempts bounds the tries for one failure (default 5).
 	MaxAttempts int

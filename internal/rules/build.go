@@ -2,6 +2,7 @@ package rules
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/meshcni/meshcni/internal/capture"
 )
@@ -255,4 +256,94 @@ func buildDNS(b *builder, s capture.Spec, servers4, servers6 []netip.Prefix) {
 		b.add6("raw", ChainOutputDNS, 0, match(proto("udp"), dport(53), dst(a)), ctZone(2))
 		b.add6("raw", ChainInbound, 0, match(proto("udp"), sport(53), src(a)), ctZone(1))
 	}
+}
+
+// familyAddr, in a versioned rule's match, stands for the family's own
+// address (an invalid prefix: no real match holds it).
+var familyAddr netip.Prefix
+
+// builder collects rules for both families the way Istio's rule builder
+// does: shared rules go to both, versioned ones get a family-specific value.
+type builder struct {
+	v4, v6 []Rule
+	ipv6   bool
+}
+
+func (b *builder) add4(table, chain string, pos int, ms []Match, v Verdict) {
+	b.v4 = append(b.v4, Rule{Table: table, Chain: chain, Pos: pos, Matches: ms, Verdict: v})
+}
+
+func (b *builder) add6(table, chain string, pos int, ms []Match, v Verdict) {
+	if b.ipv6 {
+		b.v6 = append(b.v6, Rule{Table: table, Chain: chain, Pos: pos, Matches: ms, Verdict: v})
+	}
+}
+
+func (b *builder) add(table, chain string, ms []Match, v Verdict) {
+	b.add4(table, chain, 0, ms, v)
+	b.add6(table, chain, 0, ms, v)
+}
+
+func (b *builder) insert(table, chain string, pos int, ms []Match, v Verdict) {
+	b.add4(table, chain, pos, ms, v)
+	b.add6(table, chain, pos, ms, v)
+}
+
+func (b *builder) versioned(v4, v6 netip.Prefix, table, chain string, ms []Match, v Verdict) {
+	b.add4(table, chain, 0, replace(ms, v4), v)
+	b.add6(table, chain, 0, replace(ms, v6), v)
+}
+
+func replace(ms []Match, p netip.Prefix) []Match {
+	out := slices.Clone(ms)
+	for i, m := range out {
+		if m.Prefix == familyAddr && (m.Kind == MatchSrc || m.Kind == MatchDst) {
+			out[i].Prefix = p
+		}
+	}
+	return out
+}
+
+// The vocabulary Build writes rules in.
+
+func match(ms ...Match) []Match               { return ms }
+func not(m Match) Match                       { m.Neg = true; return m }
+func proto(p string) Match                    { return Match{Kind: MatchProto, Proto: p} }
+func in(nic string) Match                     { return Match{Kind: MatchIn, Iface: nic} }
+func out(nic string) Match                    { return Match{Kind: MatchOut, Iface: nic} }
+func src(p netip.Prefix) Match                { return Match{Kind: MatchSrc, Prefix: p} }
+func dst(p netip.Prefix) Match                { return Match{Kind: MatchDst, Prefix: p} }
+func dport(p uint16) Match                    { return Match{Kind: MatchDPort, Ports: []uint16{p}} }
+func sport(p uint16) Match                    { return Match{Kind: MatchSPort, Ports: []uint16{p}} }
+func dports(ps ...uint16) Match               { return Match{Kind: MatchDPorts, Ports: ps} }
+func ctstate(s CtState) Match                 { return Match{Kind: MatchCtState, States: s} }
+func mark(v uint32) Match                     { return Match{Kind: MatchMark, Value: v} }
+func connmark(v uint32) Match                 { return Match{Kind: MatchConnmark, Value: v} }
+func jump(chain string) Verdict               { return Verdict{Kind: Jump, Chain: chain} }
+func redirect(port uint16) Verdict            { return Verdict{Kind: Redirect, Port: port} }
+func setMark(v uint32) Verdict                { return Verdict{Kind: SetMark, Value: v} }
+func ctZone(z uint32) Verdict                 { return Verdict{Kind: CTZone, Value: z} }
+func tproxy(mark uint32, port uint16) Verdict { return Verdict{Kind: TProxy, Value: mark, Port: port} }
+
+var (
+	ret         = Verdict{Kind: Return}
+	accept      = Verdict{Kind: Accept}
+	drop        = Verdict{Kind: Drop}
+	saveMark    = Verdict{Kind: SaveMark}
+	restoreMark = Verdict{Kind: RestoreMark}
+)
+
+func splitFamilies(ps []netip.Prefix) (v4, v6 []netip.Prefix) {
+	for _, p := range ps {
+		if p.Addr().Is4() {
+			v4 = append(v4, p)
+		} else {
+			v6 = append(v6, p)
+		}
+	}
+	return v4, v6
+}
+
+func hasLoopback(ps []netip.Prefix) bool {
+	return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Addr().IsLoopback() })
 }

@@ -46,7 +46,7 @@ func TestBackendLabel(t *testing.T) {
 		if json.Unmarshal(last.Bytes, &e) != nil || e["type"] != "meshcni" {
 			return ""
 		}
-		s, _ := e["iptables_backend"].(string)
+		s, _ := e["iptablesBackend"].(string)
 		return s
 	}
 	waitFor(t, 15*time.Second, "the taint to come off", func() bool { return !hasStartupTaint(t, nodeName) })

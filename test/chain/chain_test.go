@@ -39,8 +39,8 @@ func TestMain(m *testing.M) {
 
 func pluginConf(kc string, extra map[string]any) map[string]any {
 	c := map[string]any{
-		"type": "meshcni", "kubeconfig": kc, "exclude_namespaces": []string{"kube-system", "istio-system"},
-		"log_level": "debug", "pod_lookup_retries": 3, "pod_lookup_interval": "200ms", "api_timeout": "3s",
+		"type": "meshcni", "kubeconfig": kc, "excludeNamespaces": []string{"kube-system", "istio-system"},
+		"logLevel": "debug", "podLookupRetries": 3, "podLookupInterval": "200ms", "apiTimeout": "3s",
 	}
 	for k, v := range extra {
 		c[k] = v

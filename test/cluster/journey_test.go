@@ -404,7 +404,7 @@ func settingsChange(ctx context.Context, t *testing.T, j *Journey) {
 				return err
 			}
 			last := cl.Plugins[len(cl.Plugins)-1]
-			ex, _ := json.Marshal(last["exclude_namespaces"])
+			ex, _ := json.Marshal(last["excludeNamespaces"])
 			if last["type"] != "meshcni" || !strings.Contains(string(ex), `"`+ns+`"`) {
 				return fmt.Errorf("%s: last plug-in %v", node, last)
 			}

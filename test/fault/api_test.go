@@ -118,8 +118,8 @@ func meshPod(t testing.TB, namespace string) *corev1.Pod {
 }
 
 // Every way the API can fail a mesh pod's lookup: ADD fails closed, with
-// a CNI error that says what is wrong, within a bound set by api_timeout
-// and pod_lookup_retries, and the pod's netns holds no rule. STATUS says
+// a CNI error that says what is wrong, within a bound set by apiTimeout
+// and podLookupRetries, and the pod's netns holds no rule. STATUS says
 // the plug-in is not available (50). With the same proxy passing through,
 // the same pod is captured: the harness, not the fault, is what works.
 func TestAPIFaults(t *testing.T) {
@@ -128,7 +128,7 @@ func TestAPIFaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// tries × api_timeout + intervals, plus process start and slack on a
+	// tries × apiTimeout + intervals, plus process start and slack on a
 	// loaded 2-core machine.
 	const bound = 2*300*time.Millisecond + 50*time.Millisecond + 3*time.Second
 	cases := []struct {
@@ -140,12 +140,12 @@ func TestAPIFaults(t *testing.T) {
 		down     bool
 		wantCode uint
 		wantMsg  string
-		// The plug-in's lookup tries (pod_lookup_retries 2): permanent
+		// The plug-in's lookup tries (podLookupRetries 2): permanent
 		// errors are not retried.
 		wantRequests int64
 		status       bool // STATUS reports 50 too
 	}{
-		{name: "slow beyond api_timeout", fault: func(http.Handler) http.Handler {
+		{name: "slow beyond apiTimeout", fault: func(http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hang(r) })
 		}, wantCode: types.ErrTryAgainLater, wantMsg: "cannot reach the Kubernetes API", wantRequests: 2, status: true},
 		{name: "headers then stall", fault: func(http.Handler) http.Handler {
@@ -217,7 +217,7 @@ func TestAPIFaults(t *testing.T) {
 			}
 			n := newNS(t)
 			// 1.1.0: STATUS needs it.
-			conf := netconf(t, n.Path(), true, map[string]any{"kubeconfig": kc, "lock_dir": t.TempDir(), "cniVersion": "1.1.0"})
+			conf := netconf(t, n.Path(), true, map[string]any{"kubeconfig": kc, "lockDir": t.TempDir(), "cniVersion": "1.1.0"})
 			inv := runPlugin(t, "ADD", n.Path(), k8sArgs(pod.Namespace, pod.Name, uid), conf)
 			if inv.err == nil {
 				t.Fatalf("ADD succeeded under the fault: %s", inv.stdout)
@@ -229,10 +229,10 @@ func TestAPIFaults(t *testing.T) {
 				t.Errorf("the message does not name the pod: %q", inv.err.Msg)
 			}
 			if inv.elapsed > bound {
-				t.Errorf("ADD took %v under the fault; api_timeout 300ms × 2 tries bounds it at %v", inv.elapsed, bound)
+				t.Errorf("ADD took %v under the fault; apiTimeout 300ms × 2 tries bounds it at %v", inv.elapsed, bound)
 			}
 			if got := p.requests.Load(); tc.wantRequests > 0 && got != tc.wantRequests {
-				t.Errorf("the plug-in sent %d requests, want %d (pod_lookup_retries 2; permanent errors once)", got, tc.wantRequests)
+				t.Errorf("the plug-in sent %d requests, want %d (podLookupRetries 2; permanent errors once)", got, tc.wantRequests)
 			}
 			assertNoResidue(t, n.Path())
 			t.Logf("ADD: code %d %q in %v, %d requests", inv.err.Code, inv.err.Msg, inv.elapsed.Round(time.Millisecond), p.requests.Load())
@@ -251,7 +251,7 @@ func TestAPIFaults(t *testing.T) {
 		pod := meshPod(t, "fault-api")
 		p := newAPIProxy(t, pass)
 		n := newNS(t)
-		conf := netconf(t, n.Path(), true, map[string]any{"kubeconfig": p.kubeconfig(t, pluginToken, false), "lock_dir": t.TempDir()})
+		conf := netconf(t, n.Path(), true, map[string]any{"kubeconfig": p.kubeconfig(t, pluginToken, false), "lockDir": t.TempDir()})
 		if inv := runPlugin(t, "ADD", n.Path(), k8sArgs(pod.Namespace, pod.Name, string(pod.UID)), conf); inv.err != nil {
 			t.Fatalf("ADD through the proxy: %+v\n%s", inv.err, inv.stderr)
 		}
@@ -289,7 +289,7 @@ func TestNoAPICallWhenNotNeeded(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := newNS(t)
-			conf := netconf(t, n.Path(), false, map[string]any{"kubeconfig": tc.kubeconfig, "lock_dir": t.TempDir()})
+			conf := netconf(t, n.Path(), false, map[string]any{"kubeconfig": tc.kubeconfig, "lockDir": t.TempDir()})
 			inv := runPlugin(t, "ADD", n.Path(), tc.args, conf)
 			if inv.err != nil {
 				t.Fatalf("ADD blocked a pod that needs no capture: %+v", inv.err)

@@ -113,7 +113,7 @@ func (ip *inproc) args(t testing.TB, pod *corev1.Pod, path string, ipv6 bool) *s
 	return &skel.CmdArgs{
 		ContainerID: "c-" + pod.Name, Netns: path, IfName: "eth0",
 		Args:      k8sArgs(pod.Namespace, pod.Name, string(pod.UID)),
-		StdinData: netconf(t, path, ipv6, map[string]any{"lock_dir": ip.lockDir}),
+		StdinData: netconf(t, path, ipv6, map[string]any{"lockDir": ip.lockDir}),
 	}
 }
 

@@ -197,8 +197,8 @@ func netconf(t testing.TB, path string, ipv6 bool, extra map[string]any) []byte 
 	t.Helper()
 	c := map[string]any{
 		"cniVersion": "1.0.0", "name": "faultnet", "type": "meshcni",
-		"kubeconfig": "/nonexistent/kubeconfig", "exclude_namespaces": []string{"kube-system", "istio-system"},
-		"log_level": "debug", "api_timeout": "300ms", "pod_lookup_retries": 2, "pod_lookup_interval": "50ms",
+		"kubeconfig": "/nonexistent/kubeconfig", "excludeNamespaces": []string{"kube-system", "istio-system"},
+		"logLevel": "debug", "apiTimeout": "300ms", "podLookupRetries": 2, "podLookupInterval": "50ms",
 		"prevResult": prevResult(path, ipv6),
 	}
 	for k, v := range extra {

@@ -25,7 +25,7 @@ func TestInvalidPodNameThroughTheBinary(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := newNS(t)
-			conf := netconf(t, n.Path(), false, map[string]any{"kubeconfig": kc, "lock_dir": t.TempDir()})
+			conf := netconf(t, n.Path(), false, map[string]any{"kubeconfig": kc, "lockDir": t.TempDir()})
 			inv := runPlugin(t, "ADD", n.Path(), k8sArgs(tc.ns, tc.pod, "00000000-0000-0000-0000-000000000001"), conf)
 			if inv.err == nil || inv.err.Code != types.ErrInvalidNetworkConfig || !strings.Contains(inv.err.Msg, tc.want) {
 				t.Fatalf("ADD: %+v, want code 7 naming %s\n%s", inv.err, tc.want, inv.stderr)

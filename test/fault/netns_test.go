@@ -248,7 +248,7 @@ func TestOwnNetnsIsRefused(t *testing.T) {
 	if err := kubeconfigFile(kc); err != nil {
 		t.Fatal(err)
 	}
-	conf := netconf(t, node.NS.Path(), false, map[string]any{"kubeconfig": kc, "lock_dir": t.TempDir()})
+	conf := netconf(t, node.NS.Path(), false, map[string]any{"kubeconfig": kc, "lockDir": t.TempDir()})
 	args := k8sArgs(pod.Namespace, pod.Name, string(pod.UID))
 
 	inv := runPluginIn(t, node.NS.Path(), "ADD", node.NS.Path(), args, conf)

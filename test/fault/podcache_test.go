@@ -96,7 +96,7 @@ func TestPodCacheFaults(t *testing.T) {
 				p.srv.Close()
 			}
 			n := newNS(t)
-			conf := netconf(t, n.Path(), false, map[string]any{"kubeconfig": kc, "lock_dir": t.TempDir(), "pod_cache_socket": tc.cache(t, pod)})
+			conf := netconf(t, n.Path(), false, map[string]any{"kubeconfig": kc, "lockDir": t.TempDir(), "podCacheSocket": tc.cache(t, pod)})
 			inv := runPlugin(t, "ADD", n.Path(), k8sArgs(pod.Namespace, pod.Name, string(pod.UID)), conf)
 			// cache 1 s + 2 API tries × 300 ms + interval, plus slack.
 			if bound := 4 * time.Second; inv.elapsed > bound {
@@ -157,7 +157,7 @@ func TestLookupHelperFaults(t *testing.T) {
 			pod := meshPod(t, "fault-helper")
 			p := newAPIProxy(t, pass)
 			n := newNS(t)
-			conf := netconf(t, n.Path(), false, map[string]any{"kubeconfig": p.kubeconfig(t, pluginToken, false), "lock_dir": t.TempDir()})
+			conf := netconf(t, n.Path(), false, map[string]any{"kubeconfig": p.kubeconfig(t, pluginToken, false), "lockDir": t.TempDir()})
 			inv := runBinaryIn(t, bin, "", "ADD", n.Path(), k8sArgs(pod.Namespace, pod.Name, string(pod.UID)), conf)
 			if inv.err == nil || inv.err.Code != tc.code || !strings.Contains(inv.err.Msg, tc.msg) {
 				t.Fatalf("ADD: %+v, want code %d with %q", inv.err, tc.code, tc.msg)

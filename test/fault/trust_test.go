@@ -202,8 +202,8 @@ func TestUntrustedSocketsAreNotTrusted(t *testing.T) {
 			p := newAPIProxy(t, pass)
 			kc := p.kubeconfig(t, pluginToken, false)
 			n := newNS(t)
-			conf := netconf(t, n.Path(), false, map[string]any{"kubeconfig": kc, "lock_dir": t.TempDir(),
-				"pod_cache_socket": filepath.Join(run, "pods.sock"), "log_socket": filepath.Join(run, "log.sock")})
+			conf := netconf(t, n.Path(), false, map[string]any{"kubeconfig": kc, "lockDir": t.TempDir(),
+				"podCacheSocket": filepath.Join(run, "pods.sock"), "logSocket": filepath.Join(run, "log.sock")})
 			inv := runPlugin(t, "ADD", n.Path(), k8sArgs(pod.Namespace, pod.Name, string(pod.UID)), conf)
 			if inv.err != nil {
 				t.Fatalf("ADD: %+v\n%s", inv.err, inv.stderr)

@@ -102,7 +102,7 @@ func TestPluginDualStackPod(t *testing.T) {
 					LogTo: slog.New(slog.NewJSONHandler(&log, nil)),
 				}
 				conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"net","type":"meshcni","kubeconfig":"/nonexistent",
-				 "iptables_backend":%q,"lock_dir":%q,
+				 "iptablesBackend":%q,"lockDir":%q,
 				 "prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":%q}],
 				  "ips":[{"address":"%s/64","interface":0},{"address":"%s/24","interface":0}]}}`,
 					backend, t.TempDir(), tp.pod.Path(), pod6, pod4)

@@ -1,4 +1,4 @@
-package netfilter
+package nftrules
 
 import (
 	"errors"
@@ -11,19 +11,19 @@ import (
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
-	"github.com/meshcni/meshcni/internal/nftrules"
 	"github.com/meshcni/meshcni/internal/rules"
 )
 
-// The encoding half of the nftables backend's hot path (the socket is in
-// netlink_io.go): a new pod's tables written in-process over netlink, one
-// batch (one kernel transaction) for both families, with no exec and no
-// NSS lookup. This file is pure: it builds bytes. Each nftrules.Expr becomes the expressions
+// The third rendering of the tables, beside Script's nft text: the
+// netlink messages of the nftables backend's hot path, a new pod's tables
+// written in-process (package netfilter sends them), one batch (one kernel
+// transaction) for both families, with no exec and no NSS lookup. This
+// file is pure: it builds bytes. Each Expr becomes the expressions
 // nft 1.0.6 compiles its text into (as `nft --debug=netlink` shows), so
 // that `nft list ruleset` prints the same tables either way
 // (TestNetlinkEqualsNft). An Expr whose value this encoder does not write
 // (an interface name of 16 bytes, a /0 prefix, a set with a repeated port)
-// makes nftBatch return errNotNative, and the caller runs `nft -f -`,
+// makes Batch return ErrNotNative, and the caller runs `nft -f -`,
 // whose own checks then apply.
 //
 // google/nftables provides the expressions' encoding (expr.Marshal); the
@@ -32,9 +32,9 @@ import (
 // one by one: for a dual-stack pod that cost more than nft's whole exec.
 // The batch is sent the way nft sends it: one send, no echo, one ack.
 
-// errNotNative: the tables hold something the netlink builder does not
+// ErrNotNative: the tables hold something the netlink builder does not
 // program; nft must.
-var errNotNative = errors.New("not in the netlink builder's vocabulary")
+var ErrNotNative = errors.New("not in the netlink builder's vocabulary")
 
 func nftFamily(f rules.Family) nftables.TableFamily {
 	if f == rules.IPv6 {
@@ -43,9 +43,9 @@ func nftFamily(f rules.Family) nftables.TableFamily {
 	return nftables.TableFamilyIPv4
 }
 
-// nftBatch builds tables' transaction. All rules are translated before
-// anything is built, so errNotNative comes before any message.
-func nftBatch(tables []nftrules.Table) (*batch, error) {
+// Batch builds tables' transaction. All rules are translated before
+// anything is built, so ErrNotNative comes before any message.
+func Batch(tables []Table) (*NetlinkBatch, error) {
 	type rule struct {
 		chain string
 		exprs []expr.Any
@@ -62,7 +62,7 @@ func nftBatch(tables []nftrules.Table) (*batch, error) {
 			for _, r := range c.Rules {
 				exprs, sets, err := ruleExprs(t.Family, r)
 				if err != nil {
-					return nil, fmt.Errorf("%w: %s %s: %s: %v", errNotNative, nftrules.NFTFamily(t.Family), c.Name, r, err)
+					return nil, fmt.Errorf("%w: %s %s: %s: %v", ErrNotNative, NFTFamily(t.Family), c.Name, r, err)
 				}
 				rulesOf[i] = append(rulesOf[i], rule{c.Name, exprs, sets})
 			}
@@ -72,7 +72,7 @@ func nftBatch(tables []nftrules.Table) (*batch, error) {
 	var setID uint32
 	for i, t := range tables {
 		fam := nftFamily(t.Family)
-		table := attrStr(unix.NFTA_TABLE_NAME, nftrules.TableName)
+		table := attrStr(unix.NFTA_TABLE_NAME, TableName)
 		b.msg(unix.NFT_MSG_NEWTABLE, unix.NLM_F_CREATE, fam, table, attrU32(unix.NFTA_TABLE_FLAGS, 0))
 		b.msg(unix.NFT_MSG_DELRULE, 0, fam, table) // flush table
 		for _, c := range t.Chains {
@@ -106,7 +106,7 @@ func nftBatch(tables []nftrules.Table) (*batch, error) {
 						attr(unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_KEY, attr(unix.NFTA_DATA_VALUE, e))))
 				}
 				b.msg(unix.NFT_MSG_NEWSETELEM, unix.NLM_F_CREATE, fam,
-					attrStr(unix.NFTA_SET_ELEM_LIST_TABLE, nftrules.TableName),
+					attrStr(unix.NFTA_SET_ELEM_LIST_TABLE, TableName),
 					attrStr(unix.NFTA_SET_ELEM_LIST_SET, s.lookup.SetName),
 					attrU32(unix.NFTA_SET_ELEM_LIST_SET_ID, setID),
 					attr(unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_LIST_ELEMENTS, cat(elems...)))
@@ -129,25 +129,25 @@ func nftBatch(tables []nftrules.Table) (*batch, error) {
 
 // batch is one nf_tables transaction as nft sends it: begin, the
 // messages (no echo, no ack but for the last), end.
-type batch struct {
+type NetlinkBatch struct {
 	buf  []byte
 	seq  uint32
 	last int // offset of the last message before the end
 }
 
-func newBatch() *batch {
-	b := &batch{}
+func newBatch() *NetlinkBatch {
+	b := &NetlinkBatch{}
 	b.raw(unix.NFNL_MSG_BATCH_BEGIN, 0, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)
 	return b
 }
 
 // msg appends an nf_tables message of type typ (NFT_MSG_*).
-func (b *batch) msg(typ, flags uint16, fam nftables.TableFamily, attrs ...[]byte) {
+func (b *NetlinkBatch) msg(typ, flags uint16, fam nftables.TableFamily, attrs ...[]byte) {
 	b.last = len(b.buf)
 	b.raw(unix.NFNL_SUBSYS_NFTABLES<<8|typ, flags, byte(fam), 0, attrs...)
 }
 
-func (b *batch) end() *batch {
+func (b *NetlinkBatch) end() *NetlinkBatch {
 	if b.seq > 1 {
 		// Ask for an ack of the last message: the one reply of a batch
 		// that worked.
@@ -158,7 +158,31 @@ func (b *batch) end() *batch {
 	return b
 }
 
-func (b *batch) raw(typ, flags uint16, fam byte, resID uint16, attrs ...[]byte) {
+// Bytes are the batch's messages, to send on a NETLINK_NETFILTER socket.
+func (b *NetlinkBatch) Bytes() []byte { return b.buf }
+
+// Messages counts the batch's messages, begin and end included; the last
+// but one, Messages()-1, is the one whose ack says the batch worked.
+func (b *NetlinkBatch) Messages() uint32 { return b.seq }
+
+// DeleteBatch deletes meshcni's table of each family, in one transaction.
+func DeleteBatch(fams ...rules.Family) *NetlinkBatch {
+	b := newBatch()
+	for _, f := range fams {
+		b.msg(unix.NFT_MSG_DELTABLE, 0, nftFamily(f), attrStr(unix.NFTA_TABLE_NAME, TableName))
+	}
+	return b.end()
+}
+
+// ListTablesRequest asks for every nftables table of a netns, every
+// family, in one dump.
+func ListTablesRequest() []byte {
+	req := &NetlinkBatch{}
+	req.raw(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETTABLE, unix.NLM_F_DUMP, unix.AF_UNSPEC, 0)
+	return req.buf
+}
+
+func (b *NetlinkBatch) raw(typ, flags uint16, fam byte, resID uint16, attrs ...[]byte) {
 	b.seq++
 	body := cat(attrs...)
 	n := unix.NLMSG_HDRLEN + 4 + len(body)
@@ -197,28 +221,33 @@ func cat(parts ...[]byte) []byte {
 	return out
 }
 
-func baseChain(c nftrules.Chain) (nftables.ChainType, *nftables.ChainHook, error) {
-	var typ nftables.ChainType
-	switch c.Type {
-	case "filter":
-		typ = nftables.ChainTypeFilter
-	case "route":
-		typ = nftables.ChainTypeRoute
-	case "nat":
-		typ = nftables.ChainTypeNAT
-	default:
-		return "", nil, fmt.Errorf("%w: chain %s type %q", errNotNative, c.Name, c.Type)
+// The netlink names of nftrules' words: a word not here is outside the
+// in-process builder's vocabulary, and nft writes the rule instead.
+var (
+	chainTypes = map[string]nftables.ChainType{
+		"filter": nftables.ChainTypeFilter, "route": nftables.ChainTypeRoute, "nat": nftables.ChainTypeNAT,
 	}
-	switch c.Hook {
-	case "prerouting":
-		return typ, nftables.ChainHookPrerouting, nil
-	case "output":
-		return typ, nftables.ChainHookOutput, nil
+	chainHooks = map[string]*nftables.ChainHook{
+		"prerouting": nftables.ChainHookPrerouting, "output": nftables.ChainHookOutput,
 	}
-	return "", nil, fmt.Errorf("%w: chain %s hook %q", errNotNative, c.Name, c.Hook)
+	metaKeys = map[string]expr.MetaKey{
+		"skuid": expr.MetaKeySKUID, "skgid": expr.MetaKeySKGID, "mark": expr.MetaKeyMARK,
+	}
+)
+
+func baseChain(c Chain) (nftables.ChainType, *nftables.ChainHook, error) {
+	typ, ok := chainTypes[c.Type]
+	if !ok {
+		return "", nil, fmt.Errorf("%w: chain %s type %q", ErrNotNative, c.Name, c.Type)
+	}
+	hook, ok := chainHooks[c.Hook]
+	if !ok {
+		return "", nil, fmt.Errorf("%w: chain %s hook %q", ErrNotNative, c.Name, c.Hook)
+	}
+	return typ, hook, nil
 }
 
-// anonSet is an anonymous set of ports that a rule looks up; nftBatch
+// anonSet is an anonymous set of ports that a rule looks up; Batch
 // names it and fills in the lookup.
 type anonSet struct {
 	keyType, keyLen uint32
@@ -238,7 +267,7 @@ func cmpOp(neg bool) expr.CmpOp {
 }
 
 // ruleExprs translates one rule into the expressions nft compiles it into.
-func ruleExprs(f rules.Family, r nftrules.Rule) ([]expr.Any, []anonSet, error) {
+func ruleExprs(f rules.Family, r Rule) ([]expr.Any, []anonSet, error) {
 	var (
 		out  []expr.Any
 		sets []anonSet
@@ -246,20 +275,20 @@ func ruleExprs(f rules.Family, r nftrules.Rule) ([]expr.Any, []anonSet, error) {
 	imm := func(data []byte) { out = append(out, &expr.Immediate{Register: reg, Data: data}) }
 	for _, e := range r {
 		switch e.Kind {
-		case nftrules.KindL4Proto:
+		case KindL4Proto:
 			if l4proto[e.Proto] == 0 {
 				return nil, nil, fmt.Errorf("protocol %q", e.Proto)
 			}
 			out = append(out,
 				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{l4proto[e.Proto]}})
-		case nftrules.KindAddr:
+		case KindAddr:
 			a, err := addrExprs(f, e)
 			if err != nil {
 				return nil, nil, err
 			}
 			out = append(out, a...)
-		case nftrules.KindIfname:
+		case KindIfname:
 			key := expr.MetaKeyIIFNAME
 			if e.Field == "oifname" {
 				key = expr.MetaKeyOIFNAME
@@ -275,7 +304,7 @@ func ruleExprs(f rules.Family, r nftrules.Rule) ([]expr.Any, []anonSet, error) {
 				copy(data, e.Name)
 			}
 			out = append(out, &expr.Meta{Key: key, Register: reg}, &expr.Cmp{Op: cmpOp(e.Neg), Register: reg, Data: data})
-		case nftrules.KindPort:
+		case KindPort:
 			var off uint32
 			switch e.Field {
 			case "sport":
@@ -305,24 +334,17 @@ func ruleExprs(f rules.Family, r nftrules.Rule) ([]expr.Any, []anonSet, error) {
 			}
 			sets = append(sets, s)
 			out = append(out, s.lookup)
-		case nftrules.KindMeta:
-			var key expr.MetaKey
-			switch e.Field {
-			case "skuid":
-				key = expr.MetaKeySKUID
-			case "skgid":
-				key = expr.MetaKeySKGID
-			case "mark":
-				key = expr.MetaKeyMARK
-			default:
+		case KindMeta:
+			key, ok := metaKeys[e.Field]
+			if !ok {
 				return nil, nil, fmt.Errorf("field %q", e.Field)
 			}
 			out = append(out, &expr.Meta{Key: key, Register: reg},
 				&expr.Cmp{Op: cmpOp(e.Neg), Register: reg, Data: binaryutil.NativeEndian.PutUint32(e.Value)})
-		case nftrules.KindCtMark:
+		case KindCtMark:
 			out = append(out, &expr.Ct{Key: expr.CtKeyMARK, Register: reg},
 				&expr.Cmp{Op: cmpOp(e.Neg), Register: reg, Data: binaryutil.NativeEndian.PutUint32(e.Value)})
-		case nftrules.KindCtState:
+		case KindCtState:
 			if e.Neg || e.States == 0 {
 				return nil, nil, fmt.Errorf("ct state %#x", e.States)
 			}
@@ -330,7 +352,7 @@ func ruleExprs(f rules.Family, r nftrules.Rule) ([]expr.Any, []anonSet, error) {
 				&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4,
 					Mask: binaryutil.NativeEndian.PutUint32(e.States), Xor: make([]byte, 4)},
 				&expr.Cmp{Op: expr.CmpOpNeq, Register: reg, Data: make([]byte, 4)})
-		case nftrules.KindVerdict:
+		case KindVerdict:
 			v := &expr.Verdict{}
 			switch e.Verdict {
 			case "return":
@@ -348,30 +370,30 @@ func ruleExprs(f rules.Family, r nftrules.Rule) ([]expr.Any, []anonSet, error) {
 				return nil, nil, fmt.Errorf("verdict %q", e.Verdict)
 			}
 			out = append(out, v)
-		case nftrules.KindRedirect:
+		case KindRedirect:
 			if e.Port == 0 {
 				return nil, nil, errors.New("redirect to port 0")
 			}
 			imm(binaryutil.BigEndian.PutUint16(e.Port))
 			// NF_NAT_RANGE_PROTO_SPECIFIED, as nft sets it.
 			out = append(out, &expr.Redir{RegisterProtoMin: reg, Flags: 2})
-		case nftrules.KindTProxy:
+		case KindTProxy:
 			if e.Port == 0 {
 				return nil, nil, errors.New("tproxy to port 0")
 			}
 			imm(binaryutil.BigEndian.PutUint16(e.Port))
 			fam := byte(nftFamily(f))
 			out = append(out, &expr.TProxy{Family: fam, TableFamily: fam, RegPort: reg})
-		case nftrules.KindMetaMarkSet:
+		case KindMetaMarkSet:
 			imm(binaryutil.NativeEndian.PutUint32(e.Value))
 			out = append(out, &expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg})
-		case nftrules.KindCtMarkSetMetaMark:
+		case KindCtMarkSetMetaMark:
 			out = append(out, &expr.Meta{Key: expr.MetaKeyMARK, Register: reg},
 				&expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: reg})
-		case nftrules.KindMetaMarkSetCtMark:
+		case KindMetaMarkSetCtMark:
 			out = append(out, &expr.Ct{Key: expr.CtKeyMARK, Register: reg},
 				&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg})
-		case nftrules.KindCtZoneSet:
+		case KindCtZoneSet:
 			if e.Value > 0xffff {
 				return nil, nil, fmt.Errorf("ct zone %d", e.Value)
 			}
@@ -396,7 +418,7 @@ func hasRepeat(ps []uint16) bool {
 // addrExprs matches ip/ip6 saddr/daddr against a prefix as nft does: the
 // whole address, the leading bytes of a byte-aligned prefix, or the whole
 // address masked.
-func addrExprs(f rules.Family, e nftrules.Expr) ([]expr.Any, error) {
+func addrExprs(f rules.Family, e Expr) ([]expr.Any, error) {
 	var off uint32
 	size := 4
 	if f == rules.IPv6 {
@@ -418,7 +440,7 @@ func addrExprs(f rules.Family, e nftrules.Expr) ([]expr.Any, error) {
 	addr := p.Addr().AsSlice()
 	bits := p.Bits()
 	if len(addr) != size || bits <= 0 {
-		return nil, fmt.Errorf("prefix %s in the %s table", e.Prefix, nftrules.NFTFamily(f))
+		return nil, fmt.Errorf("prefix %s in the %s table", e.Prefix, NFTFamily(f))
 	}
 	load := func(n int) *expr.Payload {
 		return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: uint32(n)}
