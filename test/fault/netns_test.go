@@ -202,10 +202,22 @@ func TestAnotherPodsNetns(t *testing.T) {
 	}
 }
 
-// scratch reports whether cmds are what a scratch netns sees: one render
-// (restore or nft -f) and its save or list.
+// scratch reports whether cmds are what scratch netns see: renders
+// (restore or nft -f), each followed by its save or list. One ID may hold
+// several such visits: a scratch netns is gone as soon as it is read, and
+// the kernel may give the next one (CHECK's, then ADD's, or one per family)
+// the same inode.
 func scratch(cmds []string) bool {
-	return len(cmds) <= 2
+	if len(cmds)%2 != 0 {
+		return false
+	}
+	for i := 0; i < len(cmds); i += 2 {
+		render, read := cmds[i], cmds[i+1]
+		if !(strings.HasSuffix(render, "-restore") || render == "nft") || !(strings.HasSuffix(read, "-save") || read == "nft") {
+			return false
+		}
+	}
+	return true
 }
 
 // DEL for pod A given pod B's netns removes B's capture: the plug-in has
