@@ -1,4 +1,4 @@
-package ctl
+package cluster
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshcni/meshcni/charts"
+	"github.com/meshcni/meshcni/internal/ctl/cmdutil"
 	"github.com/meshcni/meshcni/internal/inject"
 )
 
@@ -45,7 +46,7 @@ func NewCmdMutate(flags *genericclioptions.ConfigFlags, streams genericiooptions
 			if cmd.Flags().Changed("exclude-namespaces") && o.ExcludeNamespaces == nil {
 				o.ExcludeNamespaces = []string{}
 			}
-			return runE(o)(cmd, nil)
+			return cmdutil.RunE(o)(cmd, nil)
 		},
 	}
 	cmd.Flags().StringVarP(&o.File, "filename", "f", "", "file of objects to mutate (- for stdin)")

@@ -1,4 +1,4 @@
-package ctl
+package node
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/ctl/cmdutil"
 	"github.com/meshcni/meshcni/internal/initcmd"
 	"github.com/meshcni/meshcni/internal/install"
 	"github.com/meshcni/meshcni/internal/netfilter"
@@ -41,7 +42,7 @@ type VerifyOptions struct {
 
 	procRoot  string
 	netnsDirs []string
-	c         *clients
+	c         *cmdutil.Clients
 }
 
 // NewVerifyOptions returns options writing to streams.
@@ -88,7 +89,7 @@ func (o *VerifyOptions) Complete(args []string) error {
 	if o.Namespace, _, err = o.configFlags.ToRawKubeConfigLoader().Namespace(); err != nil {
 		return fmt.Errorf("namespace: %w (pass -n)", err)
 	}
-	o.c, err = newClients(o.configFlags, false)
+	o.c, err = cmdutil.NewClients(o.configFlags, false)
 	return err
 }
 
@@ -115,7 +116,7 @@ var ErrVerifyMismatch = errors.New("rules do not match the pod")
 // Run finds the netns, prints the NAT table and judges it.
 func (o *VerifyOptions) Run(ctx context.Context) error {
 	name := o.Namespace + "/" + o.Pod
-	pod, err := o.c.kube.CoreV1().Pods(o.Namespace).Get(ctx, o.Pod, metav1.GetOptions{})
+	pod, err := o.c.Kube.CoreV1().Pods(o.Namespace).Get(ctx, o.Pod, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return fmt.Errorf("pod %s not found: check the name and -n (kubectl -n %s get pods)", name, o.Namespace)
 	} else if err != nil {
