@@ -163,6 +163,17 @@ func TestEnableStatusDisable(t *testing.T) {
 
 	checkRBAC(t)
 
+	// version: the controller's pod (played from its Deployment's template)
+	// and the agents, by image.
+	playController(t)
+	var info clustercmd.VersionInfo
+	if err := json.Unmarshal([]byte(mustRun(t, "version", "-o", "json")), &info); err != nil {
+		t.Fatal(err)
+	}
+	if len(info.Controller) != 1 || info.Controller[0].Pods != 1 || len(info.Agents) != 1 || info.Agents[0].Image != "registry.test/meshcni-agent:v1" || info.Agents[0].Pods != 2 {
+		t.Errorf("version: %+v", info)
+	}
+
 	// A console user's setting survives enable: the console writes
 	// excludeNamespaces (field manager meshcni-console); enable
 	// --log-level writes only the log level; a plain enable resets nothing.
@@ -407,6 +418,25 @@ func playAgents(t *testing.T, ds *appsv1.DaemonSet, ready bool) {
 		UpdatedNumberScheduled: n, NumberReady: r, NumberAvailable: r}
 	if _, err := cluster.Client.AppsV1().DaemonSets(ns).UpdateStatus(ctx, ds, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// playController creates a pod from the controller Deployment's template,
+// as the ReplicaSet controller would.
+func playController(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	d, err := cluster.Client.AppsV1().Deployments(ns).Get(ctx, clustercmd.ControllerName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: d.Name + "-", Namespace: ns, Labels: d.Spec.Template.Labels},
+		Spec:       *d.Spec.Template.Spec.DeepCopy(),
+	}
+	pod.Spec.NodeName = agentNodes[0]
+	if _, err := cluster.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create a controller pod from the Deployment's template: %v", err)
 	}
 }
 

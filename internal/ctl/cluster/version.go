@@ -201,7 +201,9 @@ func (o *VersionOptions) cluster(ctx context.Context, info *VersionInfo) {
 		component, container string
 		into                 *[]Component
 	}{{"controller", "meshcni-controller", &info.Controller}, {"agent", "meshcni-agent", &info.Agents}} {
-		sel := "app.kubernetes.io/name=meshcni,app.kubernetes.io/component=" + part.component
+		// The controller's pods are named meshcni-controller (its selector,
+		// fixed across versions), the agents' meshcni.
+		sel := "app.kubernetes.io/name in (meshcni,meshcni-controller),app.kubernetes.io/component=" + part.component
 		pods, err := c.Kube.CoreV1().Pods(o.namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
 		if err != nil {
 			info.Cluster = fmt.Sprintf("list the %s pods in %s: %v", part.component, o.namespace, err)
