@@ -206,6 +206,9 @@ func PrintStatus(w io.Writer, mc *v1alpha1.MeshCNI, report *rollout.Report, expl
 		}
 	}
 	fmt.Fprintf(w, "Status: %s", phase)
+	if st.Phase != "" && st.ObservedGeneration < mc.Generation {
+		fmt.Fprintf(w, " (of generation %d; %d is not acted on yet)", st.ObservedGeneration, mc.Generation)
+	}
 	if st.Message != "" {
 		fmt.Fprintf(w, ": %s", st.Message)
 	}
