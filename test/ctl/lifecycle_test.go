@@ -258,6 +258,10 @@ func TestEnableStatusDisable(t *testing.T) {
 	if _, err := kube.AppsV1().Deployments(ns).Get(ctx, clustercmd.ControllerName, metav1.GetOptions{}); err != nil {
 		t.Errorf("disable without --purge removed the controller: %v", err)
 	}
+	// status --wait of a disabled MeshCNI waits for Disabled, not Running.
+	if out := mustRun(t, "status", "--wait", "--timeout", "20s"); !strings.Contains(out, "MeshCNI default: disabled") || !strings.Contains(out, "Status: Disabled") {
+		t.Errorf("status --wait after disable:\n%s", out)
+	}
 
 	// --purge: the resource, the release and the CRD go.
 	out = mustRun(t, "disable", "--purge", "--timeout", "60s")

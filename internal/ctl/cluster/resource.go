@@ -93,13 +93,24 @@ func phaseLine(mc *v1alpha1.MeshCNI) string {
 }
 
 // reached tells whether mc's status describes its current spec and is in
-// phase.
+// phase; phase "" is the spec's settled phase: Running when enabled,
+// Disabled when not.
 func reached(mc *v1alpha1.MeshCNI, phase string) bool {
-	return mc.Status.ObservedGeneration == mc.Generation && mc.Status.Phase == phase
+	return mc.Status.ObservedGeneration == mc.Generation && mc.Status.Phase == settled(mc, phase)
+}
+
+func settled(mc *v1alpha1.MeshCNI, phase string) string {
+	switch {
+	case phase != "":
+		return phase
+	case mc.Spec.IsEnabled():
+		return v1alpha1.PhaseRunning
+	}
+	return v1alpha1.PhaseDisabled
 }
 
 // waitPhase polls the MeshCNI until its status describes the current
-// generation in phase, printing each change of the progress line to w. On
+// generation in phase ("": the spec's settled phase), printing each change of the progress line to w. On
 // timeout, notReady names what holds it back.
 func waitPhase(ctx context.Context, c *cmdutil.Clients, phase string, timeout, interval time.Duration, w io.Writer,
 	notReady func(context.Context) string) (*v1alpha1.MeshCNI, error) {
@@ -128,7 +139,13 @@ func waitPhase(ctx context.Context, c *cmdutil.Clients, phase string, timeout, i
 		return reached(mc, phase), nil
 	})
 	if errors.Is(err, cmdutil.ErrTimeout) {
-		msg := fmt.Sprintf("timed out after %v waiting for phase %s", timeout, phase)
+		want := phase
+		if last != nil {
+			want = settled(last, phase)
+		} else if want == "" {
+			want = v1alpha1.PhaseRunning
+		}
+		msg := fmt.Sprintf("timed out after %v waiting for phase %s", timeout, want)
 		if last != nil {
 			msg += "; last: " + phaseLine(last)
 		}

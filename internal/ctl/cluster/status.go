@@ -61,7 +61,7 @@ pod's failing conditions and its latest warning events.
 		Args: cobra.NoArgs,
 		RunE: cmdutil.RunE(o),
 	}
-	cmd.Flags().BoolVar(&o.Wait, "wait", false, "wait until the status describes the current spec and is Running; exit non-zero on timeout")
+	cmd.Flags().BoolVar(&o.Wait, "wait", false, "wait until the status describes the current spec and is Running (Disabled when disabled); exit non-zero on timeout")
 	cmd.Flags().DurationVar(&o.Timeout, "timeout", o.Timeout, "how long --wait waits")
 	cmd.Flags().StringVarP(&o.Output, "output", "o", "", "json or yaml: the resource's status as the API holds it (default: a report)")
 	return cmd
@@ -87,11 +87,12 @@ func (o *StatusOptions) Validate() error {
 	return fmt.Errorf("-o %q: want json or yaml", o.Output)
 }
 
-// Run prints the status; with Wait, first waits for Running.
+// Run prints the status; with Wait, first waits for Running (or, when
+// the spec disables meshcni, Disabled).
 func (o *StatusOptions) Run(ctx context.Context) error {
 	var waitErr error
 	if o.Wait {
-		_, waitErr = waitPhase(ctx, o.c, v1alpha1.PhaseRunning, o.Timeout, o.interval, o.ErrOut, notReadyNodes(o.c, o.namespace))
+		_, waitErr = waitPhase(ctx, o.c, "", o.Timeout, o.interval, o.ErrOut, notReadyNodes(o.c, o.namespace))
 		// On a timeout the report still says why; any other error ends it.
 		if waitErr != nil && !errors.As(waitErr, new(*TimeoutError)) {
 			return waitErr

@@ -111,6 +111,16 @@ func TestPhaseLine(t *testing.T) {
 	if !reached(mesh(2, true, v1alpha1.MeshCNIStatus{ObservedGeneration: 2, Phase: "Running"}), "Running") {
 		t.Error("not reached")
 	}
+	// "": the phase the spec settles in.
+	for _, tc := range []struct {
+		enabled bool
+		phase   string
+		want    bool
+	}{{true, "Running", true}, {true, "Disabled", false}, {false, "Disabled", true}, {false, "Running", false}} {
+		if got := reached(mesh(2, tc.enabled, v1alpha1.MeshCNIStatus{ObservedGeneration: 2, Phase: tc.phase}), ""); got != tc.want {
+			t.Errorf("enabled %v, phase %s: settled %v, want %v", tc.enabled, tc.phase, got, tc.want)
+		}
+	}
 }
 
 func TestPodConditionsAndWarnings(t *testing.T) {
