@@ -40,7 +40,22 @@ import (
 	"github.com/meshcni/meshcni/test/kubeharness"
 )
 
-const ns = chart.DefaultNamespace
+// ns is the release namespace of the running test: the chart's default
+// the first time, a fresh one when -count runs it again, since the
+// harness has no namespace controller and a deleted namespace stays
+// Terminating.
+var (
+	ns   string
+	runs = map[string]int{}
+)
+
+func releaseNamespace(base string) string {
+	runs[base]++
+	if runs[base] == 1 {
+		return base
+	}
+	return fmt.Sprintf("%s-%d", base, runs[base])
+}
 
 var agentNodes = []string{"node-a", "node-b"}
 
@@ -54,16 +69,17 @@ var agentNodes = []string{"node-a", "node-b"}
 func TestEnableStatusDisable(t *testing.T) {
 	ctx := context.Background()
 	kube := cluster.Client
+	ns = releaseNamespace(chart.DefaultNamespace)
 	t.Cleanup(func() { removeRelease(t, ns) }) // when the test fails before its purge
 	createNodes(t)
 
-	if out := mustRun(t, "status"); !strings.Contains(out, "Status: NotInstalled") {
+	if out := mustRun(t, "-n", ns, "status"); !strings.Contains(out, "Status: NotInstalled") {
 		t.Fatalf("before enable:\n%s", out)
 	}
 
 	// --dry-run on an empty cluster prints the release and the resource
 	// and creates nothing.
-	out := mustRun(t, "enable", "--dry-run", "--exclude-namespaces", "kube-system,team-a")
+	out := mustRun(t, "-n", ns, "enable", "--dry-run", "--exclude-namespaces", "kube-system,team-a")
 	for _, want := range []string{"kind: CustomResourceDefinition", "kind: Deployment", "name: meshcni-controller", "kind: MeshCNI", "- team-a"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("enable --dry-run output lacks %q:\n%s", want, out)
@@ -81,7 +97,7 @@ func TestEnableStatusDisable(t *testing.T) {
 	var waitOut syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		_, err := meshcnictlTo(ctx, &waitOut, "enable", "--exclude-namespaces", "kube-system,team-a", "--wait=60s")
+		_, err := meshcnictlTo(ctx, &waitOut, "-n", ns, "enable", "--exclude-namespaces", "kube-system,team-a", "--wait=60s")
 		done <- err
 	}()
 	eventually(t, "enable applies the controller's Deployment", func() (string, bool) {
@@ -140,7 +156,7 @@ func TestEnableStatusDisable(t *testing.T) {
 		t.Errorf("the controller's ConfigMap excludes %q", got)
 	}
 
-	out = mustRun(t, "status")
+	out = mustRun(t, "-n", ns, "status")
 	for _, want := range []string{"MeshCNI default: enabled, excluded namespaces kube-system,team-a", "Nodes: 2 desired, 2 ready, 2 updated",
 		"node-a", "node-b", "current", "Conditions: ", "Ready=True", "Status: Running"} {
 		if !strings.Contains(out, want) {
@@ -151,13 +167,13 @@ func TestEnableStatusDisable(t *testing.T) {
 		t.Errorf("status lists a node the DaemonSet does not select:\n%s", out)
 	}
 	var st v1alpha1.MeshCNIStatus
-	if err := json.Unmarshal([]byte(mustRun(t, "status", "-o", "json")), &st); err != nil {
+	if err := json.Unmarshal([]byte(mustRun(t, "-n", ns, "status", "-o", "json")), &st); err != nil {
 		t.Fatalf("status -o json does not parse: %v", err)
 	}
 	if st.Phase != v1alpha1.PhaseRunning || st.ObservedGeneration != mc.Generation || st.ReadyNodes != "2/2" || len(st.Conditions) != 3 {
 		t.Errorf("status -o json: %+v (generation %d)", st, mc.Generation)
 	}
-	if out := mustRun(t, "status", "-o", "yaml"); !strings.Contains(out, "phase: Running") {
+	if out := mustRun(t, "-n", ns, "status", "-o", "yaml"); !strings.Contains(out, "phase: Running") {
 		t.Errorf("status -o yaml:\n%s", out)
 	}
 
@@ -167,7 +183,7 @@ func TestEnableStatusDisable(t *testing.T) {
 	// and the agents, by image.
 	playController(t)
 	var info clustercmd.VersionInfo
-	if err := json.Unmarshal([]byte(mustRun(t, "version", "-o", "json")), &info); err != nil {
+	if err := json.Unmarshal([]byte(mustRun(t, "-n", ns, "version", "-o", "json")), &info); err != nil {
 		t.Fatal(err)
 	}
 	if len(info.Controller) != 1 || info.Controller[0].Pods != 1 || len(info.Agents) != 1 || info.Agents[0].Image != "registry.test/meshcni-agent:v1" || info.Agents[0].Pods != 2 {
@@ -181,8 +197,8 @@ func TestEnableStatusDisable(t *testing.T) {
 		metav1.PatchOptions{FieldManager: "meshcni-console"}); err != nil {
 		t.Fatal(err)
 	}
-	mustRun(t, "enable", "--log-level", "debug")
-	mustRun(t, "enable")
+	mustRun(t, "-n", ns, "enable", "--log-level", "debug")
+	mustRun(t, "-n", ns, "enable")
 	u, err := meshRC().Get(ctx, v1alpha1.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -206,7 +222,7 @@ func TestEnableStatusDisable(t *testing.T) {
 	// --dry-run with the release installed: the resource as the server
 	// would store it, and no resourceVersion moves.
 	before := resourceVersions(t)
-	out = mustRun(t, "enable", "--dry-run", "--log-level", "warn", "--backend", "nftables")
+	out = mustRun(t, "-n", ns, "enable", "--dry-run", "--log-level", "warn", "--backend", "nftables")
 	for _, want := range []string{"kind: MeshCNI", "logLevel: warn", "iptablesBackend: nftables", "- team-b"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("enable --dry-run lacks %q:\n%s", want, out)
@@ -222,7 +238,7 @@ func TestEnableStatusDisable(t *testing.T) {
 	// A failing agent: Degraded, and status says which node, which pod, why.
 	failAgent(t, "node-a")
 	waitPhase(t, v1alpha1.PhaseDegraded)
-	out = mustRun(t, "status")
+	out = mustRun(t, "-n", ns, "status")
 	for _, want := range []string{"Node node-a:", "agent pod meshcni-agent-", "CrashLoopBackOff", "condition Ready=False", "event BackOff: Back-off restarting failed container", "Status: Degraded: node node-a"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status of a Degraded node lacks %q:\n%s", want, out)
@@ -235,7 +251,7 @@ func TestEnableStatusDisable(t *testing.T) {
 	// its pods as the agents uninstall themselves; Disabled.
 	var disableOut syncBuffer
 	go func() {
-		_, err := meshcnictlTo(ctx, &disableOut, "disable", "--timeout", "60s")
+		_, err := meshcnictlTo(ctx, &disableOut, "-n", ns, "disable", "--timeout", "60s")
 		done <- err
 	}()
 	eventually(t, "the controller deletes the DaemonSet", func() (string, bool) {
@@ -259,12 +275,12 @@ func TestEnableStatusDisable(t *testing.T) {
 		t.Errorf("disable without --purge removed the controller: %v", err)
 	}
 	// status --wait of a disabled MeshCNI waits for Disabled, not Running.
-	if out := mustRun(t, "status", "--wait", "--timeout", "20s"); !strings.Contains(out, "MeshCNI default: disabled") || !strings.Contains(out, "Status: Disabled") {
+	if out := mustRun(t, "-n", ns, "status", "--wait", "--timeout", "20s"); !strings.Contains(out, "MeshCNI default: disabled") || !strings.Contains(out, "Status: Disabled") {
 		t.Errorf("status --wait after disable:\n%s", out)
 	}
 
 	// --purge: the resource, the release and the CRD go.
-	out = mustRun(t, "disable", "--purge", "--timeout", "60s")
+	out = mustRun(t, "-n", ns, "disable", "--purge", "--timeout", "60s")
 	if !strings.Contains(out, "purged") {
 		t.Errorf("disable --purge output:\n%s", out)
 	}
@@ -285,7 +301,7 @@ func TestEnableStatusDisable(t *testing.T) {
 // status look there.
 func TestNamespaceFlag(t *testing.T) {
 	ctx := context.Background()
-	const other = "mesh-other"
+	other := releaseNamespace("mesh-other")
 	t.Cleanup(func() { removeRelease(t, other) })
 	mustRun(t, "-n", other, "enable")
 	if _, err := cluster.Client.AppsV1().Deployments(other).Get(ctx, clustercmd.ControllerName, metav1.GetOptions{}); err != nil {

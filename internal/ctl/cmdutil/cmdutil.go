@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -116,6 +117,9 @@ func Ref(obj *unstructured.Unstructured) string {
 // Hint turns an API error about obj into what to do about it.
 func Hint(err error, verb string, obj *unstructured.Unstructured) error {
 	switch {
+	case terminating(err):
+		return fmt.Errorf("%s %s: %w: namespace %s is being deleted; wait until it is gone (kubectl get namespace %s), then run again",
+			verb, Ref(obj), err, obj.GetNamespace(), obj.GetNamespace())
 	case apierrors.IsForbidden(err):
 		return fmt.Errorf("%s %s: %w: your user may not %s it; meshcnictl enable/disable need cluster-admin rights (check: kubectl auth can-i %s %s)",
 			verb, Ref(obj), err, verb, verb, obj.GetKind())
@@ -134,6 +138,8 @@ const RequestTimeout = 30 * time.Second
 // says timed out.
 func APIHint(err error, canI string) error {
 	switch {
+	case terminating(err):
+		return fmt.Errorf("%w: its namespace is being deleted; wait until it is gone, then run again", err)
 	case apierrors.IsForbidden(err):
 		if canI == "" {
 			return fmt.Errorf("%w: your user lacks the RBAC rights for this", err)
@@ -147,6 +153,12 @@ func APIHint(err error, canI string) error {
 		return fmt.Errorf("%w: timed out waiting for the API server; check the network, or raise --request-timeout", err)
 	}
 	return err
+}
+
+// terminating tells a write refused because its namespace is being
+// deleted: a 403 like RBAC's, with another cause and another fix.
+func terminating(err error) bool {
+	return apierrors.IsForbidden(err) && apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause)
 }
 
 func isDNSError(err error) bool {
