@@ -179,6 +179,24 @@ func TestEnableStatusDisable(t *testing.T) {
 
 	checkRBAC(t)
 
+	// Every platform's node side is accepted by the API server, as the
+	// controller would apply it after a platform change: its field manager,
+	// so the fields a platform leaves out go (server-side dry run).
+	for _, p := range clustercmd.Platforms {
+		pm, err := clustercmd.RenderIn(map[string]any{"platform": p}, ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, obj := range pm.Objects {
+			if !chart.IsNodeSide(pm.Sources[i]) {
+				continue
+			}
+			if _, err := resourceFor(t, obj).Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: controller.FieldManager, Force: true, DryRun: []string{metav1.DryRunAll}}); err != nil {
+				t.Errorf("platform %s: the API server rejects %s: %v", p, describe(obj), err)
+			}
+		}
+	}
+
 	// version: the controller's pod (played from its Deployment's template)
 	// and the agents, by image.
 	playController(t)
@@ -718,6 +736,10 @@ func checkRBAC(t *testing.T) {
 	if _, err := cluster.CreatePod(ctx, pod); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		zero := int64(0)
+		_ = cluster.Client.CoreV1().Pods("bookinfo").Delete(context.Background(), "rbac-probe", metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	})
 	token, err := cluster.IssueToken(ctx, ns, "meshcni-plugin", 0)
 	if err != nil {
 		t.Fatal(err)
