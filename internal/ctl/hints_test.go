@@ -25,10 +25,12 @@ func statusAgainst(t *testing.T, server string, args ...string) error {
 // interval used to end in client-go's rate-limiter error with an RBAC
 // hint; it must say timed out.
 func TestStatusWaitTimesOut(t *testing.T) {
-	// An API server with no meshcni: status stays NotInstalled.
+	// An API server with no meshcni: no MeshCNI (nor its CRD), so status
+	// stays NotInstalled.
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"kind":"DaemonSetList","apiVersion":"apps/v1","metadata":{},"items":[]}`))
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","reason":"NotFound","code":404}`))
 	}))
 	defer srv.Close()
 	start := time.Now()

@@ -1,18 +1,21 @@
+// Package ctl is meshcnictl's root command: kubectl's connection flags
+// (--kubeconfig, --context, -n for the release namespace, ...) on every
+// subcommand, the cluster commands (package cluster: enable, disable,
+// status, console, version, mutate, render) and the node diagnostics
+// (package node: verify, doctor), each an Options{Complete,Validate,Run}
+// with its output streams injected, so tests drive it as a user would.
 package ctl
 
 import (
-	"context"
-	"io"
-
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
-	"github.com/meshcni/meshcni/internal/chart"
+	"github.com/meshcni/meshcni/internal/ctl/cluster"
+	"github.com/meshcni/meshcni/internal/ctl/node"
 )
 
-// NewCmd is the meshcnictl root command, with kubectl's kubeconfig flags
-// (--kubeconfig, --context, -n, ...) on every subcommand.
+// NewCmd is the meshcnictl root command.
 func NewCmd(streams genericiooptions.IOStreams) *cobra.Command {
 	flags := genericclioptions.NewConfigFlags(true)
 	root := &cobra.Command{
@@ -25,88 +28,26 @@ func NewCmd(streams genericiooptions.IOStreams) *cobra.Command {
 	root.SetErr(streams.ErrOut)
 	root.SetIn(streams.In)
 	flags.AddFlags(root.PersistentFlags())
-	root.AddCommand(
-		NewCmdEnable(flags, streams),
-		NewCmdDisable(flags, streams),
-		NewCmdStatus(flags, streams),
-		NewCmdVerify(flags, streams),
-		NewCmdDoctor(flags, streams),
-		NewCmdConsole(flags, streams),
-		NewCmdVersion(flags, streams),
-		NewCmdMutate(flags, streams),
-		NewCmdRender(flags, streams),
-	)
+	root.AddGroup(&cobra.Group{ID: "cluster", Title: "The cluster (the MeshCNI resource and its controller):"},
+		&cobra.Group{ID: "node", Title: "A node (run there, as root):"})
+	for _, c := range []*cobra.Command{
+		cluster.NewCmdEnable(flags, streams),
+		cluster.NewCmdDisable(flags, streams),
+		cluster.NewCmdStatus(flags, streams),
+		cluster.NewCmdConsole(flags, streams),
+		cluster.NewCmdVersion(flags, streams),
+		cluster.NewCmdMutate(flags, streams),
+		cluster.NewCmdRender(flags, streams),
+	} {
+		c.GroupID = "cluster"
+		root.AddCommand(c)
+	}
+	for _, c := range []*cobra.Command{
+		node.NewCmdVerify(flags, streams),
+		node.NewCmdDoctor(flags, streams),
+	} {
+		c.GroupID = "node"
+		root.AddCommand(c)
+	}
 	return root
-}
-
-// RenderOptions prints the chart's manifests, as `helm template` would.
-type RenderOptions struct {
-	genericiooptions.IOStreams
-	Settings Settings
-	values   map[string]any
-
-	flags     *genericclioptions.ConfigFlags
-	namespace string
-}
-
-// NewCmdRender is `meshcnictl render`.
-func NewCmdRender(flags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
-	o := &RenderOptions{IOStreams: streams, flags: flags}
-	cmd := &cobra.Command{
-		Use:   "render [-n NAMESPACE] [--set key=value]",
-		Short: "Print the chart's install (controller and CRD) exactly as helm template does, for kubectl or GitOps",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := o.Complete(); err != nil {
-				return err
-			}
-			return o.Run()
-		},
-	}
-	cmd.Flags().StringVar(&o.Settings.Image, "image", "", "image of the controller (and default of the agents), repository:tag or repository@sha256:digest")
-	cmd.Flags().StringArrayVar(&o.Settings.Set, "set", nil, "any chart value, Helm syntax: --set controller.replicas=3 (repeatable)")
-	return cmd
-}
-
-// Complete parses the settings and the namespace (-n, default
-// meshcni-system).
-func (o *RenderOptions) Complete() error {
-	var err error
-	o.values, err = o.Settings.Values()
-	o.namespace = DefaultNamespace
-	if o.flags != nil && o.flags.Namespace != nil && *o.flags.Namespace != "" {
-		o.namespace = *o.flags.Namespace
-	}
-	return err
-}
-
-// Run renders and prints, byte for byte what `helm template meshcni
-// charts/meshcni --namespace NS --include-crds` prints.
-func (o *RenderOptions) Run() error {
-	out, err := chart.Template(o.values, chart.Release, o.namespace)
-	if err != nil {
-		return err
-	}
-	_, err = io.WriteString(o.Out, out)
-	return err
-}
-
-// options is a command's Options{Complete,Validate,Run} (sample-cli-plugin).
-type options interface {
-	Complete() error
-	Validate() error
-	Run(context.Context) error
-}
-
-// runE runs a command that takes no arguments: Complete, Validate, Run.
-func runE(o options) func(*cobra.Command, []string) error {
-	return func(cmd *cobra.Command, _ []string) error {
-		if err := o.Complete(); err != nil {
-			return err
-		}
-		if err := o.Validate(); err != nil {
-			return err
-		}
-		return o.Run(cmd.Context())
-	}
 }

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/meshcni/meshcni/internal/ctl"
+	"github.com/meshcni/meshcni/internal/ctl/node"
 	"github.com/meshcni/meshcni/test/kubeharness"
 )
 
@@ -125,7 +125,7 @@ func TestDoctor(t *testing.T) {
 			d := newDoctorNode(t)
 			tc.break_(t, d)
 			out, err := d.doctor(t)
-			if !errors.Is(err, ctl.ErrDoctorFailed) {
+			if !errors.Is(err, node.ErrDoctorFailed) {
 				t.Fatalf("doctor: err %v, want a failed check\n%s", err, out)
 			}
 			expectLine(t, out, "FAIL", tc.check, tc.detail)

@@ -1,14 +1,16 @@
 //go:build integration
 
 // Package ctl tests meshcnictl as a user runs it: enable, status, disable
-// against a real kube-apiserver (the test plays the DaemonSet controller
-// and the kubelet), verify on real pod network namespaces of a simulated
+// against a real kube-apiserver and the real meshcni-controller run
+// in-process (the test plays the DaemonSet controller and the kubelets),
+// verify on real pod network namespaces of a simulated
 // node, and doctor on a temp CNI config with a real API token.
 package ctl
 
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -40,11 +42,19 @@ func TestMain(m *testing.M) {
 // meshcnictl runs the command line as a user would, with the admin
 // kubeconfig, and returns what it printed.
 func meshcnictl(ctx context.Context, args ...string) (stdout, stderr string, err error) {
-	var out, errb bytes.Buffer
-	cmd := ctl.NewCmd(genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errb})
+	var out bytes.Buffer
+	errOut, err := meshcnictlTo(ctx, &out, args...)
+	return out.String(), errOut, err
+}
+
+// meshcnictlTo is meshcnictl writing its stdout to out, which the test
+// may read while the command runs.
+func meshcnictlTo(ctx context.Context, out io.Writer, args ...string) (stderr string, err error) {
+	var errb bytes.Buffer
+	cmd := ctl.NewCmd(genericiooptions.IOStreams{In: strings.NewReader(""), Out: out, ErrOut: &errb})
 	cmd.SetArgs(append([]string{"--kubeconfig", cluster.AdminKubeconfig, "--cache-dir", cacheDir}, args...))
 	err = cmd.ExecuteContext(ctx)
-	return out.String(), errb.String(), err
+	return errb.String(), err
 }
 
 func mustRun(t *testing.T, args ...string) string {

@@ -21,7 +21,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/meshcni/meshcni/internal/capture"
-	"github.com/meshcni/meshcni/internal/ctl"
+	"github.com/meshcni/meshcni/internal/ctl/node"
 	"github.com/meshcni/meshcni/internal/netfilter"
 	"github.com/meshcni/meshcni/internal/netns"
 	"github.com/meshcni/meshcni/internal/rules"
@@ -174,7 +174,7 @@ func TestVerify(t *testing.T) {
 		withInit.Spec.InitContainers = []corev1.Container{{Name: "istio-init", Image: withInit.Spec.Containers[0].Image}}
 		p := addPod(t, n, withInit)
 		out, err := verify(n, "istio-system", "legacy", "--netns", p.NS.Path())
-		if !errors.Is(err, ctl.ErrVerifyMismatch) || !strings.Contains(err.Error(), "kubectl -n istio-system logs legacy -c istio-init") || strings.Contains(err.Error(), "delete pod") {
+		if !errors.Is(err, node.ErrVerifyMismatch) || !strings.Contains(err.Error(), "kubectl -n istio-system logs legacy -c istio-init") || strings.Contains(err.Error(), "delete pod") {
 			t.Fatalf("no rules yet: err %v, want a mismatch pointing at istio-init's log\n%s", err, out)
 		}
 		spec := capture.Default()
@@ -186,10 +186,31 @@ func TestVerify(t *testing.T) {
 		if err != nil {
 			t.Fatalf("verify: %v\n%s", err, out)
 		}
-		if !strings.Contains(out, "Expect:  not captured (namespace istio-system is excluded)") || !strings.Contains(out, "Result:  OK: the ISTIO_* rules (above) are istio-init's") {
+		if !strings.Contains(out, "Expect:  not captured (namespace istio-system is excluded)") || !strings.Contains(out, "Result:  OK: the rules (above) are istio-init's") {
 			t.Errorf("output:\n%s", out)
 		}
 		t.Logf("meshcnictl verify legacy -n istio-system:\n%s", out)
+	})
+
+	// istio-init running meshcni-iptables on nftables leaves meshcni's
+	// tables, not ISTIO_* rules: they are istio-init's too (it failed as
+	// "holds meshcni's nftables tables" before, test/cluster found it).
+	t.Run("excluded pod programmed by istio-init on nftables", func(t *testing.T) {
+		withInit := testbed.MeshPod("istio-system", "legacy-nft", 8080)
+		withInit.Spec.InitContainers = []corev1.Container{{Name: "istio-init", Image: withInit.Spec.Containers[0].Image}}
+		p := addPod(t, n, withInit)
+		spec := capture.Default()
+		spec.ExcludeOutboundPorts = nil
+		if err := netfilter.New(netfilter.Options{Backend: netfilter.Nftables, LockDir: t.TempDir()}).Apply(context.Background(), p.NS.Path(), spec); err != nil {
+			t.Fatal(err)
+		}
+		out, err := verify(n, "istio-system", "legacy-nft", "--netns", p.NS.Path())
+		if err != nil {
+			t.Fatalf("verify: %v\n%s", err, out)
+		}
+		if !strings.Contains(out, "Result:  OK: the rules (above) are istio-init's") {
+			t.Errorf("output:\n%s", out)
+		}
 	})
 
 	t.Run("found by its IP", func(t *testing.T) {
@@ -216,7 +237,7 @@ func TestVerify(t *testing.T) {
 	t.Run("tampered rules are reported", func(t *testing.T) {
 		inNetNS(t, pp.NS.Path(), "-t", "nat", "-D", "ISTIO_OUTPUT", "-j", "ISTIO_REDIRECT")
 		out, err := verify(n, "bookinfo", "productpage", "--netns", pp.NS.Path())
-		if !errors.Is(err, ctl.ErrVerifyMismatch) {
+		if !errors.Is(err, node.ErrVerifyMismatch) {
 			t.Fatalf("verify after deleting a rule: err %v, want a mismatch\n%s", err, out)
 		}
 		for _, want := range []string{"missing 1 rules", "-A ISTIO_OUTPUT -j ISTIO_REDIRECT", "kubectl -n bookinfo delete pod productpage"} {
@@ -231,7 +252,7 @@ func TestVerify(t *testing.T) {
 			t.Fatal(err)
 		}
 		out, err := verify(n, "bookinfo", "plain", "--netns", plain.NS.Path())
-		if !errors.Is(err, ctl.ErrVerifyMismatch) || !strings.Contains(err.Error(), "yet its netns holds ISTIO_* rules") {
+		if !errors.Is(err, node.ErrVerifyMismatch) || !strings.Contains(err.Error(), "yet its netns holds ISTIO_* rules") {
 			t.Fatalf("err %v\n%s", err, out)
 		}
 	})
@@ -294,7 +315,7 @@ func TestVerifyNftables(t *testing.T) {
 			t.Fatal(err)
 		}
 		out, err := verify(n, "bookinfo-nft", "productpage", "--netns", pp.NS.Path())
-		if !errors.Is(err, ctl.ErrVerifyMismatch) {
+		if !errors.Is(err, node.ErrVerifyMismatch) {
 			t.Fatalf("verify after flushing a chain: err %v, want a mismatch\n%s", err, out)
 		}
 		for _, want := range []string{"missing 1 rules", "ip istio_redirect: meta l4proto tcp redirect to :15001", "kubectl -n bookinfo-nft delete pod productpage"} {
@@ -310,7 +331,7 @@ func TestVerifyNftables(t *testing.T) {
 			t.Fatal(err)
 		}
 		out, err := verify(n, "bookinfo-nft", "plain", "--netns", plain.NS.Path())
-		if !errors.Is(err, ctl.ErrVerifyMismatch) || !strings.Contains(err.Error(), "yet its netns holds meshcni's nftables tables") {
+		if !errors.Is(err, node.ErrVerifyMismatch) || !strings.Contains(err.Error(), "yet its netns holds meshcni's nftables tables") {
 			t.Fatalf("err %v\n%s", err, out)
 		}
 	})

@@ -1,4 +1,4 @@
-package ctl
+package cluster
 
 import (
 	"bufio"
@@ -9,19 +9,25 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/meshcni/meshcni/internal/inject"
 )
 
-var istioFixtures = filepath.Join("..", "inject", "testdata", "istio")
+var istioFixtures = filepath.Join("..", "..", "inject", "testdata", "istio")
 
 func runMutate(t *testing.T, stdin string, args ...string) (string, error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	cmd := NewCmd(genericiooptions.IOStreams{In: strings.NewReader(stdin), Out: &out, ErrOut: &errOut})
+	// A root with kubectl's flags (-n), as meshcnictl's.
+	flags := genericclioptions.NewConfigFlags(true)
+	cmd := &cobra.Command{Use: "meshcnictl", SilenceUsage: true, SilenceErrors: true}
+	flags.AddFlags(cmd.PersistentFlags())
+	cmd.AddCommand(NewCmdMutate(flags, genericiooptions.IOStreams{In: strings.NewReader(stdin), Out: &out, ErrOut: &errOut}))
 	cmd.SetArgs(append([]string{"mutate"}, args...))
 	err := cmd.Execute()
 	return out.String(), err

@@ -1,4 +1,4 @@
-package ctl
+package node
 
 import (
 	"context"
@@ -26,6 +26,7 @@ import (
 
 	"github.com/meshcni/meshcni/internal/apilookup"
 	"github.com/meshcni/meshcni/internal/chart"
+	"github.com/meshcni/meshcni/internal/ctl/cmdutil"
 	"github.com/meshcni/meshcni/internal/install"
 	"github.com/meshcni/meshcni/internal/netconf"
 	"github.com/meshcni/meshcni/internal/netfilter"
@@ -84,9 +85,9 @@ accepted by the API server and may get pods; and which iptables backend
 the node uses. Prints one line per check and exits non-zero if any fails.
 It reads files and asks the API server; it changes nothing.`,
 		Args: cobra.NoArgs,
-		RunE: runE(o),
+		RunE: cmdutil.RunE(o),
 	}
-	cmd.Flags().StringVar(&o.Platform, "platform", "", "take the CNI dirs of a platform: "+strings.Join(Platforms, ", "))
+	cmd.Flags().StringVar(&o.Platform, "platform", "", "take the CNI dirs of a platform: "+strings.Join(cmdutil.Platforms, ", "))
 	cmd.Flags().StringVar(&o.CNIConfDir, "cni-conf-dir", "", "the node's CNI config dir (default /etc/cni/net.d, or the platform's)")
 	cmd.Flags().StringVar(&o.CNIBinDir, "cni-bin-dir", "", "the node's CNI bin dir (default /opt/cni/bin, or the platform's)")
 	cmd.Flags().StringVar(&o.PluginKubeconfig, "plugin-kubeconfig", "", "check this kubeconfig instead of the one meshcni's entry names")
@@ -106,7 +107,7 @@ func (o *DoctorOptions) Complete() error {
 	}
 	dirs, _ := chrt.Values["platforms"].(map[string]any)[p].(map[string]any)
 	if dirs == nil {
-		return fmt.Errorf("--platform %q: must be one of %s", o.Platform, strings.Join(Platforms, ", "))
+		return fmt.Errorf("--platform %q: must be one of %s", o.Platform, strings.Join(cmdutil.Platforms, ", "))
 	}
 	if o.CNIConfDir == "" {
 		o.CNIConfDir, _ = dirs["cniConfDir"].(string)
@@ -173,7 +174,7 @@ func (o *DoctorOptions) Checks(ctx context.Context) []Check {
 	case err != nil:
 		add("conflist", Fail, "%s: %v", primary, err)
 	case !st.Present:
-		add("conflist", Fail, "%s has no meshcni entry: the meshcni-agent installs it; is it running here? (kubectl get pods -A -l %s -o wide)", primary, AgentSelector)
+		add("conflist", Fail, "%s has no meshcni entry: the meshcni-agent installs it; is it running here? (kubectl get pods -A -l %s -o wide)", primary, chart.AgentSelector)
 	case !st.Last:
 		add("conflist", Fail, "%s: meshcni is not the last plug-in, or is there twice: it must run after the primary CNI; the agent moves it back, so if this persists another component rewrites the file (check the agent's events)", primary)
 	}

@@ -1,4 +1,4 @@
-package ctl
+package cluster
 
 import (
 	"fmt"
@@ -8,6 +8,7 @@ import (
 	"helm.sh/helm/v3/pkg/strvals"
 
 	"github.com/meshcni/meshcni/internal/chart"
+	"github.com/meshcni/meshcni/internal/ctl/cmdutil"
 )
 
 // FieldManager owns every field meshcnictl applies.
@@ -25,7 +26,8 @@ const (
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 // Render renders the node side of the chart in the default namespace, as
-// meshcnictl applies it, with the namespace itself.
+// meshcni-controller renders it, with the namespace itself: what the
+// chart's tests here and test/agent check.
 func Render(overrides map[string]any) (*chart.Manifest, error) {
 	return RenderIn(overrides, DefaultNamespace)
 }
@@ -40,11 +42,12 @@ func RenderIn(overrides map[string]any, namespace string) (*chart.Manifest, erro
 }
 
 // Platforms are the names values.yaml knows, for flag help and errors.
-var Platforms = []string{"default", "gke", "k3s", "openshift"}
+var Platforms = cmdutil.Platforms
 
-// Settings are the chart values meshcnictl exposes as flags. Zero values
-// keep the chart's defaults.
-type Settings struct {
+// ChartValues are chart values given as flags (render's --image and
+// --set, enable's --set for the controller's release). Zero values keep
+// the chart's defaults.
+type ChartValues struct {
 	Platform          string
 	ExcludeNamespaces []string // nil: the chart's list
 	Image             string   // repository[:tag]
@@ -52,7 +55,7 @@ type Settings struct {
 }
 
 // Values turns the settings into chart value overrides.
-func (s Settings) Values() (map[string]any, error) {
+func (s ChartValues) Values() (map[string]any, error) {
 	v := map[string]any{}
 	if s.Platform != "" {
 		v["platform"] = s.Platform

@@ -1,4 +1,4 @@
-package ctl
+package cluster
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshcni/meshcni/charts"
+	"github.com/meshcni/meshcni/internal/ctl/cmdutil"
 	"github.com/meshcni/meshcni/internal/inject"
 )
 
@@ -37,7 +38,7 @@ func NewCmdMutate(flags *genericclioptions.ConfigFlags, streams genericiooptions
 		Use:   "mutate -f FILE [--exclude-namespaces a,b] [-n NS]",
 		Short: "Print Pods and workloads as meshcni's admission webhook would mutate them (offline)",
 		Long: "Reads Kubernetes objects (multi-document YAML; - for stdin) and prints them with the pods and pod\n" +
-			"templates converted as the meshcni-webhook would: Istio's istio-init becomes istio-validation and\n" +
+			"templates converted as meshcni's webhook would: Istio's istio-init becomes istio-validation and\n" +
 			"annotations in captured namespaces, istio-validation becomes istio-init in excluded ones. Other\n" +
 			"objects are printed unchanged. An object without a namespace is in -n's (default \"default\").",
 		Args: cobra.NoArgs,
@@ -45,7 +46,7 @@ func NewCmdMutate(flags *genericclioptions.ConfigFlags, streams genericiooptions
 			if cmd.Flags().Changed("exclude-namespaces") && o.ExcludeNamespaces == nil {
 				o.ExcludeNamespaces = []string{}
 			}
-			return runE(o)(cmd, nil)
+			return cmdutil.RunE(o)(cmd, nil)
 		},
 	}
 	cmd.Flags().StringVarP(&o.File, "filename", "f", "", "file of objects to mutate (- for stdin)")

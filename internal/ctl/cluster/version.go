@@ -1,4 +1,4 @@
-package ctl
+package cluster
 
 import (
 	"context"
@@ -16,6 +16,8 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshcni/meshcni/internal/ctl/cmdutil"
 )
 
 // Version is meshcnictl's version, set at link time:
@@ -141,7 +143,7 @@ func NewCmdVersion(flags *genericclioptions.ConfigFlags, streams genericiooption
 		Use:   "version [--client] [-o json|yaml]",
 		Short: "Print meshcnictl's version and the controller's and agents' versions in the cluster",
 		Args:  cobra.NoArgs,
-		RunE:  runE(o),
+		RunE:  cmdutil.RunE(o),
 	}
 	cmd.Flags().StringVarP(&o.Output, "output", "o", "", "output format: json or yaml (default: a table)")
 	cmd.Flags().BoolVar(&o.ClientOnly, "client", false, "print only meshcnictl's version, without asking the cluster")
@@ -150,10 +152,7 @@ func NewCmdVersion(flags *genericclioptions.ConfigFlags, streams genericiooption
 
 // Complete picks the namespace.
 func (o *VersionOptions) Complete() error {
-	o.namespace = DefaultNamespace
-	if o.flags.Namespace != nil && *o.flags.Namespace != "" {
-		o.namespace = *o.flags.Namespace
-	}
+	o.namespace = cmdutil.Namespace(o.flags)
 	return nil
 }
 
@@ -193,7 +192,7 @@ func (o *VersionOptions) Run(ctx context.Context) error {
 }
 
 func (o *VersionOptions) cluster(ctx context.Context, info *VersionInfo) {
-	c, err := newClients(o.flags, false)
+	c, err := cmdutil.NewClients(o.flags, false)
 	if err != nil {
 		info.Cluster = err.Error()
 		return
@@ -202,8 +201,10 @@ func (o *VersionOptions) cluster(ctx context.Context, info *VersionInfo) {
 		component, container string
 		into                 *[]Component
 	}{{"controller", "meshcni-controller", &info.Controller}, {"agent", "meshcni-agent", &info.Agents}} {
-		sel := "app.kubernetes.io/name=meshcni,app.kubernetes.io/component=" + part.component
-		pods, err := c.kube.CoreV1().Pods(o.namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		// The controller's pods are named meshcni-controller (its selector,
+		// fixed across versions), the agents' meshcni.
+		sel := "app.kubernetes.io/name in (meshcni,meshcni-controller),app.kubernetes.io/component=" + part.component
+		pods, err := c.Kube.CoreV1().Pods(o.namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
 		if err != nil {
 			info.Cluster = fmt.Sprintf("list the %s pods in %s: %v", part.component, o.namespace, err)
 			return

@@ -1,4 +1,4 @@
-package ctl
+package cluster
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/meshcni/meshcni/internal/console"
+	"github.com/meshcni/meshcni/internal/ctl/cmdutil"
 )
 
 // ConsoleOptions is `meshcnictl console`: the console page on loopback,
@@ -52,7 +53,7 @@ read-only and says why. The console needs a bearer token to act as you
 (a token, an exec plug-in, an auth provider); with a client certificate,
 use --local, which serves the page from this process instead.`,
 		Args: cobra.NoArgs,
-		RunE: runE(o),
+		RunE: cmdutil.RunE(o),
 	}
 	cmd.Flags().StringVar(&o.Address, "address", "127.0.0.1", "the local address to listen on")
 	cmd.Flags().IntVar(&o.Port, "port", 0, "the local port to listen on (0: a free one)")
@@ -69,10 +70,7 @@ func (o *ConsoleOptions) Complete() error {
 	if o.cfg, err = o.flags.ToRESTConfig(); err != nil {
 		return fmt.Errorf("kubeconfig: %w (pass --kubeconfig or set KUBECONFIG)", err)
 	}
-	o.namespace = DefaultNamespace
-	if o.flags.Namespace != nil && *o.flags.Namespace != "" {
-		o.namespace = *o.flags.Namespace
-	}
+	o.namespace = cmdutil.Namespace(o.flags)
 	return nil
 }
 

@@ -1,4 +1,4 @@
-package ctl
+package cluster
 
 import (
 	"bytes"
@@ -21,12 +21,13 @@ import (
 
 	"github.com/meshcni/meshcni/internal/agent"
 	"github.com/meshcni/meshcni/internal/chart"
+	"github.com/meshcni/meshcni/internal/ctl/cmdutil"
 	"github.com/meshcni/meshcni/internal/netfilter"
 )
 
-const deployPath = "../../deploy/meshcni.yaml"
+const deployPath = "../../../deploy/meshcni.yaml"
 
-func render(t *testing.T, s Settings) *chart.Manifest {
+func render(t *testing.T, s ChartValues) *chart.Manifest {
 	t.Helper()
 	v, err := s.Values()
 	if err != nil {
@@ -72,10 +73,10 @@ func decodeAll(t *testing.T, m *chart.Manifest) []runtime.Object {
 		}
 		obj, gvk, err := scheme.Codecs.UniversalDeserializer().Decode(js, nil, nil)
 		if err != nil {
-			t.Fatalf("%s: %v", ref(u), err)
+			t.Fatalf("%s: %v", cmdutil.Ref(u), err)
 		}
 		if gvk.Kind != u.GetKind() {
-			t.Fatalf("%s decoded as %s", ref(u), gvk)
+			t.Fatalf("%s decoded as %s", cmdutil.Ref(u), gvk)
 		}
 		// Strict: no field the typed struct drops.
 		back, err := json.Marshal(obj)
@@ -86,7 +87,7 @@ func decodeAll(t *testing.T, m *chart.Manifest) []runtime.Object {
 		_ = json.Unmarshal(js, &a)
 		_ = json.Unmarshal(back, &b)
 		if missing := lostFields(a, b, ""); len(missing) > 0 {
-			t.Errorf("%s: fields unknown to the API types: %v", ref(u), missing)
+			t.Errorf("%s: fields unknown to the API types: %v", cmdutil.Ref(u), missing)
 		}
 		out = append(out, obj)
 	}
@@ -142,13 +143,13 @@ func TestObjectsDecodeAndShape(t *testing.T) {
 		{"openshift", "/var/lib/cni/bin", "/etc/kubernetes/cni/net.d", true, false},
 	} {
 		t.Run("platform="+tc.platform, func(t *testing.T) {
-			m := render(t, Settings{Platform: tc.platform})
+			m := render(t, ChartValues{Platform: tc.platform})
 			objs := decodeAll(t, m)
 			var kinds []string
 			for _, u := range m.Objects {
 				kinds = append(kinds, u.GetKind())
 				if u.GetKind() != "Namespace" && !strings.HasPrefix(u.GetKind(), "Cluster") && !strings.HasPrefix(u.GetKind(), "ValidatingAdmissionPolicy") && u.GetKind() != "MutatingWebhookConfiguration" && u.GetNamespace() != DefaultNamespace {
-					t.Errorf("%s: namespace %q, want %q", ref(u), u.GetNamespace(), DefaultNamespace)
+					t.Errorf("%s: namespace %q, want %q", cmdutil.Ref(u), u.GetNamespace(), DefaultNamespace)
 				}
 			}
 			if kinds[0] != "Namespace" || kinds[len(kinds)-1] != "DaemonSet" {
@@ -206,17 +207,17 @@ func TestObjectsDecodeAndShape(t *testing.T) {
 }
 
 func TestConfigHashFollowsSettingsOnly(t *testing.T) {
-	hash := func(s Settings) string {
+	hash := func(s ChartValues) string {
 		return daemonSet(t, decodeAll(t, render(t, s))).Spec.Template.Annotations[ConfigHashAnnotation]
 	}
-	base := hash(Settings{})
-	if hash(Settings{ExcludeNamespaces: []string{"kube-system"}}) == base {
+	base := hash(ChartValues{})
+	if hash(ChartValues{ExcludeNamespaces: []string{"kube-system"}}) == base {
 		t.Error("changing the excluded namespaces kept the hash: the agents would not roll")
 	}
-	if hash(Settings{Set: []string{"pluginLogLevel=debug"}}) == base {
+	if hash(ChartValues{Set: []string{"pluginLogLevel=debug"}}) == base {
 		t.Error("changing a plug-in setting kept the hash")
 	}
-	if hash(Settings{Image: "example.test/agent:v2"}) != base {
+	if hash(ChartValues{Image: "example.test/agent:v2"}) != base {
 		t.Error("the image changed the settings hash")
 	}
 }
@@ -231,7 +232,7 @@ func TestExcludedNamespaces(t *testing.T) {
 		{[]string{"a", "meshcni-system", "b", "a"}, "a,b,meshcni-system"},
 	} {
 		var cm *corev1.ConfigMap
-		for _, o := range decodeAll(t, render(t, Settings{ExcludeNamespaces: tc.in})) {
+		for _, o := range decodeAll(t, render(t, ChartValues{ExcludeNamespaces: tc.in})) {
 			if c, ok := o.(*corev1.ConfigMap); ok {
 				cm = c
 			}
@@ -246,7 +247,7 @@ func TestExcludedNamespaces(t *testing.T) {
 // what it uses.
 func TestRBACIsLeast(t *testing.T) {
 	roles := map[string][]rbacv1.PolicyRule{}
-	for _, o := range decodeAll(t, render(t, Settings{})) {
+	for _, o := range decodeAll(t, render(t, ChartValues{})) {
 		if r, ok := o.(*rbacv1.ClusterRole); ok {
 			roles[r.Name] = r.Rules
 		}
@@ -265,13 +266,13 @@ func TestRBACIsLeast(t *testing.T) {
 
 func TestRenderErrorsSayWhatToDo(t *testing.T) {
 	for _, tc := range []struct {
-		s    Settings
+		s    ChartValues
 		want string
 	}{
-		{Settings{Set: []string{"platform=nope"}}, "/platform"},
-		{Settings{Set: []string{"oops"}}, "use key=value"},
-		{Settings{Image: "repo@sha256:abc"}, "@sha256: and 64 hex digits"},
-		{Settings{Set: []string{"excludeNamespaces={Bad_NS}"}}, "excludeNamespaces"},
+		{ChartValues{Set: []string{"platform=nope"}}, "/platform"},
+		{ChartValues{Set: []string{"oops"}}, "use key=value"},
+		{ChartValues{Image: "repo@sha256:abc"}, "@sha256: and 64 hex digits"},
+		{ChartValues{Set: []string{"excludeNamespaces={Bad_NS}"}}, "excludeNamespaces"},
 	} {
 		v, err := tc.s.Values()
 		if err == nil {
@@ -281,16 +282,13 @@ func TestRenderErrorsSayWhatToDo(t *testing.T) {
 			t.Errorf("%+v: error %v, want it to mention %q", tc.s, err, tc.want)
 		}
 	}
-	if err := (&EnableOptions{Settings: Settings{Platform: "eks"}}).Validate(); err == nil || !strings.Contains(err.Error(), "default, gke, k3s, openshift") {
-		t.Errorf("--platform eks: %v", err)
-	}
 }
 
 // The chart takes every backend the agent and the plug-in take (the
 // schema once refused nftables), and nothing else.
 func TestChartTakesEveryBackend(t *testing.T) {
 	for _, b := range []netfilter.Backend{netfilter.Auto, "auto", netfilter.Legacy, netfilter.NFT, netfilter.Nftables} {
-		objs := decodeAll(t, render(t, Settings{Set: []string{"iptablesBackend=" + string(b)}}))
+		objs := decodeAll(t, render(t, ChartValues{Set: []string{"iptablesBackend=" + string(b)}}))
 		var got string
 		for _, o := range objs {
 			if cm, ok := o.(*corev1.ConfigMap); ok {
@@ -306,7 +304,7 @@ func TestChartTakesEveryBackend(t *testing.T) {
 			t.Errorf("the agent refuses the chart's iptablesBackend %q: %v", got, err)
 		}
 	}
-	v, err := (&Settings{Set: []string{"iptablesBackend=ebpf"}}).Values()
+	v, err := (&ChartValues{Set: []string{"iptablesBackend=ebpf"}}).Values()
 	if err == nil {
 		_, err = Render(v)
 	}
@@ -323,7 +321,7 @@ func TestChartLints(t *testing.T) {
 	}
 	for _, nodeSide := range []bool{false, true} { // the Helm release; the controller's render
 		for _, platform := range Platforms {
-			res := lint.AllWithKubeVersion("../../charts/meshcni", map[string]any{"platform": platform, "nodeSide": nodeSide}, DefaultNamespace, kv)
+			res := lint.AllWithKubeVersion("../../../charts/meshcni", map[string]any{"platform": platform, "nodeSide": nodeSide}, DefaultNamespace, kv)
 			for _, msg := range res.Messages {
 				if msg.Severity >= support.WarningSev {
 					t.Errorf("nodeSide %v, platform %s: lint: %s", nodeSide, platform, msg)
@@ -338,7 +336,7 @@ func TestChartLints(t *testing.T) {
 // The DaemonSet speaks the agent's language: every arg is one of its flags
 // and every ConfigMap key one of its environment variables.
 func TestDaemonSetMatchesAgentFlags(t *testing.T) {
-	objs := decodeAll(t, render(t, Settings{}))
+	objs := decodeAll(t, render(t, ChartValues{}))
 	ds := daemonSet(t, objs)
 	cmd := agent.NewCommand(io.Discard)
 	if err := cmd.Flags().Parse(ds.Spec.Template.Spec.Containers[0].Args); err != nil {

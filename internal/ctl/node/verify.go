@@ -1,4 +1,4 @@
-package ctl
+package node
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/ctl/cmdutil"
 	"github.com/meshcni/meshcni/internal/initcmd"
 	"github.com/meshcni/meshcni/internal/install"
 	"github.com/meshcni/meshcni/internal/netconf"
@@ -41,7 +42,7 @@ type VerifyOptions struct {
 
 	procRoot  string
 	netnsDirs []string
-	c         *clients
+	c         *cmdutil.Clients
 }
 
 // NewVerifyOptions returns options writing to streams.
@@ -88,7 +89,7 @@ func (o *VerifyOptions) Complete(args []string) error {
 	if o.Namespace, _, err = o.configFlags.ToRawKubeConfigLoader().Namespace(); err != nil {
 		return fmt.Errorf("namespace: %w (pass -n)", err)
 	}
-	o.c, err = newClients(o.configFlags, false)
+	o.c, err = cmdutil.NewClients(o.configFlags, false)
 	return err
 }
 
@@ -115,7 +116,7 @@ var ErrVerifyMismatch = errors.New("rules do not match the pod")
 // Run finds the netns, prints the NAT table and judges it.
 func (o *VerifyOptions) Run(ctx context.Context) error {
 	name := o.Namespace + "/" + o.Pod
-	pod, err := o.c.kube.CoreV1().Pods(o.Namespace).Get(ctx, o.Pod, metav1.GetOptions{})
+	pod, err := o.c.Kube.CoreV1().Pods(o.Namespace).Get(ctx, o.Pod, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return fmt.Errorf("pod %s not found: check the name and -n (kubectl -n %s get pods)", name, o.Namespace)
 	} else if err != nil {
@@ -211,20 +212,22 @@ func (o *VerifyOptions) Run(ctx context.Context) error {
 	if !verdict.Capture {
 		reason := verdict.Reason
 		fmt.Fprintf(o.Out, "Expect:  not captured (%s)\n", reason)
+		// istio-init programs the pod's rules from inside it, as ISTIO_*
+		// iptables rules or, when it runs meshcni-iptables on nftables,
+		// as meshcni's tables: they are expected, and not meshcni's to
+		// judge. So it is asked first.
+		istio := nftProgrammed || slices.ContainsFunc(saves, func(s string) bool { return strings.Contains(s, "ISTIO_") })
+		if by := verdict.ProgrammedBy; by != "" {
+			if !istio {
+				return fmt.Errorf("pod %s: %w: its %s init container programs its rules, yet its netns holds no ISTIO_* rules and no meshcni tables (above); see that container's log (kubectl -n %s logs %s -c %s)",
+					name, ErrVerifyMismatch, by, pod.Namespace, pod.Name, by)
+			}
+			fmt.Fprintf(o.Out, "Result:  OK: the rules (above) are %s's, which programs them from inside the pod; meshcni neither owns nor checks them.\n", by)
+			return nil
+		}
 		if nftProgrammed {
 			return fmt.Errorf("pod %s: %w: meshcni does not capture it (%s), yet its netns holds meshcni's nftables tables (above): the pod was created before the exclusion, or they were added by hand; recreate the pod (kubectl -n %s delete pod %s)",
 				name, ErrVerifyMismatch, reason, pod.Namespace, pod.Name)
-		}
-		istio := slices.ContainsFunc(saves, func(s string) bool { return strings.Contains(s, "ISTIO_") })
-		// istio-init programs the pod's rules from inside it: its rules
-		// are expected, and they are not meshcni's to judge.
-		if by := verdict.ProgrammedBy; by != "" {
-			if !istio {
-				return fmt.Errorf("pod %s: %w: its %s init container programs its rules, yet its netns holds no ISTIO_* rules (above); see that container's log (kubectl -n %s logs %s -c %s)",
-					name, ErrVerifyMismatch, by, pod.Namespace, pod.Name, by)
-			}
-			fmt.Fprintf(o.Out, "Result:  OK: the ISTIO_* rules (above) are %s's, which programs them from inside the pod; meshcni neither owns nor checks them.\n", by)
-			return nil
 		}
 		if istio {
 			return fmt.Errorf("pod %s: %w: meshcni does not capture it (%s), yet its netns holds ISTIO_* rules (above): something else programmed them, or the pod was created before the exclusion; recreate the pod (kubectl -n %s delete pod %s)",

@@ -1,4 +1,4 @@
-package ctl
+package cluster
 
 import (
 	"fmt"
@@ -126,8 +126,8 @@ func TestRBACIsExactlyMinimal(t *testing.T) {
 			// The node side (what the controller and enable apply) and the
 			// controller's own release (the controller, which serves the
 			// webhook, and the node-bound policy).
-			objects := decodeAll(t, render(t, Settings{Platform: platform}))
-			objects = append(objects, decodeAll(t, render(t, Settings{Platform: platform, Set: []string{"nodeSide=false"}}))...)
+			objects := decodeAll(t, render(t, ChartValues{Platform: platform}))
+			objects = append(objects, decodeAll(t, render(t, ChartValues{Platform: platform, Set: []string{"nodeSide=false"}}))...)
 			for _, o := range objects {
 				switch r := o.(type) {
 				case *rbacv1.ClusterRole:
