@@ -51,6 +51,9 @@ type Options struct {
 	Repo string
 	// Progress gets one line per step; nil: discarded.
 	Progress io.Writer
+	// NodeHeartbeat is how often, on average, kwok updates each node's
+	// status as a kubelet would; 0: 5 minutes (the kubelet's default).
+	NodeHeartbeat time.Duration
 }
 
 // Env is one running environment. Everything it starts is a process it
@@ -101,6 +104,9 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 			e.Stop()
 		}
 	}()
+	if err := LoadIstioTemplate(opts.Repo); err != nil {
+		return e, err
+	}
 	cacheBin := filepath.Join(cacheDir(), "bin")
 	for _, name := range []string{"kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok"} {
 		p := filepath.Join(cacheBin, name)
@@ -247,7 +253,11 @@ func (e *Env) startKube() error {
 		return err
 	}
 	stages := filepath.Join(e.Dir, "kwok.yaml")
-	if err := os.WriteFile(stages, []byte(kwokStages), 0o644); err != nil {
+	hb := e.opts.NodeHeartbeat
+	if hb == 0 {
+		hb = 5 * time.Minute
+	}
+	if err := os.WriteFile(stages, []byte(kwokStages+kwokHeartbeat(hb)), 0o644); err != nil {
 		return err
 	}
 	e.kwok, err = e.start("kwok", e.bin["kwok"],
@@ -276,6 +286,10 @@ func (e *Env) install(ctx context.Context) error {
 	}
 	m, err := chart.Render(nil, Namespace, "meshcni")
 	if err != nil {
+		return err
+	}
+	// helm install --create-namespace: the chart does not render it.
+	if err := EnsureNamespace(ctx, e.Client, Namespace); err != nil {
 		return err
 	}
 	objs := append([]*unstructured.Unstructured{crd}, m.Objects...)

@@ -61,6 +61,17 @@ type APIWindow struct {
 	Watches  map[string]float64 // resource → open watches at the end
 }
 
+// Verb is how many requests of verb the window saw.
+func (w APIWindow) Verb(verb string) float64 {
+	n := 0.0
+	for k, v := range w.Requests {
+		if strings.HasPrefix(k, verb+" ") {
+			n += v
+		}
+	}
+	return n
+}
+
 // Report is everything a run measured.
 type Report struct {
 	Config  Config

@@ -1,5 +1,10 @@
 package scale
 
+import (
+	"fmt"
+	"time"
+)
+
 // kwokAnnotation marks the nodes kwok plays (kwok's own convention).
 const kwokAnnotation = "kwok.x-k8s.io/node"
 
@@ -7,10 +12,9 @@ const kwokAnnotation = "kwok.x-k8s.io/node"
 // what the measurements need. A node becomes Ready with room for any pod;
 // a bound pod becomes Running and Ready at once (DaemonSet availability
 // and rollout.Assess read the Ready condition); a deleted pod is removed
-// (the kubelet's graceful termination, at once). No node heartbeat: with
-// no node-lifecycle controller nothing would read it, and the API load it
-// would add is the kubelet's, not meshcni's (docs/performance.md says what
-// a real node adds).
+// (the kubelet's graceful termination, at once). kwokHeartbeat adds the
+// kubelet's node status updates. No node Lease: nothing here reads it, and
+// its load is the kubelet's, not meshcni's.
 const kwokStages = `apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:
@@ -103,3 +107,41 @@ spec:
       empty: true
     delete: true
 `
+
+// kwokHeartbeat is a Stage that updates each Ready node's status every
+// period on average (uniformly between half and one and a half of it), as
+// a kubelet does (every 5 minutes by default, nodeStatusReportFrequency,
+// when nothing changed): what every watcher of Nodes sees at steady state.
+func kwokHeartbeat(period time.Duration) string {
+	return fmt.Sprintf(`---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: node-heartbeat
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Node
+  selector:
+    matchExpressions:
+    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
+      operator: 'In'
+      values: ['True']
+  delay:
+    durationMilliseconds: %d
+    jitterDurationMilliseconds: %d
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      {{ range .status.conditions }}
+      - lastHeartbeatTime: {{ $now | Quote }}
+        lastTransitionTime: {{ .lastTransitionTime | Quote }}
+        message: {{ .message | Quote }}
+        reason: {{ .reason | Quote }}
+        status: {{ .status | Quote }}
+        type: {{ .type | Quote }}
+      {{ end }}
+  immediateNextStage: true
+`, period.Milliseconds()/2, period.Milliseconds()*3/2)
+}
