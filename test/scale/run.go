@@ -44,7 +44,12 @@ type Config struct {
 
 // WebhookRow is one create rate.
 type WebhookRow struct {
-	Rate                   int
+	Rate int
+	// Direct is the webhook alone: reviews sent straight to it at the
+	// rate, before the creates.
+	Direct                 DirectResult
+	P50Direct, P99Direct   time.Duration
+	DirectCPU              float64 // cores, webhook, during Direct
 	With, Without          LoadResult
 	P50With, P99With       time.Duration
 	P50Without, P99Without time.Duration
@@ -90,6 +95,7 @@ type Report struct {
 	DownP50        time.Duration
 	DownP99        time.Duration
 	PodsCreated    int
+	FillFailed     int
 	PodsRunning    int
 	FillTime       time.Duration
 	ControllerIdle float64 // cores, steady state
@@ -298,9 +304,7 @@ func Run(ctx context.Context, e *Env, cfg Config) (r *Report, err error) {
 		t0 = time.Now()
 		res := CreatePods(ctx, e.Client, AppNamespace, "fill", rest, cfg.FillRate, cfg.Nodes)
 		r.PodsCreated += res.Created
-		if res.Err != nil {
-			return r, fmt.Errorf("fill: %d failed: %w", res.Failed, res.Err)
-		}
+		r.FillFailed = res.Failed
 		r.FillTime = time.Since(t0)
 	}
 	e.logf("waiting for kwok to run the %d pods", r.PodsCreated)
@@ -372,9 +376,6 @@ func Run(ctx context.Context, e *Env, cfg Config) (r *Report, err error) {
 	}
 	r.Down = CreatePods(ctx, e.Client, AppNamespace, "down", cfg.DownPods, 50, cfg.Nodes)
 	r.DownP50, r.DownP99 = Quantile(r.Down.Latency, 0.5), Quantile(r.Down.Latency, 0.99)
-	if r.Down.Err != nil {
-		return r, fmt.Errorf("webhook down: %d of %d creates failed: %w", r.Down.Failed, cfg.DownPods, r.Down.Err)
-	}
 	if dead := e.Exited(); len(dead) > 0 {
 		return r, fmt.Errorf("died during the run: %s", strings.Join(dead, "; "))
 	}
@@ -393,10 +394,19 @@ func (e *Env) webhookAtRate(ctx context.Context, cfg Config, rate int, created *
 	if err != nil {
 		return row, err
 	}
+	d0, err := ReadProc(e.WebhookPID())
+	if err != nil {
+		return row, err
+	}
+	if row.Direct, err = e.CallWebhook(ctx, n, rate); err != nil {
+		return row, err
+	}
+	row.P50Direct, row.P99Direct = Quantile(row.Direct.Latency, 0.5), Quantile(row.Direct.Latency, 0.99)
 	w0, err := ReadProc(e.WebhookPID())
 	if err != nil {
 		return row, err
 	}
+	row.DirectCPU = CPUShare(d0, w0)
 	row.With = CreatePods(ctx, e.Client, AppNamespace, fmt.Sprintf("w%d", rate), n, rate, cfg.Nodes)
 	w1, err := ReadProc(e.WebhookPID())
 	if err != nil {
@@ -409,10 +419,9 @@ func (e *Env) webhookAtRate(ctx context.Context, cfg Config, rate int, created *
 	}
 	d := BucketDelta(Buckets(before, hist, match), Buckets(after, hist, match))
 	row.AdmitP50, row.AdmitP99 = BucketBound(d, 0.5), BucketBound(d, 0.99)
+	// A create that fails (the API server's own timeout on a starved
+	// machine) is a finding, counted in the row, not the end of the run.
 	*created += row.With.Created
-	if row.With.Err != nil {
-		return row, fmt.Errorf("%d/s with the webhook: %d failed: %w", rate, row.With.Failed, row.With.Err)
-	}
 	if err := e.RemoveWebhookConfiguration(ctx); err != nil {
 		return row, err
 	}
@@ -420,9 +429,6 @@ func (e *Env) webhookAtRate(ctx context.Context, cfg Config, rate int, created *
 	*created += row.Without.Created
 	if err := e.RestoreWebhookConfiguration(ctx); err != nil {
 		return row, err
-	}
-	if row.Without.Err != nil {
-		return row, fmt.Errorf("%d/s without the webhook: %d failed: %w", rate, row.Without.Failed, row.Without.Err)
 	}
 	row.P50With, row.P99With = Quantile(row.With.Latency, 0.5), Quantile(row.With.Latency, 0.99)
 	row.P50Without, row.P99Without = Quantile(row.Without.Latency, 0.5), Quantile(row.Without.Latency, 0.99)
@@ -435,12 +441,13 @@ func (r *Report) Markdown() string {
 	c := r.Config
 	fmt.Fprintf(&b, "%d kwok nodes, %d app pods (%d Ready); load average %s; started %s\n\n",
 		c.Nodes, r.PodsCreated, r.PodsRunning, r.Load, r.Started.UTC().Format(time.RFC3339))
-	b.WriteString("| webhook: creates/s asked (sent) | pods | create p50 / p99 with webhook | without | added p50 / p99 | API server's call to the webhook p50 / p99 (bucket bound) | webhook CPU |\n")
-	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	b.WriteString("| rate/s | webhook alone p50 / p99 (reviews, patched/sent) | its CPU | pod create p50 / p99 with the webhook (created, converted, failed) | without it (created, failed) | added p50 / p99 | API server's call p50 / p99 (bucket bound) | webhook CPU during creates |\n")
+	b.WriteString("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, w := range r.Webhook {
-		fmt.Fprintf(&b, "| %d (%.0f) | %d+%d, %d converted | %s / %s | %s / %s | %s / %s | ≤ %s / ≤ %s | %.2f cores |\n",
-			w.Rate, w.With.Achieved, w.With.Created, w.Without.Created, w.With.Converted,
-			ms(w.P50With), ms(w.P99With), ms(w.P50Without), ms(w.P99Without),
+		fmt.Fprintf(&b, "| %d | %s / %s (%d/%d) | %.3f cores | %s / %s (%d, %d, %d) | %s / %s (%d, %d) | %s / %s | ≤ %s / ≤ %s | %.3f cores |\n",
+			w.Rate, ms(w.P50Direct), ms(w.P99Direct), w.Direct.Patched, w.Direct.Sent, w.DirectCPU,
+			ms(w.P50With), ms(w.P99With), w.With.Created, w.With.Converted, w.With.Failed,
+			ms(w.P50Without), ms(w.P99Without), w.Without.Created, w.Without.Failed,
 			msSigned(w.P50With-w.P50Without), msSigned(w.P99With-w.P99Without),
 			bound(w.AdmitP50), bound(w.AdmitP99), w.WebhookCPU)
 	}
@@ -449,7 +456,7 @@ func (r *Report) Markdown() string {
 		fmt.Fprintf(&b, "| %s | "+format+" |\n", append([]any{k}, args...)...)
 	}
 	row("webhook memory (VmRSS / VmHWM)", "%s / %s", mib(r.WebhookRSS), mib(r.WebhookHWM))
-	row("webhook down: pods created / kept istio-init", "%d of %d / %d", r.Down.Created, c.DownPods, r.Down.Created-r.Down.Converted)
+	row("webhook down: pods created / kept istio-init / failed", "%d of %d / %d / %d", r.Down.Created, c.DownPods, r.Down.Created-r.Down.Converted, r.Down.Failed)
 	row("webhook down: create p50 / p99", "%s / %s", ms(r.DownP50), ms(r.DownP99))
 	row("nodes registered → Ready (kwok)", "%s", secs(r.NodesReady))
 	row("MeshCNI created → every agent Ready", "%s", secs(r.AgentsReady))
@@ -459,7 +466,7 @@ func (r *Report) Markdown() string {
 	row("controller VmRSS / VmHWM (after the rollout)", "%s / %s", mib(r.ControllerRSS), mib(r.ControllerHWM))
 	row("controller CPU, steady / during the rollout", "%.3f / %.3f cores", r.ControllerIdle, r.ControllerRoll)
 	if r.FillTime > 0 {
-		row("app pods created at the fill rate", "%d/s asked, %s", c.FillRate, secs(r.FillTime))
+		row("app pods created at the fill rate", "%d/s asked, %s, %d failed", c.FillRate, secs(r.FillTime), r.FillFailed)
 	}
 	for _, w := range []struct {
 		name string

@@ -23,6 +23,7 @@ var (
 	steadyFlag  = flag.Duration("scale.steady", 30*time.Second, "steady-state window")
 	timeoutFlag = flag.Duration("scale.timeout", 30*time.Minute, "bound on each wait")
 	outFlag     = flag.String("scale.out", "", "also write the table to this file")
+	hbFlag      = flag.Duration("scale.heartbeat", 5*time.Minute, "each node's status update period (the kubelet's nodeStatusReportFrequency)")
 )
 
 // TestScale is `make scale`: the whole measurement at full size, printed
@@ -43,7 +44,7 @@ func TestScale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := Start(ctx, Options{Repo: repo, Progress: os.Stderr})
+	e, err := Start(ctx, Options{Repo: repo, Progress: os.Stderr, NodeHeartbeat: *hbFlag})
 	if err != nil {
 		t.Fatal(err)
 	}

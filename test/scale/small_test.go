@@ -53,6 +53,9 @@ func TestSmallScale(t *testing.T) {
 	}
 	for _, w := range r.Webhook {
 		n := int(float64(w.Rate) * cfg.RateDuration.Seconds())
+		if w.Direct.Sent != n || w.Direct.Patched != n || w.Direct.Failed != 0 {
+			t.Errorf("%d/s straight to the webhook: %d sent, %d patched, %d failed (%v); want %d patched", w.Rate, w.Direct.Sent, w.Direct.Patched, w.Direct.Failed, w.Direct.Err, n)
+		}
 		// Every create succeeds; one the webhook does not answer within
 		// its timeout (a starved machine) fails open, unconverted.
 		if w.With.Created != n || w.With.Converted == 0 {
