@@ -3,7 +3,7 @@ GO ?= go
 PKGS := ./...
 GOBIN := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build test unit lint deps demo fuzz clean
+.PHONY: all build test unit lint deps demo fuzz clean scale
 
 all: build
 
@@ -102,3 +102,13 @@ cluster-deps: deps
 e2e-cluster: cluster-deps image
 	$(GO) vet -tags cluster ./test/cluster/...
 	$(GO) test -count=1 -tags cluster ./test/cluster/ -v -timeout 20m
+
+# The scale harness (test/scale, docs/performance.md "Scale"): 2,000 kwok
+# nodes and 60,000 pods on the real API server, kube-controller-manager and
+# kube-scheduler, with meshcni-controller and meshcni-webhook as their real
+# binaries; prints the table at the end. Root; about an hour on 2 cores.
+# SCALE_FLAGS sizes it, e.g. "-scale.nodes=250 -scale.pods=7500" (`go test
+# -tags scale ./test/scale -args -h` lists them). Not part of `make test`,
+# which runs its small run (TestSmallScale, 20 nodes, tag integration).
+scale: cluster-deps
+	$(GO) test -count=1 -tags scale ./test/scale/ -run '^TestScale$$' -v -timeout 6h -args $(SCALE_FLAGS)

@@ -27,3 +27,7 @@ fi
 if [ -x hack/build-kube.sh ]; then
 	hack/build-kube.sh
 fi
+# kwok's simulated nodes for the scale harness (test/scale), likewise.
+if [ -x hack/build-kwok.sh ]; then
+	hack/build-kwok.sh
+fi

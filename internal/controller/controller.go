@@ -133,11 +133,21 @@ func New(cfg *rest.Config, opts Options) (*Controller, error) {
 		c.nsInf.Apps().V1().DaemonSets().Informer(),
 		c.nsInf.Core().V1().ConfigMaps().Informer(),
 		c.nsInf.Core().V1().Pods().Informer(),
-		c.nodeInf.Core().V1().Nodes().Informer(),
 	} {
 		if _, err := inf.AddEventHandler(enqueue); err != nil {
 			return nil, err
 		}
+	}
+	// Not every kubelet heartbeat: only a Node update that can change a
+	// reconcile (nodeMatters).
+	nodeEvents := enqueue
+	nodeEvents.UpdateFunc = func(old, cur any) {
+		if nodeMatters(old, cur) {
+			c.queue.Add(v1alpha1.Name)
+		}
+	}
+	if _, err := c.nodeInf.Core().V1().Nodes().Informer().AddEventHandler(nodeEvents); err != nil {
+		return nil, err
 	}
 
 	scheme := runtime.NewScheme()
