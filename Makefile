@@ -105,8 +105,8 @@ e2e-cluster: cluster-deps image
 
 # The scale harness (test/scale, docs/performance.md "Scale"): 2,000 kwok
 # nodes and 60,000 pods on the real API server, kube-controller-manager and
-# kube-scheduler, with meshcni-controller and meshcni-webhook as their real
-# binaries; prints the table at the end. Root; about an hour on 2 cores.
+# kube-scheduler, with meshcni-controller's two replicas as real processes
+# (the leader reconciles, the standby serves the webhook); prints the table at the end. Root; about an hour on 2 cores.
 # SCALE_FLAGS sizes it, e.g. "-scale.nodes=250 -scale.pods=7500" (`go test
 # -tags scale ./test/scale -args -h` lists them). Not part of `make test`,
 # which runs its small run (TestSmallScale, 20 nodes, tag integration).

@@ -32,6 +32,7 @@ import (
 	"github.com/meshcni/meshcni/api/v1alpha1"
 	"github.com/meshcni/meshcni/charts"
 	"github.com/meshcni/meshcni/internal/chart"
+	"github.com/meshcni/meshcni/internal/controller"
 	"github.com/meshcni/meshcni/test/daemon"
 	"github.com/meshcni/meshcni/test/kubeharness"
 )
@@ -40,10 +41,10 @@ import (
 // the node side's.
 const Namespace = chart.DefaultNamespace
 
-// webhookHost is the name in the webhook's certificate (its --service and
-// --namespace), which the API server resolves to 127.0.0.1 in its own
-// mount namespace (see apiserverWrapper).
-const webhookHost = "meshcni-webhook." + Namespace + ".svc"
+// webhookHost is the name in the webhook's certificate (the controller's
+// --service and --namespace), which the API server resolves to 127.0.0.1
+// in its own mount namespace (see apiserverWrapper).
+const webhookHost = "meshcni-controller." + Namespace + ".svc"
 
 // Options size the environment.
 type Options struct {
@@ -115,7 +116,7 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 		}
 		e.bin[name] = p
 	}
-	e.logf("building meshcni-controller and meshcni-webhook")
+	e.logf("building meshcni-controller")
 	if err := e.build(ctx); err != nil {
 		return e, err
 	}
@@ -163,18 +164,17 @@ func cacheDir() string {
 	return kubeharness.DefaultCacheDir
 }
 
-// build compiles the two meshcni binaries from the tree, with go's
+// build compiles meshcni-controller from the tree, with go's
 // defaults, so that the build cache of the suite's own compiles serves
 // them.
 func (e *Env) build(ctx context.Context) error {
 	out := filepath.Join(e.Dir, "bin")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out+"/", "./cmd/meshcni-controller", "./cmd/meshcni-webhook")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out+"/", "./cmd/meshcni-controller")
 	cmd.Dir = e.opts.Repo
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build: %w\n%s", err, b)
 	}
 	e.bin["meshcni-controller"] = filepath.Join(out, "meshcni-controller")
-	e.bin["meshcni-webhook"] = filepath.Join(out, "meshcni-webhook")
 	return nil
 }
 
@@ -363,42 +363,70 @@ func (e *Env) serviceAccountKubeconfig(ctx context.Context, name string) (string
 	return path, e.Cluster.WriteTokenKubeconfig(path, token)
 }
 
-// StartController runs meshcni-controller as the chart's Deployment does
-// (one replica, no leader election: there is no second one to stand by).
+// StartController runs the chart's first meshcni-controller replica, the
+// one that takes the lease and reconciles (and keeps the certificate). It
+// serves no webhook here, so that the webhook's figures and its "down"
+// step are those of the second replica alone (StartWebhook).
 func (e *Env) StartController(ctx context.Context) error {
 	kc, err := e.serviceAccountKubeconfig(ctx, "meshcni-controller")
 	if err != nil {
 		return err
 	}
-	e.logf("starting meshcni-controller")
+	e.logf("starting meshcni-controller (leader)")
 	e.controller, err = e.start("meshcni-controller", e.bin["meshcni-controller"],
 		"--kubeconfig="+kc, "--namespace="+Namespace, "--agent-image=ghcr.io/meshcni/meshcni-agent:0.1.0",
-		"--health-addr=", "--leader-elect=false", "--log-level=info")
-	return err
-}
-
-// WebhookArgv is how the webhook runs: its binary and the chart's flags,
-// on the port the webhook configuration calls. It is the one place to
-// change when the webhook moves into meshcni-controller.
-func (e *Env) WebhookArgv(kubeconfig string) []string {
-	return []string{e.bin["meshcni-webhook"],
-		"--kubeconfig=" + kubeconfig, "--namespace=" + Namespace,
-		"--listen=127.0.0.1:" + strconv.Itoa(e.webhookPort),
-		"--service=meshcni-webhook", "--secret=meshcni-webhook-tls", "--webhook-configuration=meshcni-webhook",
-		"--log-level=info"}
-}
-
-// StartWebhook runs the webhook and waits until the API server calls it:
-// a dry-run create of an Istio-injected pod comes back converted.
-func (e *Env) StartWebhook(ctx context.Context) error {
-	kc, err := e.serviceAccountKubeconfig(ctx, "meshcni-webhook")
+		"--health-addr=", "--webhook-addr=", "--console-addr=", "--leader-elect=true", "--log-level=info")
 	if err != nil {
 		return err
 	}
-	e.logf("starting meshcni-webhook")
-	if e.webhook, err = e.start("meshcni-webhook", e.WebhookArgv(kc)...); err != nil {
+	return e.waitLeader(ctx)
+}
+
+// waitLeader waits until a replica holds the controller's Lease, so that
+// the second replica (the webhook) starts as a standby.
+func (e *Env) waitLeader(ctx context.Context) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		l, err := e.Client.CoordinationV1().Leases(Namespace).Get(ctx, controller.LeaseName, metav1.GetOptions{})
+		if err == nil && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" {
+			return nil
+		}
+		if e.controller.Exited() {
+			return fmt.Errorf("meshcni-controller exited: %s", e.controller.Tail(20))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no meshcni-controller holds the lease %s (last: %v)", controller.LeaseName, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// WebhookArgv is how the webhook runs: the chart's second
+// meshcni-controller replica, a standby while the first leads, which
+// serves the webhook on the port the webhook configuration calls.
+func (e *Env) WebhookArgv(kubeconfig string) []string {
+	return []string{e.bin["meshcni-controller"],
+		"--kubeconfig=" + kubeconfig, "--namespace=" + Namespace, "--agent-image=ghcr.io/meshcni/meshcni-agent:0.1.0",
+		"--webhook-addr=127.0.0.1:" + strconv.Itoa(e.webhookPort), "--console-addr=", "--health-addr=",
+		"--leader-elect=true", "--log-level=info"}
+}
+
+// StartWebhook runs the webhook (the standby replica).
+func (e *Env) StartWebhook(ctx context.Context) error {
+	kc, err := e.serviceAccountKubeconfig(ctx, "meshcni-controller")
+	if err != nil {
 		return err
 	}
+	e.logf("starting meshcni-controller (standby, the webhook)")
+	e.webhook, err = e.start("meshcni-controller-standby", e.WebhookArgv(kc)...)
+	return err
+}
+
+// WaitWebhook waits until the API server calls the webhook: a dry-run
+// create of an Istio-injected pod comes back converted. The webhook
+// converts only while the MeshCNI resource is enabled, so this follows
+// Enable.
+func (e *Env) WaitWebhook(ctx context.Context) error {
 	if err := EnsureNamespace(ctx, e.Client, AppNamespace); err != nil {
 		return err
 	}
@@ -410,13 +438,14 @@ func (e *Env) StartWebhook(ctx context.Context) error {
 			break
 		}
 		if e.webhook.Exited() {
-			return fmt.Errorf("meshcni-webhook exited: %s", e.webhook.Tail(20))
+			return fmt.Errorf("meshcni-controller (standby, the webhook) exited: %s", e.webhook.Tail(20))
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the API server does not call meshcni-webhook (last: %v)", err)
+			return fmt.Errorf("the API server does not call the webhook (last: %v)", err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	var err error
 	e.mwc, err = e.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "meshcni-webhook", metav1.GetOptions{})
 	return err
 }

@@ -287,6 +287,9 @@ func Run(ctx context.Context, e *Env, cfg Config) (r *Report, err error) {
 		return r, err
 	}
 	r.ReadyToPhase = running.Sub(lastReady)
+	if err := e.WaitWebhook(ctx); err != nil {
+		return r, err
+	}
 
 	for _, rate := range cfg.Rates {
 		row, err := e.webhookAtRate(ctx, cfg, rate, &r.PodsCreated)
