@@ -25,13 +25,16 @@ type Info struct {
 
 // Read returns this binary's Info.
 func Read() Info {
-	bi, ok := debug.ReadBuildInfo()
-	return from(bi, ok)
+	return From(debug.ReadBuildInfo())
 }
 
-func from(bi *debug.BuildInfo, ok bool) Info {
+// From is the Info that bi says (ok: bi was there), with Version first.
+func From(bi *debug.BuildInfo, ok bool) Info {
 	in := Info{Version: Version, Revision: "unknown", GoVersion: runtime.Version()}
 	if ok {
+		if bi.GoVersion != "" {
+			in.GoVersion = bi.GoVersion
+		}
 		if in.Version == "" {
 			in.Version = bi.Main.Version
 		}

@@ -23,7 +23,7 @@ func TestFrom(t *testing.T) {
 		{"no vcs", &debug.BuildInfo{Main: debug.Module{Version: "v0.2.0"}}, true, "v0.2.0", "unknown"},
 	}
 	for _, tc := range cases {
-		in := from(tc.bi, tc.ok)
+		in := From(tc.bi, tc.ok)
 		if in.Version != tc.version || in.Revision != tc.revision || !strings.HasPrefix(in.GoVersion, "go") {
 			t.Errorf("%s: %+v; want version %s revision %s", tc.name, in, tc.version, tc.revision)
 		}

@@ -17,15 +17,9 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshcni/meshcni/internal/buildinfo"
 	"github.com/meshcni/meshcni/internal/ctl/cmdutil"
 )
-
-// Version is meshcnictl's version, set at link time:
-//
-//	go build -ldflags "-X github.com/meshcni/meshcni/internal/ctl.Version=v0.2.0"
-//
-// Empty means the module version and VCS revision Go recorded in the binary.
-var Version = ""
 
 // ClientVersion is this binary's version.
 type ClientVersion struct {
@@ -53,33 +47,13 @@ type VersionInfo struct {
 	Cluster string `json:"cluster,omitempty"`
 }
 
-// clientVersion reads the version from Version or the build info.
+// clientVersion is this binary's version, as its meshcni_build_info
+// metric says it (internal/buildinfo).
 func clientVersion(info *debug.BuildInfo, ok bool) ClientVersion {
-	v := ClientVersion{Version: Version, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
-	if !ok {
-		if v.Version == "" {
-			v.Version = "unknown"
-		}
-		return v
-	}
-	v.GoVersion = info.GoVersion
-	if v.Version == "" {
-		v.Version = info.Main.Version // "(devel)" for a build in the repository
-	}
-	modified := false
-	for _, s := range info.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			v.GitCommit = s.Value
-		case "vcs.modified":
-			modified = s.Value == "true"
-		}
-	}
-	if modified && v.GitCommit != "" {
-		v.GitCommit += "-dirty"
-	}
-	if v.Version == "" {
-		v.Version = "unknown"
+	in := buildinfo.From(info, ok)
+	v := ClientVersion{Version: in.Version, GitCommit: in.Revision, GoVersion: in.GoVersion, Platform: runtime.GOOS + "/" + runtime.GOARCH}
+	if in.Revision == "unknown" {
+		v.GitCommit = ""
 	}
 	return v
 }

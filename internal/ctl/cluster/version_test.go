@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"github.com/meshcni/meshcni/internal/buildinfo"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -58,12 +60,12 @@ func TestClientVersion(t *testing.T) {
 	if got.Version != "(devel)" || got.GitCommit != "abc123-dirty" || got.GoVersion != "go1.26.8" {
 		t.Errorf("from build info: %+v", got)
 	}
-	defer func(v string) { Version = v }(Version)
-	Version = "v0.2.0"
+	defer func(v string) { buildinfo.Version = v }(buildinfo.Version)
+	buildinfo.Version = "v0.2.0"
 	if got := clientVersion(info, true); got.Version != "v0.2.0" || got.GitCommit != "abc123-dirty" {
-		t.Errorf("with -X ...ctl.Version=v0.2.0: %+v", got)
+		t.Errorf("with -X ...buildinfo.Version=v0.2.0: %+v", got)
 	}
-	Version = ""
+	buildinfo.Version = ""
 	if got := clientVersion(nil, false); got.Version != "unknown" || got.GoVersion == "" || got.Platform == "" {
 		t.Errorf("without build info: %+v", got)
 	}
