@@ -1,8 +1,6 @@
 package cluster
 
 import (
-	"github.com/meshcni/meshcni/internal/buildinfo"
-
 	"bytes"
 	"context"
 	"encoding/json"
@@ -15,6 +13,8 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshcni/meshcni/internal/buildinfo"
 )
 
 func TestImageVersion(t *testing.T) {
