@@ -23,7 +23,13 @@ import (
 // connection to answer; it returns the socket's path.
 func fakeCache(t *testing.T, answer func(c net.Conn)) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "pods.sock")
+	return fakeCacheIn(t, t.TempDir(), answer)
+}
+
+// fakeCacheIn is fakeCache with its socket, pods.sock, in dir.
+func fakeCacheIn(t *testing.T, dir string, answer func(c net.Conn)) string {
+	t.Helper()
+	path := filepath.Join(dir, "pods.sock")
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)

@@ -170,23 +170,7 @@ func TestUntrustedSocketsAreNotTrusted(t *testing.T) {
 		}},
 		{name: "control: the same answer from root", trusted: true, serve: func(t *testing.T, answer string) string {
 			run := dir("control-run", 0o755, 0)
-			l, err := net.Listen("unix", filepath.Join(run, "pods.sock"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = l.Close() })
-			go func() {
-				for {
-					c, err := l.Accept()
-					if err != nil {
-						return
-					}
-					if line, _ := bufio.NewReader(c).ReadString('\n'); line != "" {
-						_, _ = c.Write([]byte(answer + "\n"))
-					}
-					_ = c.Close()
-				}
-			}()
+			fakeCacheIn(t, run, says(answer+"\n"))
 			return run
 		}},
 	} {
