@@ -136,7 +136,9 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 	ops := rec.Patch("", pod.Annotations != nil)
 	// The patch must apply to exactly what the API server sent; if it
 	// does not (it always should), leaving the pod alone is safe.
-	if _, err := inject.ApplyPatch(req.Object.Raw, ops); err != nil {
+	// CheckPatch answers as applying it would, without decoding and
+	// re-encoding the whole pod (a third of a review's CPU).
+	if err := inject.CheckPatch(req.Object.Raw, ops); err != nil {
 		resp.Warnings = []string{"meshcni: pod left unchanged: " + err.Error()}
 		h.log().Error("patch does not apply", "namespace", ns, "name", podName(req, &pod), "err", err)
 		return resp
