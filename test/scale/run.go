@@ -335,6 +335,18 @@ func Run(ctx context.Context, e *Env, cfg Config) (r *Report, err error) {
 	}
 	from := time.Now()
 	time.Sleep(cfg.Steady)
+	// The window holds at least one node heartbeat (kwok's timing is its
+	// own: a 3 s window once saw none), else "no apply at steady state"
+	// would prove nothing; bounded at ten windows.
+	for {
+		if r.Steady, _, err = e.apiWindow(ctx, before, from); err != nil {
+			return r, err
+		}
+		if r.Steady.Requests["PATCH nodes status"] > 0 || time.Since(from) > 10*cfg.Steady {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 	c1, err := ReadProc(e.ControllerPID())
 	if err != nil {
 		return r, err
