@@ -17,6 +17,7 @@ import (
 	"slices"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -254,9 +255,10 @@ func (c *Controller) reconcile(ctx context.Context) (again bool, err error) {
 
 	o := Observed{Generation: mc.Generation, Enabled: mc.Spec.IsEnabled()}
 	if o.Enabled {
-		o.SettingsHash, o.Err = c.install(ctx, mc)
+		var applied *appsv1.DaemonSet
+		o.SettingsHash, applied, o.Err = c.install(ctx, mc)
 		if o.Err == nil {
-			o.Report, o.Err = c.assess()
+			o.Report, o.Err = c.assess(applied)
 		}
 	} else {
 		o.Leftovers, o.Err = c.uninstall(ctx)
@@ -270,16 +272,18 @@ func (c *Controller) reconcile(ctx context.Context) (again bool, err error) {
 }
 
 // install renders the node side from the spec and applies it; it returns
-// the settings hash the agents must run.
-func (c *Controller) install(ctx context.Context, mc *v1alpha1.MeshCNI) (string, error) {
+// the settings hash the agents must run and the DaemonSet as the API
+// server holds it after the apply.
+func (c *Controller) install(ctx context.Context, mc *v1alpha1.MeshCNI) (string, *appsv1.DaemonSet, error) {
 	vals, err := Values(mc.Spec, c.opts.Namespace, c.opts.DefaultImage)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	m, err := chart.Render(vals, c.opts.Namespace, FieldManager)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
+	var applied *appsv1.DaemonSet
 	owner := metav1.OwnerReference{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: v1alpha1.Kind, Name: mc.Name, UID: mc.UID, Controller: ptr(true)}
 	hash := ""
 	for i, obj := range m.Objects {
@@ -294,24 +298,37 @@ func (c *Controller) install(ctx context.Context, mc *v1alpha1.MeshCNI) (string,
 		obj.SetOwnerReferences([]metav1.OwnerReference{owner})
 		rc, err := c.resource(obj)
 		if err != nil {
-			return "", err
+			return "", nil, err
 		}
 		// Force: the controller owns these objects; it takes back a field
 		// someone edited, as it would re-create an object someone deleted.
-		if _, err := rc.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true}); err != nil {
-			return "", fmt.Errorf("apply %s %s: %w", obj.GetKind(), obj.GetName(), err)
+		got, err := rc.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
+		if err != nil {
+			return "", nil, fmt.Errorf("apply %s %s: %w", obj.GetKind(), obj.GetName(), err)
+		}
+		if obj.GetKind() == "DaemonSet" {
+			applied = &appsv1.DaemonSet{}
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(got.Object, applied); err != nil {
+				return "", nil, fmt.Errorf("decode DaemonSet %s: %w", obj.GetName(), err)
+			}
 		}
 	}
-	return hash, nil
+	return hash, applied, nil
 }
 
-// assess judges the rollout from the informers' caches.
-func (c *Controller) assess() (rollout.Report, error) {
+// assess judges the rollout from the informers' caches, and from applied,
+// the DaemonSet the apply just returned, when the cache has not caught up
+// with it: right after a settings or image change the cache still holds
+// the old, fully rolled DaemonSet, and judging that would report Running
+// for the new generation before any agent rolled.
+func (c *Controller) assess(applied *appsv1.DaemonSet) (rollout.Report, error) {
 	ds, err := c.dsList.DaemonSets(c.opts.Namespace).Get(chart.DaemonSetName)
-	if apierrors.IsNotFound(err) {
+	switch {
+	case applied != nil && (err != nil || applied.Generation > ds.Generation):
+		ds, err = applied, nil
+	case apierrors.IsNotFound(err):
 		return rollout.Assess(nil, false, nil, nil), nil
-	}
-	if err != nil {
+	case err != nil:
 		return rollout.Report{}, err
 	}
 	_, err = c.cmList.ConfigMaps(c.opts.Namespace).Get(chart.ConfigMapName)
