@@ -38,7 +38,7 @@ kube_module_dir() {
 		return
 	fi
 	mkdir -p "$dir"
-	echo ">> fetching k8s.io/kubernetes $KUBE_VERSION"
+	echo ">> fetching k8s.io/kubernetes $KUBE_VERSION" >&2
 	local kdir
 	kdir=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" |
 		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
