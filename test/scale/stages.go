@@ -113,6 +113,7 @@ spec:
 // a kubelet does (every 5 minutes by default, nodeStatusReportFrequency,
 // when nothing changed): what every watcher of Nodes sees at steady state.
 func kwokHeartbeat(period time.Duration) string {
+	lo, hi := heartbeatDelay(period)
 	return fmt.Sprintf(`---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
@@ -143,5 +144,21 @@ spec:
         type: {{ .type | Quote }}
       {{ end }}
   immediateNextStage: true
-`, period.Milliseconds()/2, period.Milliseconds()*3/2)
+`, lo.Milliseconds(), hi.Milliseconds())
+}
+
+// heartbeatDelay is the range of a node's wait from one heartbeat to the
+// next: half to one and a half of period, but never under a second. A
+// heartbeat's lastHeartbeatTime has one-second precision, so a heartbeat
+// within the second of the previous one writes the same status: the
+// PATCH changes nothing, the watch sends no event, and kwok, which runs
+// the stage again only on an event, never heartbeats that node again. At
+// a period of 1 s (the small run) about one heartbeat in eight did that,
+// and within half a minute the nodes had all gone quiet, so that the
+// steady-state window saw no heartbeat (TestSmallScale failed in CI).
+func heartbeatDelay(period time.Duration) (lo, hi time.Duration) {
+	lo, hi = period/2, period*3/2
+	lo = max(lo, time.Second)
+	hi = max(hi, lo)
+	return lo, hi
 }
