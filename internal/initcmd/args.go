@@ -45,22 +45,8 @@ func ParseArgs(args []string, lookup func(string) (string, bool)) (Args, error) 
 	for name := range o.source {
 		a.Set[name] = true
 	}
-	// A second parse of the command line alone tells which flags it set
-	// (parse already accepted args, so this cannot fail differently).
-	var cmdline options
-	fs := cmdline.flagSet()
-	if err := fs.Parse(args); err != nil {
-		return Args{}, err
-	}
-	for _, name := range []string{"envoy-port", "inbound-capture-port", "inbound-tunnel-port", "proxy-uid", "proxy-gid",
-		"istio-inbound-interception-mode", "istio-inbound-tproxy-mark", "istio-inbound-tproxy-route-table",
-		"istio-inbound-ports", "istio-local-exclude-ports", "exclude-interfaces", "istio-service-cidr",
-		"istio-service-exclude-cidr", "istio-outbound-ports", "istio-local-outbound-ports-exclude", "kube-virt-interfaces",
-		"dry-run", "redirect-dns", "capture-all-dns", "drop-invalid", "dual-stack", "run-validation", "skip-rule-apply",
-		"iptables-probe-port", "probe-timeout", "network-namespace", "iptables-backend"} {
-		if fs.Changed(name) {
-			a.Set[name] = true
-		}
+	for _, name := range o.cmdline {
+		a.Set[name] = true
 	}
 	return a, nil
 }

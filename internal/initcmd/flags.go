@@ -30,6 +30,8 @@ type options struct {
 	// source says where a flag's value came from when not the command
 	// line ("$ENVOY_PORT"), for error messages.
 	source map[string]string
+	// cmdline names the flags the command line set (ignored ones aside).
+	cmdline []string
 	// warnings are environment values ignored, as istio-iptables does.
 	warnings []string
 }
@@ -119,6 +121,11 @@ func (o *options) parse(args []string, lookup func(string) (string, bool)) error
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q: meshcni-iptables takes only flags", fs.Args())
 	}
+	fs.Visit(func(f *pflag.Flag) {
+		if !isIgnored(f.Name) {
+			o.cmdline = append(o.cmdline, f.Name)
+		}
+	})
 	fs.VisitAll(func(f *pflag.Flag) {
 		if f.Changed || isIgnored(f.Name) {
 			return
