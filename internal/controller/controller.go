@@ -113,8 +113,9 @@ func New(cfg *rest.Config, opts Options) (*Controller, error) {
 		o.FieldSelector = "metadata.name=" + v1alpha1.Name
 	})
 	c.meshInf = c.dynInf.ForResource(v1alpha1.GroupVersionResource).Informer()
-	c.nsInf = informers.NewSharedInformerFactoryWithOptions(c.kube, 0, informers.WithNamespace(opts.Namespace))
-	c.nodeInf = informers.NewSharedInformerFactory(c.kube, 0)
+	c.nsInf = informers.NewSharedInformerFactoryWithOptions(c.kube, 0, informers.WithNamespace(opts.Namespace),
+		informers.WithTransform(noManagedFields))
+	c.nodeInf = informers.NewSharedInformerFactoryWithOptions(c.kube, 0, informers.WithTransform(slimNode))
 	c.dsList = c.nsInf.Apps().V1().DaemonSets().Lister()
 	c.cmList = c.nsInf.Core().V1().ConfigMaps().Lister()
 	c.podList = c.nsInf.Core().V1().Pods().Lister()

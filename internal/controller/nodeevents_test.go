@@ -42,3 +42,48 @@ func TestNodeMatters(t *testing.T) {
 		t.Error("an unexpected object must count")
 	}
 }
+
+// The informer's copy of a Node keeps what the controller reads of it
+// (name, labels, taints) and drops the rest; nodeMatters and the status
+// answer on it as on the whole Node.
+func TestSlimNode(t *testing.T) {
+	full := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "node-1", UID: "u1", ResourceVersion: "7",
+			Labels:        map[string]string{"kubernetes.io/os": "linux"},
+			Annotations:   map[string]string{"node.alpha.kubernetes.io/ttl": "0"},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubelet", Operation: metav1.ManagedFieldsOperationUpdate}},
+		},
+		Spec: corev1.NodeSpec{PodCIDR: "10.0.0.0/24", Taints: []corev1.Taint{{Key: StartupTaint, Effect: corev1.TaintEffectNoSchedule}}},
+		Status: corev1.NodeStatus{
+			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}},
+			Images:     []corev1.ContainerImage{{Names: []string{"registry.k8s.io/pause:3.10"}, SizeBytes: 1}},
+		},
+	}
+	obj, err := slimNode(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slim := obj.(*corev1.Node)
+	if slim.Name != "node-1" || slim.ResourceVersion != "7" || slim.Labels["kubernetes.io/os"] != "linux" || !hasTaint(slim) {
+		t.Errorf("slim node lost what the controller reads: %+v", slim)
+	}
+	if slim.ManagedFields != nil || slim.Annotations != nil || slim.Status.Images != nil || slim.Status.Conditions != nil || slim.Spec.PodCIDR != "" {
+		t.Errorf("slim node keeps what the controller never reads: %+v", slim)
+	}
+	// A heartbeat stays a non-event, a relabel an event, on slim copies.
+	beat := full.DeepCopy()
+	beat.ResourceVersion = "8"
+	beat.Status.Conditions[0].Message = "kubelet is posting ready status"
+	relabel := full.DeepCopy()
+	relabel.Labels["meshcni.io/iptables-backend"] = "nftables"
+	slimBeat, _ := slimNode(beat)
+	slimRelabel, _ := slimNode(relabel)
+	if nodeMatters(slim, slimBeat) || !nodeMatters(slim, slimRelabel) {
+		t.Error("nodeMatters answers differently on the informer's slim copies")
+	}
+	// A tombstone passes through.
+	if tomb, _ := slimNode("not a node"); tomb != "not a node" {
+		t.Errorf("slimNode changed a non-Node: %v", tomb)
+	}
+}
