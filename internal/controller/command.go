@@ -105,6 +105,7 @@ func (o *CommandOptions) Run(ctx context.Context, stderr io.Writer) error {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	tuneGC(log)
 	cfg, err := restConfig(o.Kubeconfig)
 	if err != nil {
 		return err

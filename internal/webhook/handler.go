@@ -171,7 +171,10 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 	if rec.Action == "" {
 		h.log().Info("pod keeps istio-init", "namespace", ns, "name", podName(req, &pod), "reason", note(rec))
 	} else {
-		h.log().Info("pod mutated", "namespace", ns, "name", podName(req, &pod), "action", rec.Action, "ops", len(ops))
+		// Every pod creation in the cluster comes here: counted by
+		// meshcni_webhook_mutations_total, logged only at debug (at info, a
+		// line per created pod, each a write on the review's path).
+		h.log().Debug("pod mutated", "namespace", ns, "name", podName(req, &pod), "action", rec.Action, "ops", len(ops))
 	}
 	return resp
 }

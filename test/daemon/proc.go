@@ -26,6 +26,12 @@ type Proc struct {
 
 // Start runs argv with its output appended to logPath.
 func Start(name, logPath string, argv ...string) (*Proc, error) {
+	return StartEnv(name, logPath, nil, argv...)
+}
+
+// StartEnv is Start with env (NAME=value) added to this process's
+// environment.
+func StartEnv(name, logPath string, env []string, argv ...string) (*Proc, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return nil, err
@@ -34,6 +40,9 @@ func Start(name, logPath string, argv ...string) (*Proc, error) {
 	p := &Proc{Name: name, log: logPath, exited: make(chan struct{})}
 	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	// If the test process dies, the daemon gets SIGTERM. Pdeathsig fires
 	// when the forking thread exits, so that thread stays locked to this
 	// goroutine for the daemon's whole life.

@@ -78,6 +78,9 @@ type Env struct {
 	controller  *daemon.Proc
 	webhook     *daemon.Proc
 	webhookPort int
+	// controllerLimit is the chart's memory limit of a controller
+	// replica, in bytes (startController).
+	controllerLimit int64
 	// mwc is the MutatingWebhookConfiguration as installed (with the CA
 	// bundle once the webhook patched it), to restore after a baseline.
 	mwc *admissionregistrationv1.MutatingWebhookConfiguration
@@ -219,6 +222,38 @@ func (e *Env) start(name string, argv ...string) (*daemon.Proc, error) {
 	return daemon.Start(name, filepath.Join(e.Dir, name+".log"), argv...)
 }
 
+// startController runs a meshcni-controller replica as the chart's pod
+// runs it: in its container it reads its memory limit from its cgroup
+// and sets GOMEMLIMIT to a share of it (controller.MemLimitRatio); these
+// processes run in no such cgroup, so they are given that GOMEMLIMIT.
+func (e *Env) startController(name string, argv ...string) (*daemon.Proc, error) {
+	if e.controllerLimit <= 0 {
+		return nil, errors.New("the chart's controller memory limit is unknown (install first)")
+	}
+	env := []string{"GOMEMLIMIT=" + strconv.FormatInt(int64(float64(e.controllerLimit)*controller.MemLimitRatio), 10)}
+	return daemon.StartEnv(name, filepath.Join(e.Dir, name+".log"), env, argv...)
+}
+
+// noteControllerLimit keeps the memory limit of the chart's controller
+// Deployment (its one container's resources.limits.memory).
+func (e *Env) noteControllerLimit(d *unstructured.Unstructured) error {
+	containers, _, err := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "containers")
+	if err != nil || len(containers) != 1 {
+		return fmt.Errorf("deployment %s: want one container (%v)", d.GetName(), err)
+	}
+	c, _ := containers[0].(map[string]any)
+	limit, _, err := unstructured.NestedString(c, "resources", "limits", "memory")
+	if err != nil || limit == "" {
+		return fmt.Errorf("deployment %s: no memory limit (%v)", d.GetName(), err)
+	}
+	q, err := resource.ParseQuantity(limit)
+	if err != nil {
+		return fmt.Errorf("deployment %s: memory limit: %w", d.GetName(), err)
+	}
+	e.controllerLimit = q.Value()
+	return nil
+}
+
 // startKube runs kube-controller-manager (only the DaemonSet controller:
 // it creates and rolls the agent pods), kube-scheduler (it binds them) and
 // kwok (it plays the kubelets of the nodes annotated for it).
@@ -295,7 +330,12 @@ func (e *Env) install(ctx context.Context) error {
 	objs := append([]*unstructured.Unstructured{crd}, m.Objects...)
 	for _, obj := range objs {
 		switch obj.GetKind() {
-		case "Deployment", "Service":
+		case "Deployment":
+			if err := e.noteControllerLimit(obj); err != nil {
+				return err
+			}
+			continue
+		case "Service":
 			continue
 		case "MutatingWebhookConfiguration":
 			if err := toURL(obj, e); err != nil {
@@ -373,7 +413,7 @@ func (e *Env) StartController(ctx context.Context) error {
 		return err
 	}
 	e.logf("starting meshcni-controller (leader)")
-	e.controller, err = e.start("meshcni-controller", e.bin["meshcni-controller"],
+	e.controller, err = e.startController("meshcni-controller", e.bin["meshcni-controller"],
 		"--kubeconfig="+kc, "--namespace="+Namespace, "--agent-image=ghcr.io/meshcni/meshcni-agent:0.1.0",
 		"--health-addr=", "--webhook-addr=", "--console-addr=", "--leader-elect=true", "--log-level=info")
 	if err != nil {
@@ -418,7 +458,7 @@ func (e *Env) StartWebhook(ctx context.Context) error {
 		return err
 	}
 	e.logf("starting meshcni-controller (standby, the webhook)")
-	e.webhook, err = e.start("meshcni-controller-standby", e.WebhookArgv(kc)...)
+	e.webhook, err = e.startController("meshcni-controller-standby", e.WebhookArgv(kc)...)
 	return err
 }
 

@@ -335,9 +335,10 @@ func Run(ctx context.Context, e *Env, cfg Config) (r *Report, err error) {
 	}
 	from := time.Now()
 	time.Sleep(cfg.Steady)
-	// The window holds at least one node heartbeat (kwok's timing is its
-	// own: a 3 s window once saw none), else "no apply at steady state"
-	// would prove nothing; bounded at ten windows.
+	// The window holds at least one node heartbeat, else "no apply at
+	// steady state" would prove nothing: at the 5-minute heartbeat period
+	// a short window may see none (at the small run's 1 s, see
+	// heartbeatDelay); bounded at ten windows.
 	for {
 		if r.Steady, _, err = e.apiWindow(ctx, before, from); err != nil {
 			return r, err
