@@ -4,12 +4,16 @@ package scale
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshcni/meshcni/internal/controller"
 )
 
 // TestSmallScale is the scale harness at a size `make test` affords (20
@@ -85,6 +89,15 @@ func TestSmallScale(t *testing.T) {
 	}
 	if r.ControllerRSS == 0 || r.WebhookRSS == 0 || len(r.Steady.Watches) == 0 || len(r.Rollout.Requests) == 0 {
 		t.Errorf("missing figures: %+v", r)
+	}
+	// Each replica runs with the collector its container would give it:
+	// the chart's memory limit makes its GOMEMLIMIT, and GOGC 400 under it.
+	want := fmt.Sprintf(`"msg":"garbage collector","gomemlimit_bytes":%d,"gogc":400`, int64(float64(e.controllerLimit)*controller.MemLimitRatio))
+	for _, name := range []string{"meshcni-controller", "meshcni-controller-standby"} {
+		b, err := os.ReadFile(filepath.Join(dir, name+".log"))
+		if err != nil || !strings.Contains(string(b), want) {
+			t.Errorf("%s: no %s in its log (%v)", name, want, err)
+		}
 	}
 
 	stop()
