@@ -230,8 +230,14 @@ func (e *Env) startController(name string, argv ...string) (*daemon.Proc, error)
 	if e.controllerLimit <= 0 {
 		return nil, errors.New("the chart's controller memory limit is unknown (install first)")
 	}
-	env := []string{"GOMEMLIMIT=" + strconv.FormatInt(int64(float64(e.controllerLimit)*controller.MemLimitRatio), 10)}
+	env := []string{"GOMEMLIMIT=" + strconv.FormatInt(e.controllerGoMemLimit(), 10)}
 	return daemon.StartEnv(name, filepath.Join(e.Dir, name+".log"), env, argv...)
+}
+
+// controllerGoMemLimit is the GOMEMLIMIT, in bytes, a controller replica
+// gets from its container's limit.
+func (e *Env) controllerGoMemLimit() int64 {
+	return int64(float64(e.controllerLimit) * controller.MemLimitRatio)
 }
 
 // noteControllerLimit keeps the memory limit of the chart's controller

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/meshcni/meshcni/internal/controller"
 )
 
 // TestSmallScale is the scale harness at a size `make test` affords (20
@@ -92,7 +90,7 @@ func TestSmallScale(t *testing.T) {
 	}
 	// Each replica runs with the collector its container would give it:
 	// the chart's memory limit makes its GOMEMLIMIT, and GOGC 400 under it.
-	want := fmt.Sprintf(`"msg":"garbage collector","gomemlimit_bytes":%d,"gogc":400`, int64(float64(e.controllerLimit)*controller.MemLimitRatio))
+	want := fmt.Sprintf(`"msg":"garbage collector","gomemlimit_bytes":%d,"gogc":400`, e.controllerGoMemLimit())
 	for _, name := range []string{"meshcni-controller", "meshcni-controller-standby"} {
 		b, err := os.ReadFile(filepath.Join(dir, name+".log"))
 		if err != nil || !strings.Contains(string(b), want) {
