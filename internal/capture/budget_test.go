@@ -78,7 +78,7 @@ func TestRuleCountMatchesBuild(t *testing.T) {
 	for i := range 2000 {
 		s := randomSpec(r)
 		built := 0
-		for _, rs := range rules.Build(s) {
+		for _, rs := range rules.Build(s).Sets {
 			built += len(rs.Rules)
 		}
 		if got := s.RuleCount(); got != built {

@@ -116,7 +116,7 @@ func (c *Command) Run(ctx context.Context, args []string) error {
 	}
 
 	if o.dryRun {
-		for _, rs := range rules.Build(p.spec) {
+		for _, rs := range rules.Build(p.spec).Sets {
 			fmt.Fprintf(c.Streams.Out, "# %s restore\n%s", rs.Family, rs.Restore())
 		}
 		return nil

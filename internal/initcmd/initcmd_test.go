@@ -407,7 +407,7 @@ func TestDryRunMatchesGolden(t *testing.T) {
 			spec := capture.Default()
 			tc.mod(&spec)
 			var want strings.Builder
-			for _, rs := range rules.Build(spec) {
+			for _, rs := range rules.Build(spec).Sets {
 				want.WriteString("# " + rs.Family.String() + " restore\n" + rs.Restore())
 			}
 			if got := h.out.String(); got != want.String() {

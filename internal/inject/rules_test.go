@@ -32,7 +32,7 @@ func pluginRules(t *testing.T, js []byte, prefix string) (bool, string) {
 		return false, ""
 	}
 	var out string
-	for _, rs := range rules.Build(v.Spec) {
+	for _, rs := range rules.Build(v.Spec).Sets {
 		out += rs.Restore()
 	}
 	return true, out

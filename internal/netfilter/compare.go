@@ -1,45 +1,20 @@
 package netfilter
 
-// The iptables backends' comparison, pure: iptables-save output read into
-// Tables, the capture's lines picked out of them (ours), compared with a
-// ruleset as the kernel lists it (compareFamily, for the Applier and the
-// Fake), and the removal of what is there.
+// The iptables backends' listing, pure: iptables-save output read into
+// Tables, the capture's lines picked out of them (ours, what the Applier's
+// and the Fake's kernels hold for package apply), and the removal of what
+// is there.
 
 import (
-	"fmt"
 	"slices"
 	"strings"
 
+	"github.com/meshcni/meshcni/internal/apply"
 	"github.com/meshcni/meshcni/internal/rules"
 )
 
 // Tables maps a table name to rule lines in iptables-save form.
-type Tables map[string][]string
-
-// Empty reports whether no table holds a line.
-func (t Tables) Empty() bool {
-	for _, l := range t {
-		if len(l) > 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// String renders tables in restore order, for messages and verify output.
-func (t Tables) String() string {
-	var b strings.Builder
-	for _, name := range rules.Tables {
-		if len(t[name]) == 0 {
-			continue
-		}
-		b.WriteString("*" + name + "\n")
-		for _, l := range t[name] {
-			b.WriteString(l + "\n")
-		}
-	}
-	return b.String()
-}
+type Tables = apply.Tables
 
 // parseSave reads iptables-save output into rule lines per table.
 func parseSave(save string) Tables {
@@ -87,7 +62,7 @@ func jumpsToIstio(line string) bool {
 
 // ours selects the lines that belong to a capture: everything in ISTIO_*
 // chains, jumps into them, and the built-in chain lines that the expected
-// ruleset would add (known from its canonical form, may be nil).
+// ruleset would add (known from the kernel's listing of it, may be nil).
 func ours(all, expected Tables) Tables {
 	out := Tables{}
 	for table, lines := range all {
@@ -98,48 +73,6 @@ func ours(all, expected Tables) Tables {
 		}
 	}
 	return out
-}
-
-// diff lists what want has that got lacks and the other way round.
-func diff(want, got Tables) (missing, extra []string) {
-	for _, t := range rules.Tables {
-		for _, l := range want[t] {
-			if !slices.Contains(got[t], l) {
-				missing = append(missing, "*"+t+" "+l)
-			}
-		}
-		for _, l := range got[t] {
-			if !slices.Contains(want[t], l) {
-				extra = append(extra, "*"+t+" "+l)
-			}
-		}
-	}
-	return missing, extra
-}
-
-// compareFamily is the one comparison of a family's capture rules, for
-// the Applier (Apply again, Check) and the Fake alike: want is the
-// ruleset as the kernel lists it, all the family's whole listing. It
-// returns nil when the capture rules in all are exactly want, and an error
-// wrapping kind (ErrConflict, ErrMismatch) that names the first
-// differences otherwise.
-func compareFamily(f rules.Family, want, all Tables, kind error) error {
-	have := ours(all, want)
-	if equal(want, have) {
-		return nil
-	}
-	missing, extra := diff(want, have)
-	return fmt.Errorf("%w (%s): missing %d rules, %d unexpected; first differences: %s",
-		kind, f, len(missing), len(extra), firstOf(missing, extra))
-}
-
-func equal(a, b Tables) bool {
-	for _, t := range rules.Tables {
-		if !slices.Equal(a[t], b[t]) {
-			return false
-		}
-	}
-	return true
 }
 
 // removal renders restore input that deletes the given (observed) lines

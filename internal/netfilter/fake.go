@@ -3,18 +3,18 @@ package netfilter
 import (
 	"context"
 	"fmt"
-	"maps"
 	"slices"
 	"sync"
 
+	"github.com/meshcni/meshcni/internal/apply"
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/rules"
 )
 
 // Fake is an in-memory Interface at the kernel's level, as knftables'
 // Fake is: it holds each netns's tables, chains and rules (per family, in
-// the form iptables-save lists them), and decides Apply and Check with the
-// Applier's own comparison (compareFamily, ours) over them, so that the
+// the form iptables-save lists them), and is decided by package apply,
+// as the Applier is, over a kernel of its own (fakeKernel), so that the
 // two cannot disagree about what is the same spec, a conflict or a
 // mismatch. Like the Applier, an apply changes every family or none. Set
 // Err to make the next calls fail.
@@ -46,22 +46,9 @@ func (f *Fake) Apply(_ context.Context, path string, spec capture.Spec) error {
 	if err := spec.Validate(); err != nil {
 		return fmt.Errorf("invalid capture spec: %w", err)
 	}
-	next := map[rules.Family]Tables{}
-	for _, rs := range rules.Build(spec) {
-		all := f.kernel[path][rs.Family]
-		want := listing(rs)
-		if ours(all, nil).Empty() {
-			next[rs.Family] = merge(all, want)
-			continue
-		}
-		if err := compareFamily(rs.Family, want, all, ErrConflict); err != nil {
-			return fmt.Errorf("%w in %s", err, path)
-		}
+	if err := apply.Apply(fakeKernel{f, path}, rules.Build(spec)); err != nil {
+		return fmt.Errorf("%w in %s", err, path)
 	}
-	if f.kernel[path] == nil {
-		f.kernel[path] = map[rules.Family]Tables{}
-	}
-	maps.Copy(f.kernel[path], next)
 	f.specs[path] = spec
 	return nil
 }
@@ -73,13 +60,60 @@ func (f *Fake) Check(_ context.Context, path string, spec capture.Spec) error {
 	if f.Err != nil {
 		return f.Err
 	}
-	for _, rs := range rules.Build(spec) {
-		if err := compareFamily(rs.Family, listing(rs), f.kernel[path][rs.Family], ErrMismatch); err != nil {
-			return fmt.Errorf("%w in %s", err, path)
-		}
+	if err := apply.Check(fakeKernel{f, path}, rules.Build(spec)); err != nil {
+		return fmt.Errorf("%w in %s", err, path)
 	}
 	return nil
 }
+
+// fakeKernel is the Fake's netns at path, for package apply; f.mu is
+// held. It has no routes.
+type fakeKernel struct {
+	f    *Fake
+	path string
+}
+
+func (k fakeKernel) Held(fam rules.Family, want Tables) (Tables, error) {
+	return ours(k.f.kernel[k.path][fam], want), nil
+}
+
+func (k fakeKernel) Listing(sets []rules.Ruleset) (map[rules.Family]Tables, error) {
+	out := map[rules.Family]Tables{}
+	for _, rs := range sets {
+		out[rs.Family] = listing(rs)
+	}
+	return out, nil
+}
+
+func (k fakeKernel) Write(sets []rules.Ruleset) ([]bool, error) {
+	if k.f.kernel[k.path] == nil {
+		k.f.kernel[k.path] = map[rules.Family]Tables{}
+	}
+	for _, rs := range sets {
+		k.f.kernel[k.path][rs.Family] = merge(k.f.kernel[k.path][rs.Family], listing(rs))
+	}
+	wrote := make([]bool, len(sets))
+	for i := range wrote {
+		wrote[i] = true
+	}
+	return wrote, nil
+}
+
+func (k fakeKernel) Undo(rs rules.Ruleset) {
+	all, written := k.f.kernel[k.path][rs.Family], listing(rs)
+	left := Tables{}
+	for t, lines := range all {
+		for _, l := range lines {
+			if !slices.Contains(written[t], l) {
+				left[t] = append(left[t], l)
+			}
+		}
+	}
+	k.f.kernel[k.path][rs.Family] = left
+}
+
+func (fakeKernel) Route(rules.Routes) error       { return nil }
+func (fakeKernel) CheckRoutes(rules.Routes) error { return nil }
 
 // Remove implements Interface: every capture rule goes, as the Applier's
 // Remove, and whatever else the netns holds stays.
@@ -132,7 +166,7 @@ func (f *Fake) SetTables(path string, fam rules.Family, t Tables) {
 // per table, our chains (":NAME"), then each chain's rules, chain by
 // chain, in their final order (an -I N lands before the Nth rule). The
 // real kernel also normalises matches; the Applier asks it for its own
-// form (canonical), the Fake has only this one.
+// form (xtablesKernel.Listing), the Fake has only this one.
 func listing(rs rules.Ruleset) Tables {
 	out := Tables{}
 	chains := rs.Chains()

@@ -18,6 +18,7 @@ import (
 	"github.com/meshcni/meshcni/internal/capture/capturetest"
 	"github.com/meshcni/meshcni/internal/golden"
 	"github.com/meshcni/meshcni/internal/nftrules"
+	"github.com/meshcni/meshcni/internal/rules"
 )
 
 // netlinkCases: every golden case, plus interface names that nft reads
@@ -151,8 +152,8 @@ func TestNetlinkRefusesUnknown(t *testing.T) {
 		t.Errorf("want nftrules.ErrNotNative naming the rule, got %v", err)
 	}
 	var execs atomic.Int64
-	s := &session{a: countingApplier(Options{}, &execs), ctx: context.Background()}
-	if err := n.Do(func(ns.NetNS) error { return s.nftProgram(tables) }); err != nil {
+	v := &visit{a: countingApplier(Options{}, &execs), ctx: context.Background()}
+	if err := n.Do(func(ns.NetNS) error { return v.nftProgram(tables) }); err != nil {
 		t.Fatalf("fallback to nft: %v", err)
 	}
 	if execs.Load() != 1 {
@@ -184,7 +185,7 @@ func TestNetlinkDelete(t *testing.T) {
 		if ours, _, _ := nftState(); len(ours) != 2 {
 			t.Errorf("tables after apply: %v", ours)
 		}
-		if err := nftNetlinkDelete(tableFamilies(tables)); err != nil {
+		if err := nftNetlinkDelete([]rules.Family{rules.IPv4, rules.IPv6}); err != nil {
 			return err
 		}
 		ours, _, err := nftState()

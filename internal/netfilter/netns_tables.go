@@ -16,11 +16,11 @@ import (
 	"github.com/meshcni/meshcni/internal/rules"
 )
 
-// hasTables reports whether the session's netns holds any iptables table
+// hasTables reports whether the visit's netns holds any iptables table
 // of family f for backend b. It costs a /proc read (legacy) or the
-// session's one netlink dump (nft), instead of an iptables-save fork.
+// visit's one netlink dump (nft), instead of an iptables-save fork.
 // meshcni's own nftables table is not an iptables table.
-func (s *session) hasTables(b Backend, f rules.Family) (bool, error) {
+func (v *visit) hasTables(b Backend, f rules.Family) (bool, error) {
 	if b == Legacy {
 		name := "ip_tables_names"
 		if f == rules.IPv6 {
@@ -39,7 +39,7 @@ func (s *session) hasTables(b Backend, f rules.Family) (bool, error) {
 	if f == rules.IPv6 {
 		fam = nftables.TableFamilyIPv6
 	}
-	tables, err := s.tables()
+	tables, err := v.tables()
 	if err != nil {
 		return false, err
 	}
@@ -67,9 +67,10 @@ func oursIn(tables []nftTable) []rules.Family {
 }
 
 // nftState reads, over netlink and without a fork, which families hold
-// meshcni's nftables table in the current thread's netns, and the
-// iptables-nft ISTIO_* chains that would capture alongside it.
-func nftState() (ours []rules.Family, istio []string, err error) {
+// meshcni's nftables table in the current thread's netns, and, by
+// family, the iptables-nft ISTIO_* chains that would capture alongside it
+// ("nat/ISTIO_OUTPUT").
+func nftState() (ours []rules.Family, istio map[rules.Family][]string, err error) {
 	tables, err := listTables()
 	if err != nil {
 		return nil, nil, err
@@ -77,10 +78,10 @@ func nftState() (ours []rules.Family, istio []string, err error) {
 	return stateOf(tables)
 }
 
-// nftState is the state before the session writes anything, from the
+// nftState is the state before the visit writes anything, from the
 // listing detection may already have taken.
-func (s *session) nftState() (ours []rules.Family, istio []string, err error) {
-	tables, err := s.tables()
+func (v *visit) nftState() (ours []rules.Family, istio map[rules.Family][]string, err error) {
+	tables, err := v.tables()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -88,7 +89,7 @@ func (s *session) nftState() (ours []rules.Family, istio []string, err error) {
 }
 
 // stateOf is nftState for a listing of the current thread's netns.
-func stateOf(tables []nftTable) (ours []rules.Family, istio []string, err error) {
+func stateOf(tables []nftTable) (ours []rules.Family, istio map[rules.Family][]string, err error) {
 	ours = oursIn(tables)
 	if !slices.ContainsFunc(tables, func(t nftTable) bool { return t.Name != nftrules.TableName }) {
 		return ours, nil, nil
@@ -103,10 +104,16 @@ func stateOf(tables []nftTable) (ours []rules.Family, istio []string, err error)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list nftables chains: %w", err)
 	}
+	istio = map[rules.Family][]string{}
 	for _, c := range chains {
-		if c.Table.Name != nftrules.TableName && strings.HasPrefix(c.Name, "ISTIO_") {
-			istio = append(istio, c.Table.Name+"/"+c.Name)
+		if c.Table.Name == nftrules.TableName || !strings.HasPrefix(c.Name, "ISTIO_") {
+			continue
 		}
+		f := rules.IPv4
+		if c.Table.Family == nftables.TableFamilyIPv6 {
+			f = rules.IPv6
+		}
+		istio[f] = append(istio[f], c.Table.Name+"/"+c.Name)
 	}
 	return ours, istio, nil
 }

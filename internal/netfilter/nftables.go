@@ -6,7 +6,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/apply"
 	"github.com/meshcni/meshcni/internal/netns"
 	"github.com/meshcni/meshcni/internal/nftrules"
 	"github.com/meshcni/meshcni/internal/rules"
@@ -14,123 +14,175 @@ import (
 
 // The nftables backend: meshcni's own tables, "ip meshcni" and "ip6
 // meshcni". A new pod's tables are written in process over netlink, one
-// transaction, no exec (nftables_netlink.go); a rule outside that
+// transaction, no exec (netlink_io.go); a rule outside that
 // builder's vocabulary, the comparison of Apply-again and Check, and
 // Remove use nft (package nftrules renders the script; the Runner runs
 // it, so that the agent's HostRootRunner and the tests' counting runner
 // apply). Which tables exist is read over netlink.
 
-// nft runs one nft command with script on stdin ("-f -"), or args.
-func (s *session) nft(script string, args ...string) (string, error) {
+// nftKernel is a visit on the nftables backend.
+type nftKernel struct {
+	*visit
+	read  bool
+	lines []string                  // meshcni's tables as nft lists them (nftLines)
+	istio map[rules.Family][]string // iptables-nft ISTIO_* chains, "nat/ISTIO_OUTPUT"
+}
+
+var _ apply.Kernel = (*nftKernel)(nil)
+
+// nft runs one nft command with script on stdin ("-f -"), or args, in
+// the calling thread's netns.
+func (v *visit) nft(script string, args ...string) (string, error) {
 	if len(args) == 0 {
 		args = []string{"-f", "-"}
 	}
-	return s.a.opts.Run(s.ctx, nil, script, "nft", args...)
+	return v.a.opts.Run(v.ctx, nil, script, "nft", args...)
 }
 
-func (s *session) nftApply(spec capture.Spec, sets []rules.Ruleset) error {
+// Held implements apply.Kernel: meshcni's table of family f, read once
+// per visit (one netlink listing, then `nft list ruleset` only when some
+// table of meshcni's is there). iptables-nft's capture chains of the
+// family are in the way: the nftables backend neither replaces nor adds
+// to them.
+func (k *nftKernel) Held(f rules.Family, _ apply.Tables) (apply.Tables, error) {
+	if !k.read {
+		err := k.do(func() error {
+			ours, istio, err := k.nftState()
+			if err != nil {
+				return err
+			}
+			k.istio = istio
+			if len(ours) == 0 {
+				return nil
+			}
+			out, err := k.nft("", "list", "ruleset")
+			k.lines = nftLines(out)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		k.read = true
+	}
+	if chains := k.istio[f]; len(chains) > 0 {
+		return nil, fmt.Errorf("%w: iptables ISTIO_* chains are already there (%s); the nftables backend does not capture over them",
+			apply.ErrConflict, strings.Join(chains, ", "))
+	}
+	return byFamily(k.lines, f), nil
+}
+
+// Listing implements apply.Kernel: the sets are programmed into a
+// scratch netns and listed there, since nft normalizes what it prints
+// (marks in hex, named priorities, implied protocols).
+func (k *nftKernel) Listing(sets []rules.Ruleset) (map[rules.Family]apply.Tables, error) {
 	tables, err := nftrules.Tables(sets)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	ours, istio, err := s.nftState()
+	var lines []string
+	err = netns.Scratch(func() error {
+		if _, err := k.nft(nftrules.Script(tables)); err != nil {
+			return fmt.Errorf("render nftables rules: %w", err)
+		}
+		out, err := k.nft("", "list", "ruleset")
+		lines = nftLines(out)
+		return err
+	})
+	out := map[rules.Family]apply.Tables{}
+	for _, rs := range sets {
+		out[rs.Family] = byFamily(lines, rs.Family)
+	}
+	return out, err
+}
+
+// Write implements apply.Kernel: every family in one transaction. A
+// rejected one leaves nothing, but it may have committed and then failed
+// (nft killed on its way out), so every family counts as written.
+func (k *nftKernel) Write(sets []rules.Ruleset) ([]bool, error) {
+	wrote := make([]bool, len(sets))
+	if len(sets) == 0 {
+		return wrote, nil
+	}
+	tables, err := nftrules.Tables(sets)
 	if err != nil {
-		return err
+		return wrote, err
 	}
-	if len(istio) > 0 {
-		// Rules in the way are not ours to remove.
-		return fmt.Errorf("%w: iptables ISTIO_* chains are already there (%s); the nftables backend does not capture over them",
-			ErrConflict, strings.Join(istio, ", "))
+	for i := range wrote {
+		wrote[i] = true
 	}
-	if len(ours) > 0 {
-		same, why, err := s.nftCompare(tables, ours)
-		if err != nil {
-			return err
-		}
-		if !same {
-			return fmt.Errorf("%w (nftables): %s", ErrConflict, why)
-		}
-	} else if err := s.nftProgram(tables); err != nil {
-		// One transaction: a rejected one leaves nothing. But it may
-		// have committed and then failed (nft killed on its way out):
-		// what is there now was not there before, so it goes.
-		if now, _, serr := nftState(); serr == nil && len(now) > 0 {
-			_ = s.nftDelete(now)
-		}
-		return fmt.Errorf("program nftables rules: %w", err)
+	if err := k.do(func() error { return k.nftProgram(tables) }); err != nil {
+		return wrote, fmt.Errorf("program nftables rules: %w", err)
 	}
-	if err := programRoutes(spec); err != nil {
-		if len(ours) == 0 {
-			_ = s.nftDelete(tableFamilies(tables))
+	return wrote, nil
+}
+
+// Undo implements apply.Kernel: rs's family's table goes, if it is there.
+func (k *nftKernel) Undo(rs rules.Ruleset) {
+	_ = k.do(func() error {
+		if now, _, err := nftState(); err == nil && slices.Contains(now, rs.Family) {
+			_ = k.nftDelete([]rules.Family{rs.Family})
 		}
-		return err
+		return nil
+	})
+}
+
+// byFamily picks family f's lines out of nftLines' listing. They name
+// their own family, table and chain, so they are listed under no table.
+func byFamily(lines []string, f rules.Family) apply.Tables {
+	prefix := nftrules.NFTFamily(f) + " "
+	held := apply.Tables{}
+	for _, l := range lines {
+		if strings.HasPrefix(l, prefix) {
+			held[""] = append(held[""], l)
+		}
 	}
-	return nil
+	return held
 }
 
 // nftProgram writes tables into a netns that has none of meshcni's: in
 // process over netlink (no exec), or with `nft -f -` when a rule is
 // outside the netlink builder's vocabulary or the caller gave its own
 // Runner (Options.Run).
-func (s *session) nftProgram(tables []nftrules.Table) error {
-	if s.a.netlink {
+func (v *visit) nftProgram(tables []nftrules.Table) error {
+	if v.a.netlink {
 		err := nftNetlinkApply(tables)
 		if !errors.Is(err, nftrules.ErrNotNative) {
 			return err
 		}
 	}
-	_, err := s.nft(nftrules.Script(tables))
+	_, err := v.nft(nftrules.Script(tables))
 	return err
 }
 
 // nftDelete deletes meshcni's tables of fams: over netlink where the
 // tables were written that way, else (or if that fails) with nft.
-func (s *session) nftDelete(fams []rules.Family) error {
-	if s.a.netlink && nftNetlinkDelete(fams) == nil {
+func (v *visit) nftDelete(fams []rules.Family) error {
+	if v.a.netlink && nftNetlinkDelete(fams) == nil {
 		return nil
 	}
-	_, err := s.nft(nftrules.DeleteScript(fams...))
+	_, err := v.nft(nftrules.DeleteScript(fams...))
 	return err
 }
 
-func (s *session) nftCheck(spec capture.Spec, sets []rules.Ruleset) error {
-	tables, err := nftrules.Tables(sets)
-	if err != nil {
-		return err
-	}
-	ours, _, err := s.nftState()
-	if err != nil {
-		return err
-	}
-	same, why, err := s.nftCompare(tables, ours)
-	if err != nil {
-		return err
-	}
-	if !same {
-		return fmt.Errorf("%w (nftables): %s", ErrMismatch, why)
-	}
-	return checkRoutes(spec)
-}
-
-func (s *session) nftRemove() error {
-	ours, _, err := s.nftState()
+func (v *visit) nftRemove() error {
+	ours, _, err := v.nftState()
 	if err != nil {
 		return err
 	}
 	if len(ours) > 0 {
-		if _, err := s.nft(nftrules.DeleteScript(ours...)); err != nil {
+		if _, err := v.nft(nftrules.DeleteScript(ours...)); err != nil {
 			return fmt.Errorf("remove nftables rules: %w", err)
 		}
 	}
 	return removeRoutes()
 }
 
-func (s *session) nftSave(f rules.Family) (string, error) {
-	ours, _, err := s.nftState()
+func (v *visit) nftSave(f rules.Family) (string, error) {
+	ours, _, err := v.nftState()
 	if err != nil || !slices.Contains(ours, f) {
 		return "", err
 	}
-	return s.nft("", "list", "table", nftrules.NFTFamily(f), nftrules.TableName)
+	return v.nft("", "list", "table", nftrules.NFTFamily(f), nftrules.TableName)
 }
 
 // NftablesIn reports whether the netns at path holds meshcni's nftables
@@ -143,52 +195,6 @@ func NftablesIn(path string) (bool, error) {
 		return err
 	})
 	return len(ours) > 0, err
-}
-
-// nftCompare compares meshcni's tables in the netns (present: their
-// families) with want, both as the kernel lists them: want is programmed
-// into a scratch netns and listed there, since nft normalizes what it
-// prints (marks in hex, named priorities, implied protocols).
-func (s *session) nftCompare(want []nftrules.Table, present []rules.Family) (same bool, why string, err error) {
-	var have []string
-	if len(present) > 0 {
-		out, err := s.nft("", "list", "ruleset")
-		if err != nil {
-			return false, "", err
-		}
-		have = nftLines(out)
-	}
-	var canon []string
-	err = netns.Scratch(func() error {
-		if _, err := s.nft(nftrules.Script(want)); err != nil {
-			return fmt.Errorf("render nftables rules: %w", err)
-		}
-		out, err := s.nft("", "list", "ruleset")
-		canon = nftLines(out)
-		return err
-	})
-	if err != nil {
-		return false, "", err
-	}
-	if slices.Equal(canon, have) {
-		return true, "", nil
-	}
-	var missing, extra []string
-	for _, l := range canon {
-		if !slices.Contains(have, l) {
-			missing = append(missing, l)
-		}
-	}
-	for _, l := range have {
-		if !slices.Contains(canon, l) {
-			extra = append(extra, l)
-		}
-	}
-	if len(missing)+len(extra) == 0 {
-		return false, "the same rules in another order", nil
-	}
-	return false, fmt.Sprintf("missing %d rules, %d unexpected; first differences: %s",
-		len(missing), len(extra), firstOf(missing, extra)), nil
 }
 
 // nftLines reads `nft list ruleset` output into comparable lines for
@@ -219,14 +225,6 @@ func nftLines(list string) []string {
 		case chain != "":
 			out = append(out, family+" "+chain+": "+l)
 		}
-	}
-	return out
-}
-
-func tableFamilies(ts []nftrules.Table) []rules.Family {
-	var out []rules.Family
-	for _, t := range ts {
-		out = append(out, t.Family)
 	}
 	return out
 }

@@ -28,7 +28,7 @@ func BenchmarkRender(b *testing.B) {
 		spec := tc.spec()
 		b.Run(tc.name+"/restore", func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				for _, rs := range rules.Build(spec) {
+				for _, rs := range rules.Build(spec).Sets {
 					_ = rs.Restore()
 				}
 			}

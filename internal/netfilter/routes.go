@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/meshcni/meshcni/internal/capture"
+	"github.com/meshcni/meshcni/internal/rules"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -18,7 +19,7 @@ var passthrough6 = &net.IPNet{IP: net.ParseIP("::6"), Mask: net.CIDRMask(128, 12
 // programRoutes adds what rules alone cannot: for TPROXY the policy route
 // (fwmark → table → local via lo), for IPv6 the ::6 address on lo. Runs in
 // the target netns; every step is idempotent.
-func programRoutes(spec capture.Spec) error {
+func programRoutes(r rules.Routes) error {
 	lo, up, err := loopback()
 	if err != nil {
 		return fmt.Errorf("find lo: %w", err)
@@ -30,44 +31,43 @@ func programRoutes(spec capture.Spec) error {
 			return fmt.Errorf("bring lo up: %w", err)
 		}
 	}
-	if spec.IPv6 {
+	if r.IPv6 {
 		if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: passthrough6}); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("add ::6/128 to lo: %w", err)
 		}
 	}
-	if spec.Mode != capture.TProxy {
+	if !r.TProxy {
 		return nil
 	}
-	for _, fam := range families(spec) {
-		rule := tproxyRule(spec, fam)
-		if err := netlink.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("add rule fwmark %d lookup %d: %w", spec.TProxyMark, spec.TProxyRouteTable, err)
+	for _, fam := range families(r) {
+		if err := netlink.RuleAdd(tproxyRule(r, fam)); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add rule fwmark %d lookup %d: %w", r.Mark, r.Table, err)
 		}
-		if err := netlink.RouteReplace(tproxyRoute(spec, fam, lo.Attrs().Index)); err != nil {
-			return fmt.Errorf("add local default route via lo in table %d: %w", spec.TProxyRouteTable, err)
+		if err := netlink.RouteReplace(tproxyRoute(r, fam, lo.Attrs().Index)); err != nil {
+			return fmt.Errorf("add local default route via lo in table %d: %w", r.Table, err)
 		}
 	}
 	return nil
 }
 
-func checkRoutes(spec capture.Spec) error {
-	if spec.Mode != capture.TProxy {
+func checkRoutes(r rules.Routes) error {
+	if !r.TProxy {
 		return nil
 	}
-	for _, fam := range families(spec) {
-		rs, err := netlink.RuleListFiltered(fam, tproxyRule(spec, fam), netlink.RT_FILTER_TABLE|netlink.RT_FILTER_MARK)
+	for _, fam := range families(r) {
+		rs, err := netlink.RuleListFiltered(fam, tproxyRule(r, fam), netlink.RT_FILTER_TABLE|netlink.RT_FILTER_MARK)
 		if err != nil {
 			return fmt.Errorf("list rules: %w", err)
 		}
 		if len(rs) == 0 {
-			return fmt.Errorf("%w: no policy rule fwmark %d lookup %d", ErrMismatch, spec.TProxyMark, spec.TProxyRouteTable)
+			return fmt.Errorf("%w: no policy rule fwmark %d lookup %d", ErrMismatch, r.Mark, r.Table)
 		}
-		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: spec.TProxyRouteTable}, netlink.RT_FILTER_TABLE)
+		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: r.Table}, netlink.RT_FILTER_TABLE)
 		if err != nil {
 			return fmt.Errorf("list routes: %w", err)
 		}
 		if len(routes) == 0 {
-			return fmt.Errorf("%w: route table %d is empty", ErrMismatch, spec.TProxyRouteTable)
+			return fmt.Errorf("%w: route table %d is empty", ErrMismatch, r.Table)
 		}
 	}
 	return nil
@@ -96,8 +96,8 @@ func removeRoutes() error {
 	return nil
 }
 
-func families(spec capture.Spec) []int {
-	if spec.IPv6 {
+func families(r rules.Routes) []int {
+	if r.IPv6 {
 		return []int{netlink.FAMILY_V4, netlink.FAMILY_V6}
 	}
 	return []int{netlink.FAMILY_V4}
@@ -126,15 +126,15 @@ func loopback() (netlink.Link, bool, error) {
 	return lo, ifr.Uint16()&unix.IFF_UP != 0, nil
 }
 
-func tproxyRule(spec capture.Spec, fam int) *netlink.Rule {
-	r := netlink.NewRule()
-	r.Family = fam
-	r.Mark = spec.TProxyMark
-	r.Table = spec.TProxyRouteTable
-	return r
+func tproxyRule(r rules.Routes, fam int) *netlink.Rule {
+	rule := netlink.NewRule()
+	rule.Family = fam
+	rule.Mark = r.Mark
+	rule.Table = r.Table
+	return rule
 }
 
-func tproxyRoute(spec capture.Spec, fam, lo int) *netlink.Route {
+func tproxyRoute(r rules.Routes, fam, lo int) *netlink.Route {
 	dst := &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
 	if fam == netlink.FAMILY_V6 {
 		dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
@@ -142,7 +142,7 @@ func tproxyRoute(spec capture.Spec, fam, lo int) *netlink.Route {
 	return &netlink.Route{
 		LinkIndex: lo,
 		Dst:       dst,
-		Table:     spec.TProxyRouteTable,
+		Table:     r.Table,
 		Type:      unix.RTN_LOCAL,
 		Scope:     netlink.SCOPE_HOST,
 		Family:    fam,

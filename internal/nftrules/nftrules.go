@@ -111,8 +111,8 @@ func ChainName(table, chain string) string {
 }
 
 // Build returns one table per family of spec (IPv6 only when spec.IPv6),
-// holding rules.Build(spec) as nft rules, rule for rule.
-func Build(spec capture.Spec) ([]Table, error) { return Tables(rules.Build(spec)) }
+// holding rules.Build(spec).Sets as nft rules, rule for rule.
+func Build(spec capture.Spec) ([]Table, error) { return Tables(rules.Build(spec).Sets) }
 
 // Tables renders rulesets (rules.Build's) as one table per family, for a
 // caller that has built them already.

@@ -35,7 +35,7 @@ func TestRuleForRule(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for i, rs := range rules.Build(spec) {
+		for i, rs := range rules.Build(spec).Sets {
 			want := map[string]int{}
 			for _, r := range rs.Rules {
 				want[ChainName(r.Table, r.Chain)]++

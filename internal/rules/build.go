@@ -13,10 +13,11 @@ var (
 	passthrough6 = netip.MustParsePrefix("::6/128")
 )
 
-// Build returns the rulesets for spec: IPv4 always, IPv6 when spec.IPv6.
-// The order of rules follows istio-iptables exactly; comments say why a
-// rule exists, since the order is Istio's, not ours to improve.
-func Build(s capture.Spec) []Ruleset {
+// Build returns the model of spec: its rulesets (IPv4 always, IPv6 when
+// spec.IPv6) and its routes. The order of rules follows istio-iptables
+// exactly; comments say why a rule exists, since the order is Istio's,
+// not ours to improve. The spec is taken as valid (capture.Spec.Validate).
+func Build(s capture.Spec) Model {
 	b := &builder{ipv6: s.IPv6}
 	tproxyMode := s.Mode == capture.TProxy
 	lo4 := s.HostLoopback
@@ -125,11 +126,14 @@ func Build(s capture.Spec) []Ruleset {
 		b.insert("mangle", ChainInbound, 3, match(proto("tcp"), in("lo"), not(mark(capture.OutboundMark))), ret)
 	}
 
-	sets := []Ruleset{{Family: IPv4, Rules: b.v4}}
-	if s.IPv6 {
-		sets = append(sets, Ruleset{Family: IPv6, Rules: b.v6})
+	m := Model{
+		Sets:   []Ruleset{{Family: IPv4, Rules: b.v4}},
+		Routes: Routes{IPv6: s.IPv6, TProxy: tproxyMode, Mark: s.TProxyMark, Table: s.TProxyRouteTable},
 	}
-	return sets
+	if s.IPv6 {
+		m.Sets = append(m.Sets, Ruleset{Family: IPv6, Rules: b.v6})
+	}
+	return m
 }
 
 // owners matches the proxy's UIDs then GIDs, the order Istio emits their

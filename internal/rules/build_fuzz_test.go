@@ -145,7 +145,7 @@ func FuzzBuildFromAnnotations(f *testing.F) {
 		if err != nil {
 			return
 		}
-		for _, rs := range rules.Build(spec) {
+		for _, rs := range rules.Build(spec).Sets {
 			for _, r := range rs.Rules {
 				if why := checkRule(r); why != "" {
 					t.Fatalf("%s: rule %q from %q", why, r.String(), ann)
@@ -200,7 +200,7 @@ func TestBuildGrammar(t *testing.T) {
 	s.OutboundPorts = []uint16{443}
 	s.DNSServers = []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fd00::a")}
 	n := 0
-	for _, rs := range rules.Build(s) {
+	for _, rs := range rules.Build(s).Sets {
 		for _, r := range rs.Rules {
 			n++
 			if why := checkRule(r); why != "" {

@@ -300,6 +300,24 @@ func (v Verdict) writeTo(b *strings.Builder) {
 	}
 }
 
+// Model is what a capture spec programs into a netns, built once (Build):
+// a ruleset per family, and the routes the rules rely on.
+type Model struct {
+	Sets   []Ruleset
+	Routes Routes
+}
+
+// Routes is what a capture needs beside its rules, written over netlink:
+// with IPv6, Envoy's inbound passthrough source ::6 on lo; with TPROXY, a
+// policy rule per family (fwmark Mark → table Table) and a local default
+// route via lo in that table.
+type Routes struct {
+	IPv6   bool
+	TProxy bool
+	Mark   uint32
+	Table  int
+}
+
 // Ruleset is every rule of one family, in the order Istio issues them.
 type Ruleset struct {
 	Family Family
