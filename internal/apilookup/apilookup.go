@@ -5,9 +5,9 @@
 // stdout.
 //
 // The GET runs in a process of its own so that the plug-in, exec'd for
-// every pod, links no HTTP, TLS or YAML code: that cost about 0.7 ms of
-// start-up on every ADD (docs/performance.md), while the fallback is
-// taken only when the agent is not there.
+// every pod, links no HTTP, TLS or YAML code, whose start-up cost every
+// ADD would pay (docs/performance.md), while the fallback is taken only
+// when the agent is not there.
 package apilookup
 
 import (

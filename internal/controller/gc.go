@@ -14,9 +14,8 @@ import (
 // pod creation in the cluster; a review allocates about 120 KiB, so at
 // 200 reviews/s a replica's small heap is collected several times a
 // second, and the reviews that meet a cycle make the latency's tail.
-// Measured with the scale harness, three runs each (docs/performance.md):
-// at 200/s, p99 2.3-4.4 ms at GOGC=100 and 1.3-2.7 ms at 400, with less
-// CPU.
+// With the scale harness, 400 shortened the tail and cost less CPU than
+// 100 (docs/performance.md, "The webhook's latency tail").
 const gcPercentUnderLimit = 400
 
 // gcPercent is the GOGC to set, or -1 to leave the runtime's: GOGC from

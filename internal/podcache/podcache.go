@@ -29,7 +29,7 @@
 //
 // Why not HTTP, as this protocol was first: the plug-in is a new process
 // for every pod, and linking net/http (which brings crypto/tls) cost
-// about 0.3-0.7 ms of each plug-in exec on a 2-core VM, measured, for a
+// start-up time on every plug-in exec (docs/performance.md), for a
 // question that needs none of HTTP. Neither side of this package may
 // import net/http: the plug-in links the package.
 //

@@ -7,8 +7,8 @@
 //
 // It talks to the API with net/http and reads the kubeconfig itself, not
 // through client-go: the helper is a new process for every lookup, and
-// linking k8s.io/client-go and k8s.io/api cost about 3.5 ms of start-up
-// (measured). All it needs is one GET of one pod, decoded from JSON into
+// linking k8s.io/client-go and k8s.io/api cost start-up time on every
+// exec (docs/performance.md). All it needs is one GET of one pod, decoded from JSON into
 // podspec.Pod.
 //
 // The kubeconfig reader takes what a client on a node uses, with

@@ -9,7 +9,8 @@ import (
 // decide capture and its spec, and nothing else. The plug-in decodes it
 // straight from the API or the agent's cache so that it never links
 // k8s.io/api: the plug-in is a new process per pod, and that package's
-// initialisation and size cost about 1.6 ms of every ADD (docs/performance.md).
+// initialisation and size cost start-up time on every ADD (measured in
+// docs/performance.md).
 // The names and JSON keys are the API's (k8s.io/api/core/v1), so code
 // reads the same.
 type Pod struct {
