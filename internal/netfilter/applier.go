@@ -2,14 +2,14 @@
 // into a network namespace with iptables-restore, one atomic restore per
 // address family, or with one atomic nftables transaction (the nftables
 // backend, over netlink or nft), and reads it back for CHECK and verify.
-// A visit to a netns holds its lock (lock.go), runs on a thread inside it
-// (netns.Thread), and is, on the backend it finds there, a kernel that
-// package apply decides against: the spec is validated, built into the
-// rule model once (package rules), and handed to apply, which asks the
-// kernel what is there and tells it what to write. The kernels render the
-// model themselves (rules: restore text; nftrules: nft text and netlink)
-// and read the kernel's listing back (compare.go, nftables.go). Fake is
-// the same contract over an in-memory kernel, decided by the same apply.
+// A visit to a netns holds its lock (lock.go) and, inside the netns, is a
+// rules.Kernel on the backend it finds there: the spec is validated and
+// built into the rule model once, and rules.Apply decides against the
+// kernel, asking it what is there and telling it what to write. The
+// kernels render the model themselves (rules: restore text; nftrules: nft
+// text and netlink) and read the kernel's listing back (compare.go,
+// nftables.go). Fake is the same contract over an in-memory kernel,
+// decided by the same rules.Apply.
 package netfilter
 
 import (
@@ -20,7 +20,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/meshcni/meshcni/internal/apply"
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/netns"
 	"github.com/meshcni/meshcni/internal/rules"
@@ -42,9 +41,9 @@ type Interface interface {
 
 var (
 	// ErrConflict: the netns already holds different capture rules.
-	ErrConflict = apply.ErrConflict
+	ErrConflict = rules.ErrConflict
 	// ErrMismatch: CHECK found rules differing from the spec.
-	ErrMismatch = apply.ErrMismatch
+	ErrMismatch = rules.ErrMismatch
 )
 
 // Options configure an Applier.
@@ -90,13 +89,12 @@ func New(opts Options) *Applier {
 	return &Applier{opts: opts, netlink: netlink}
 }
 
-// visit is one visit to a netns: its lock held, a thread inside it, and
-// the backend chosen once.
+// visit is one visit to a netns: its lock held, and once inside it, the
+// backend chosen once.
 type visit struct {
 	a       *Applier
 	ctx     context.Context
 	path    string
-	thread  *netns.Thread
 	backend Backend
 	env     []string
 	locked  *netnsLock
@@ -111,7 +109,9 @@ type visit struct {
 	listingErr error
 }
 
-// open starts a visit to the netns at path ("" = the current one).
+// open starts a visit to the netns at path ("" = the current one): the
+// path checked, and the netns's lock taken. The visit's work runs inside
+// the netns (netns.Do), where kernel picks the backend.
 func (a *Applier) open(ctx context.Context, path string) (*visit, error) {
 	// A pod's netns, never the caller's own (the node's): "" is the way to
 	// ask for the current one, in init mode.
@@ -132,39 +132,30 @@ func (a *Applier) open(ctx context.Context, path string) (*visit, error) {
 	if err != nil {
 		return nil, err
 	}
-	thread, err := netns.Enter(path)
-	if err != nil {
-		locked.unlock()
-		return nil, err
-	}
 	// Only this visit uses the xtables lock of this netns, so it can go
 	// when the visit ends.
 	xtables := filepath.Join(a.opts.LockDir, "xtables-"+id+".lock")
-	v := &visit{a: a, ctx: ctx, path: path, thread: thread, env: []string{"XTABLES_LOCKFILE=" + xtables},
-		locked: locked, xtables: xtables}
-	if err := v.do(func() (err error) { v.backend, err = v.detect(); return err }); err != nil {
-		v.close()
-		return nil, err
-	}
-	noteBackend(ctx, v.backend)
-	return v, nil
+	return &visit{a: a, ctx: ctx, path: path, env: []string{"XTABLES_LOCKFILE=" + xtables},
+		locked: locked, xtables: xtables}, nil
 }
 
 func (v *visit) close() {
-	v.thread.Close()
 	os.Remove(v.xtables)
 	v.locked.unlock()
 }
 
-// do runs fn in the netns, on the visit's thread.
-func (v *visit) do(fn func() error) error { return v.thread.Do(fn) }
-
-// kernel is the visit on its backend, for package apply.
-func (v *visit) kernel() apply.Kernel {
-	if v.backend == Nftables {
-		return &nftKernel{visit: v}
+// kernel picks the backend, inside the netns, and is the visit on it.
+func (v *visit) kernel() (rules.Kernel, error) {
+	b, err := v.detect()
+	if err != nil {
+		return nil, err
 	}
-	return &xtablesKernel{visit: v, saved: map[rules.Family]Tables{}}
+	v.backend = b
+	noteBackend(v.ctx, b)
+	if b == Nftables {
+		return &nftKernel{visit: v}, nil
+	}
+	return &xtablesKernel{visit: v, saved: map[rules.Family]Tables{}}, nil
 }
 
 // tables returns the visit's listing of the netns's nftables tables.
@@ -193,8 +184,8 @@ func (v *visit) detect() (Backend, error) {
 	return SystemDefault(v.a.opts.HostRoot), nil
 }
 
-// run, save and restore exec in the calling thread's netns: inside do,
-// or in a scratch netns.
+// run, save and restore exec in the calling thread's netns: the visit's,
+// or a scratch netns.
 func (v *visit) run(stdin, name string, args ...string) (string, error) {
 	if v.backend == Legacy {
 		args = append([]string{"-w", "10"}, args...)
@@ -216,37 +207,46 @@ func (v *visit) restore(f rules.Family, text string) error {
 }
 
 // Route and CheckRoutes are every kernel's: routes are netlink's alone.
-func (v *visit) Route(r rules.Routes) error { return v.do(func() error { return programRoutes(r) }) }
+func (v *visit) Route(r rules.Routes) error       { return programRoutes(r) }
+func (v *visit) CheckRoutes(r rules.Routes) error { return checkRoutes(r) }
 
-func (v *visit) CheckRoutes(r rules.Routes) error {
-	return v.do(func() error { return checkRoutes(r) })
-}
-
-// Apply implements Interface: the spec is validated and built into its
-// model, and the model is handed to package apply with the kernel of a
-// visit to the netns.
+// Apply implements Interface: inside the netns, the spec is validated
+// and built into its model, and rules.Apply decides against the visit's
+// kernel.
 func (a *Applier) Apply(ctx context.Context, path string, spec capture.Spec) error {
-	if err := spec.Validate(); err != nil {
-		return fmt.Errorf("invalid capture spec: %w", err)
-	}
-	m := rules.Build(spec)
 	v, err := a.open(ctx, path)
 	if err != nil {
 		return err
 	}
 	defer v.close()
-	return apply.Apply(v.kernel(), m)
+	return netns.Do(path, func() error {
+		if err := spec.Validate(); err != nil {
+			return fmt.Errorf("invalid capture spec: %w", err)
+		}
+		m := rules.Build(spec)
+		k, err := v.kernel()
+		if err != nil {
+			return err
+		}
+		return rules.Apply(k, m)
+	})
 }
 
 // Check implements Interface.
 func (a *Applier) Check(ctx context.Context, path string, spec capture.Spec) error {
-	m := rules.Build(spec)
 	v, err := a.open(ctx, path)
 	if err != nil {
 		return err
 	}
 	defer v.close()
-	return apply.Check(v.kernel(), m)
+	return netns.Do(path, func() error {
+		m := rules.Build(spec)
+		k, err := v.kernel()
+		if err != nil {
+			return err
+		}
+		return rules.Check(k, m)
+	})
 }
 
 // Remove implements Interface.
@@ -256,7 +256,10 @@ func (a *Applier) Remove(ctx context.Context, path string) error {
 		return err
 	}
 	defer v.close()
-	return v.do(func() error {
+	return netns.Do(path, func() error {
+		if _, err := v.kernel(); err != nil {
+			return err
+		}
 		if v.backend == Nftables {
 			return v.nftRemove()
 		}
@@ -287,7 +290,10 @@ func (a *Applier) Save(ctx context.Context, path string, f rules.Family) (string
 	}
 	defer v.close()
 	var out string
-	err = v.do(func() (err error) {
+	err = netns.Do(path, func() (err error) {
+		if _, err := v.kernel(); err != nil {
+			return err
+		}
 		if v.backend == Nftables {
 			out, err = v.nftSave(f)
 			return err

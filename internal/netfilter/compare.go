@@ -2,19 +2,18 @@ package netfilter
 
 // The iptables backends' listing, pure: iptables-save output read into
 // Tables, the capture's lines picked out of them (ours, what the Applier's
-// and the Fake's kernels hold for package apply), and the removal of what
+// and the Fake's kernels hold for rules.Apply), and the removal of what
 // is there.
 
 import (
 	"slices"
 	"strings"
 
-	"github.com/meshcni/meshcni/internal/apply"
 	"github.com/meshcni/meshcni/internal/rules"
 )
 
 // Tables maps a table name to rule lines in iptables-save form.
-type Tables = apply.Tables
+type Tables = rules.Listing
 
 // parseSave reads iptables-save output into rule lines per table.
 func parseSave(save string) Tables {

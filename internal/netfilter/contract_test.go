@@ -13,7 +13,7 @@ import (
 // (TestFakeContract here; TestApplierContract runs it on the kernel): the
 // same spec twice changes nothing, a different one is a conflict that
 // leaves the rules, Check tells the spec from another, Remove leaves none,
-// and each family is decided alone (package apply): the IPv4 half of a
+// and each family is decided alone (rules.Apply): the IPv4 half of a
 // dual-stack capture is already there.
 func contract(t *testing.T, a Interface, path string) {
 	ctx := context.Background()

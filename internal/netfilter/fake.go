@@ -6,18 +6,17 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/meshcni/meshcni/internal/apply"
 	"github.com/meshcni/meshcni/internal/capture"
 	"github.com/meshcni/meshcni/internal/rules"
 )
 
 // Fake is an in-memory Interface at the kernel's level, as knftables'
 // Fake is: it holds each netns's tables, chains and rules (per family, in
-// the form iptables-save lists them), and is decided by package apply,
-// as the Applier is, over a kernel of its own (fakeKernel), so that the
-// two cannot disagree about what is the same spec, a conflict or a
-// mismatch. Like the Applier, an apply changes every family or none. Set
-// Err to make the next calls fail.
+// the form iptables-save lists them), and is decided by rules.Apply and
+// rules.Check, as the Applier is, over a kernel of its own (fakeKernel),
+// so that the two cannot disagree about what is the same spec, a
+// conflict or a mismatch. Like the Applier, an apply changes every family
+// or none. Set Err to make the next calls fail.
 type Fake struct {
 	mu     sync.Mutex
 	kernel map[string]map[rules.Family]Tables
@@ -46,7 +45,7 @@ func (f *Fake) Apply(_ context.Context, path string, spec capture.Spec) error {
 	if err := spec.Validate(); err != nil {
 		return fmt.Errorf("invalid capture spec: %w", err)
 	}
-	if err := apply.Apply(fakeKernel{f, path}, rules.Build(spec)); err != nil {
+	if err := rules.Apply(fakeKernel{f, path}, rules.Build(spec)); err != nil {
 		return fmt.Errorf("%w in %s", err, path)
 	}
 	f.specs[path] = spec
@@ -60,13 +59,13 @@ func (f *Fake) Check(_ context.Context, path string, spec capture.Spec) error {
 	if f.Err != nil {
 		return f.Err
 	}
-	if err := apply.Check(fakeKernel{f, path}, rules.Build(spec)); err != nil {
+	if err := rules.Check(fakeKernel{f, path}, rules.Build(spec)); err != nil {
 		return fmt.Errorf("%w in %s", err, path)
 	}
 	return nil
 }
 
-// fakeKernel is the Fake's netns at path, for package apply; f.mu is
+// fakeKernel is the Fake's netns at path, a rules.Kernel; f.mu is
 // held. It has no routes.
 type fakeKernel struct {
 	f    *Fake
@@ -77,7 +76,7 @@ func (k fakeKernel) Held(fam rules.Family, want Tables) (Tables, error) {
 	return ours(k.f.kernel[k.path][fam], want), nil
 }
 
-func (k fakeKernel) Listing(sets []rules.Ruleset) (map[rules.Family]Tables, error) {
+func (k fakeKernel) Lists(sets []rules.Ruleset) (map[rules.Family]Tables, error) {
 	out := map[rules.Family]Tables{}
 	for _, rs := range sets {
 		out[rs.Family] = listing(rs)

@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/meshcni/meshcni/internal/apply"
 	"github.com/meshcni/meshcni/internal/netns"
 	"github.com/meshcni/meshcni/internal/nftrules"
 	"github.com/meshcni/meshcni/internal/rules"
@@ -20,7 +19,8 @@ import (
 // it, so that the agent's HostRootRunner and the tests' counting runner
 // apply). Which tables exist is read over netlink.
 
-// nftKernel is a visit on the nftables backend.
+// nftKernel is a visit on the nftables backend. Its methods run in the
+// visit's netns.
 type nftKernel struct {
 	*visit
 	read  bool
@@ -28,7 +28,7 @@ type nftKernel struct {
 	istio map[rules.Family][]string // iptables-nft ISTIO_* chains, "nat/ISTIO_OUTPUT"
 }
 
-var _ apply.Kernel = (*nftKernel)(nil)
+var _ rules.Kernel = (*nftKernel)(nil)
 
 // nft runs one nft command with script on stdin ("-f -"), or args, in
 // the calling thread's netns.
@@ -39,42 +39,38 @@ func (v *visit) nft(script string, args ...string) (string, error) {
 	return v.a.opts.Run(v.ctx, nil, script, "nft", args...)
 }
 
-// Held implements apply.Kernel: meshcni's table of family f, read once
+// Held implements rules.Kernel: meshcni's table of family f, read once
 // per visit (one netlink listing, then `nft list ruleset` only when some
 // table of meshcni's is there). iptables-nft's capture chains of the
 // family are in the way: the nftables backend neither replaces nor adds
 // to them.
-func (k *nftKernel) Held(f rules.Family, _ apply.Tables) (apply.Tables, error) {
+func (k *nftKernel) Held(f rules.Family, _ rules.Listing) (rules.Listing, error) {
 	if !k.read {
-		err := k.do(func() error {
-			ours, istio, err := k.nftState()
-			if err != nil {
-				return err
-			}
-			k.istio = istio
-			if len(ours) == 0 {
-				return nil
-			}
-			out, err := k.nft("", "list", "ruleset")
-			k.lines = nftLines(out)
-			return err
-		})
+		ours, istio, err := k.nftState()
 		if err != nil {
 			return nil, err
+		}
+		k.istio = istio
+		if len(ours) > 0 {
+			out, err := k.nft("", "list", "ruleset")
+			if err != nil {
+				return nil, err
+			}
+			k.lines = nftLines(out)
 		}
 		k.read = true
 	}
 	if chains := k.istio[f]; len(chains) > 0 {
 		return nil, fmt.Errorf("%w: iptables ISTIO_* chains are already there (%s); the nftables backend does not capture over them",
-			apply.ErrConflict, strings.Join(chains, ", "))
+			rules.ErrConflict, strings.Join(chains, ", "))
 	}
 	return byFamily(k.lines, f), nil
 }
 
-// Listing implements apply.Kernel: the sets are programmed into a
+// Listing implements rules.Kernel: the sets are programmed into a
 // scratch netns and listed there, since nft normalizes what it prints
 // (marks in hex, named priorities, implied protocols).
-func (k *nftKernel) Listing(sets []rules.Ruleset) (map[rules.Family]apply.Tables, error) {
+func (k *nftKernel) Lists(sets []rules.Ruleset) (map[rules.Family]rules.Listing, error) {
 	tables, err := nftrules.Tables(sets)
 	if err != nil {
 		return nil, err
@@ -88,14 +84,14 @@ func (k *nftKernel) Listing(sets []rules.Ruleset) (map[rules.Family]apply.Tables
 		lines = nftLines(out)
 		return err
 	})
-	out := map[rules.Family]apply.Tables{}
+	out := map[rules.Family]rules.Listing{}
 	for _, rs := range sets {
 		out[rs.Family] = byFamily(lines, rs.Family)
 	}
 	return out, err
 }
 
-// Write implements apply.Kernel: every family in one transaction. A
+// Write implements rules.Kernel: every family in one transaction. A
 // rejected one leaves nothing, but it may have committed and then failed
 // (nft killed on its way out), so every family counts as written.
 func (k *nftKernel) Write(sets []rules.Ruleset) ([]bool, error) {
@@ -110,27 +106,24 @@ func (k *nftKernel) Write(sets []rules.Ruleset) ([]bool, error) {
 	for i := range wrote {
 		wrote[i] = true
 	}
-	if err := k.do(func() error { return k.nftProgram(tables) }); err != nil {
+	if err := k.nftProgram(tables); err != nil {
 		return wrote, fmt.Errorf("program nftables rules: %w", err)
 	}
 	return wrote, nil
 }
 
-// Undo implements apply.Kernel: rs's family's table goes, if it is there.
+// Undo implements rules.Kernel: rs's family's table goes, if it is there.
 func (k *nftKernel) Undo(rs rules.Ruleset) {
-	_ = k.do(func() error {
-		if now, _, err := nftState(); err == nil && slices.Contains(now, rs.Family) {
-			_ = k.nftDelete([]rules.Family{rs.Family})
-		}
-		return nil
-	})
+	if now, _, err := nftState(); err == nil && slices.Contains(now, rs.Family) {
+		_ = k.nftDelete([]rules.Family{rs.Family})
+	}
 }
 
 // byFamily picks family f's lines out of nftLines' listing. They name
 // their own family, table and chain, so they are listed under no table.
-func byFamily(lines []string, f rules.Family) apply.Tables {
+func byFamily(lines []string, f rules.Family) rules.Listing {
 	prefix := nftrules.NFTFamily(f) + " "
-	held := apply.Tables{}
+	held := rules.Listing{}
 	for _, l := range lines {
 		if strings.HasPrefix(l, prefix) {
 			held[""] = append(held[""], l)

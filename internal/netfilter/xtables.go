@@ -5,14 +5,13 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/meshcni/meshcni/internal/apply"
 	"github.com/meshcni/meshcni/internal/netns"
 	"github.com/meshcni/meshcni/internal/rules"
 )
 
 // xtablesKernel is a visit on an iptables backend (iptables-legacy or
 // iptables-nft): rules go in with iptables-restore, one per family, and
-// are read back with iptables-save.
+// are read back with iptables-save. Its methods run in the visit's netns.
 type xtablesKernel struct {
 	*visit
 	// saved is each family's iptables-save, read once per visit: no
@@ -21,23 +20,16 @@ type xtablesKernel struct {
 	saved map[rules.Family]Tables
 }
 
-var _ apply.Kernel = (*xtablesKernel)(nil)
+var _ rules.Kernel = (*xtablesKernel)(nil)
 
-// Held implements apply.Kernel.
-func (k *xtablesKernel) Held(f rules.Family, want apply.Tables) (apply.Tables, error) {
+// Held implements rules.Kernel.
+func (k *xtablesKernel) Held(f rules.Family, want rules.Listing) (rules.Listing, error) {
 	all, ok := k.saved[f]
 	if !ok {
-		err := k.do(func() error {
-			// A new pod's netns has no tables at all: no save needed.
-			if has, err := k.hasTables(k.backend, f); err == nil && !has {
-				all = Tables{}
-				return nil
-			}
-			var err error
-			all, err = k.save(f)
-			return err
-		})
-		if err != nil {
+		// A new pod's netns has no tables at all: no save needed.
+		if has, err := k.hasTables(k.backend, f); err == nil && !has {
+			all = Tables{}
+		} else if all, err = k.save(f); err != nil {
 			return nil, err
 		}
 		k.saved[f] = all
@@ -45,12 +37,12 @@ func (k *xtablesKernel) Held(f rules.Family, want apply.Tables) (apply.Tables, e
 	return ours(all, want), nil
 }
 
-// Listing implements apply.Kernel: the kernel is asked, in a scratch
+// Listing implements rules.Kernel: the kernel is asked, in a scratch
 // netns, how it lists each ruleset. It is the only reliable way to
 // compare with iptables-save output, which normalizes matches ("-p tcp
 // -m tcp --dport").
-func (k *xtablesKernel) Listing(sets []rules.Ruleset) (map[rules.Family]apply.Tables, error) {
-	out := map[rules.Family]apply.Tables{}
+func (k *xtablesKernel) Lists(sets []rules.Ruleset) (map[rules.Family]rules.Listing, error) {
+	out := map[rules.Family]rules.Listing{}
 	err := netns.Scratch(func() error {
 		for _, rs := range sets {
 			if err := k.restore(rs.Family, rs.Restore()); err != nil {
@@ -67,7 +59,7 @@ func (k *xtablesKernel) Listing(sets []rules.Ruleset) (map[rules.Family]apply.Ta
 	return out, err
 }
 
-// Write implements apply.Kernel. With iptables-nft a dual-stack pod's
+// Write implements rules.Kernel. With iptables-nft a dual-stack pod's
 // IPv6 restore runs at the same time as the IPv4 one, from a second
 // thread in the netns: the two execs share nothing, and on 2 cores that
 // takes one restore off the ADD (docs/performance.md). Legacy restores
@@ -86,7 +78,7 @@ func (k *xtablesKernel) Write(sets []rules.Ruleset) ([]bool, error) {
 	}
 	if k.backend != NFT || len(sets) < 2 {
 		for i := range sets {
-			if errs[i] = k.do(func() error { return write(i) }); errs[i] != nil {
+			if errs[i] = write(i); errs[i] != nil {
 				break
 			}
 		}
@@ -100,22 +92,19 @@ func (k *xtablesKernel) Write(sets []rules.Ruleset) ([]bool, error) {
 			errs[i] = netns.Do(k.path, func() error { return write(i) })
 		}()
 	}
-	errs[0] = k.do(func() error { return write(0) })
+	errs[0] = write(0)
 	wg.Wait()
 	return wrote, cmp.Or(errs...)
 }
 
-// Undo implements apply.Kernel, with the cleanup the rule model derives
+// Undo implements rules.Kernel, with the cleanup the rule model derives
 // from rs. The family held none of rs's rules before the write, and no
 // other visit has written since (the netns lock), so what is there is
 // whole tables of rs: legacy restores commit table by table,
 // iptables-nft all at once. Each table's cleanup runs on its own, and one
 // for a table that was never written fails and changes nothing.
 func (k *xtablesKernel) Undo(rs rules.Ruleset) {
-	_ = k.do(func() error {
-		for _, t := range rs.UsedTables() {
-			_ = k.restore(rs.Family, rs.CleanupTable(t))
-		}
-		return nil
-	})
+	for _, t := range rs.UsedTables() {
+		_ = k.restore(rs.Family, rs.CleanupTable(t))
+	}
 }

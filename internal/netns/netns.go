@@ -56,12 +56,7 @@ func Do(path string, fn func() error) error {
 	if path == "" {
 		return fn()
 	}
-	return pathErr(path, ns.WithNetNSPath(path, func(ns.NetNS) error { return fn() }))
-}
-
-// pathErr names the ns package's errors for a path that is gone (ErrGone)
-// or not a netns (ErrNotNetNS).
-func pathErr(path string, err error) error {
+	err := ns.WithNetNSPath(path, func(ns.NetNS) error { return fn() })
 	var notExist ns.NSPathNotExistErr
 	if errors.As(err, &notExist) {
 		return fmt.Errorf("%s: %w", path, ErrGone)
@@ -71,79 +66,6 @@ func pathErr(path string, err error) error {
 		return fmt.Errorf("%s %w: %v", path, ErrNotNetNS, err)
 	}
 	return err
-}
-
-// Thread is one OS thread inside a netns that runs a visit's calls one
-// after another: the netns is entered once per visit, not once per call,
-// and the visit can be handed around as a value (netfilter's kernels)
-// rather than live inside a closure. Close takes the thread back to the
-// netns it came from or, when that fails, retires it, so that no other
-// goroutine ever runs in the pod's netns. The zero path is the current
-// netns (init-container mode): calls run on the caller's goroutine.
-type Thread struct {
-	calls chan func()
-	done  chan struct{}
-}
-
-// Enter starts a Thread in the netns at path, with Do's errors for a
-// path that is gone or not a netns.
-func Enter(path string) (*Thread, error) {
-	if path == "" {
-		return &Thread{}, nil
-	}
-	target, err := ns.GetNS(path)
-	if err != nil {
-		return nil, pathErr(path, err)
-	}
-	t := &Thread{calls: make(chan func()), done: make(chan struct{})}
-	entered := make(chan error, 1)
-	go func() {
-		defer close(t.done)
-		defer target.Close()
-		runtime.LockOSThread()
-		back, err := ns.GetCurrentNS()
-		if err != nil {
-			entered <- fmt.Errorf("open this thread's netns: %w", err)
-			return // the thread is retired, still locked: it never moved
-		}
-		defer back.Close()
-		if err := target.Set(); err != nil {
-			entered <- fmt.Errorf("enter %s: %w", path, err)
-			return
-		}
-		entered <- nil
-		for call := range t.calls {
-			call()
-		}
-		// Unlocked only once it is back: otherwise the runtime retires
-		// the thread when this goroutine returns.
-		if back.Set() == nil {
-			runtime.UnlockOSThread()
-		}
-	}()
-	if err := <-entered; err != nil {
-		<-t.done
-		return nil, err
-	}
-	return t, nil
-}
-
-// Do runs fn on the thread, inside its netns, and waits for it.
-func (t *Thread) Do(fn func() error) error {
-	if t.calls == nil {
-		return fn()
-	}
-	errc := make(chan error, 1)
-	t.calls <- func() { errc <- fn() }
-	return <-errc
-}
-
-// Close ends the thread's visit; the Thread is not used again.
-func (t *Thread) Close() {
-	if t.calls != nil {
-		close(t.calls)
-		<-t.done
-	}
 }
 
 // ID identifies a netns by device and inode, stable for its lifetime.

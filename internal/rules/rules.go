@@ -2,9 +2,11 @@
 // rules (tables, chains, matches and verdicts), rule for rule what Istio's
 // istio-iptables programs for the same settings and in its order, built
 // once. This package renders them as iptables-restore input and their
-// cleanup; package nftrules renders the same rules as nft text and
-// netfilter as netlink messages, from the typed fields, never from text.
-// It is pure: no exec, no netns.
+// cleanup; package nftrules renders the same rules as nft text and as
+// netlink messages, from the typed fields, never from text. It also
+// decides how the model meets a netns (apply.go), against the Kernel
+// interface that package netfilter implements on every backend. It is
+// pure: no exec, no netns.
 package rules
 
 import (

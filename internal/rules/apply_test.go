@@ -1,39 +1,37 @@
-package apply
+package rules
 
 import (
 	"errors"
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/meshcni/meshcni/internal/rules"
 )
 
 // stubKernel lists a ruleset as its rules' strings under "nat", and
 // records what is asked of it.
 type stubKernel struct {
-	held     map[rules.Family]Tables
+	held     map[Family]Listing
 	inTheWay error // Held's error
 	writeErr error // Write fails after writing the first set
 	routeErr error
-	wrote    []rules.Family
-	undone   []rules.Family
+	wrote    []Family
+	undone   []Family
 	routed   bool
 }
 
-func (k *stubKernel) Held(f rules.Family, _ Tables) (Tables, error) {
+func (k *stubKernel) Held(f Family, _ Listing) (Listing, error) {
 	return k.held[f], k.inTheWay
 }
 
-func (k *stubKernel) Listing(sets []rules.Ruleset) (map[rules.Family]Tables, error) {
-	out := map[rules.Family]Tables{}
+func (k *stubKernel) Lists(sets []Ruleset) (map[Family]Listing, error) {
+	out := map[Family]Listing{}
 	for _, rs := range sets {
 		out[rs.Family] = listed(rs)
 	}
 	return out, nil
 }
 
-func (k *stubKernel) Write(sets []rules.Ruleset) ([]bool, error) {
+func (k *stubKernel) Write(sets []Ruleset) ([]bool, error) {
 	wrote := make([]bool, len(sets))
 	for i, rs := range sets {
 		wrote[i] = true
@@ -45,39 +43,39 @@ func (k *stubKernel) Write(sets []rules.Ruleset) ([]bool, error) {
 	return wrote, nil
 }
 
-func (k *stubKernel) Undo(rs rules.Ruleset)          { k.undone = append(k.undone, rs.Family) }
-func (k *stubKernel) Route(rules.Routes) error       { k.routed = true; return k.routeErr }
-func (k *stubKernel) CheckRoutes(rules.Routes) error { return k.routeErr }
-func listed(rs rules.Ruleset) Tables                 { return Tables{"nat": lines(rs)} }
-func lines(rs rules.Ruleset) (out []string)          { return append(out, rs.Restore()) }
-func families(fs ...rules.Family) []rules.Family     { return fs }
-func model(sets ...rules.Ruleset) rules.Model        { return rules.Model{Sets: sets} }
-func set(f rules.Family, chain string) rules.Ruleset {
-	return rules.Ruleset{Family: f, Rules: []rules.Rule{{Table: "nat", Chain: chain}}}
+func (k *stubKernel) Undo(rs Ruleset)          { k.undone = append(k.undone, rs.Family) }
+func (k *stubKernel) Route(Routes) error       { k.routed = true; return k.routeErr }
+func (k *stubKernel) CheckRoutes(Routes) error { return k.routeErr }
+func listed(rs Ruleset) Listing                { return Listing{"nat": lines(rs)} }
+func lines(rs Ruleset) (out []string)          { return append(out, rs.Restore()) }
+func families(fs ...Family) []Family           { return fs }
+func model(sets ...Ruleset) Model              { return Model{Sets: sets} }
+func set(f Family, chain string) Ruleset {
+	return Ruleset{Family: f, Rules: []Rule{{Table: "nat", Chain: chain}}}
 }
 
 func TestApply(t *testing.T) {
-	v4, v6 := set(rules.IPv4, "ISTIO_OUTPUT"), set(rules.IPv6, "ISTIO_OUTPUT")
+	v4, v6 := set(IPv4, "ISTIO_OUTPUT"), set(IPv6, "ISTIO_OUTPUT")
 	boom := errors.New("boom")
 	for _, tc := range []struct {
 		name         string
 		k            stubKernel
 		want         error
-		wrote, undid []rules.Family
+		wrote, undid []Family
 	}{
-		{name: "a new netns gets every family", wrote: families(rules.IPv4, rules.IPv6)},
+		{name: "a new netns gets every family", wrote: families(IPv4, IPv6)},
 		{name: "a family already there exactly is left alone",
-			k: stubKernel{held: map[rules.Family]Tables{rules.IPv4: listed(v4)}}, wrote: families(rules.IPv6)},
+			k: stubKernel{held: map[Family]Listing{IPv4: listed(v4)}}, wrote: families(IPv6)},
 		{name: "other capture rules are a conflict, and nothing is written",
-			k:    stubKernel{held: map[rules.Family]Tables{rules.IPv6: listed(set(rules.IPv6, "ISTIO_INBOUND"))}},
+			k:    stubKernel{held: map[Family]Listing{IPv6: listed(set(IPv6, "ISTIO_INBOUND"))}},
 			want: ErrConflict},
 		{name: "rules of another kind in the way",
 			k: stubKernel{inTheWay: ErrConflict}, want: ErrConflict},
 		{name: "a failed write is undone",
-			k: stubKernel{writeErr: boom}, want: boom, wrote: families(rules.IPv4), undid: families(rules.IPv4)},
+			k: stubKernel{writeErr: boom}, want: boom, wrote: families(IPv4), undid: families(IPv4)},
 		{name: "failed routes undo every family written",
-			k:    stubKernel{routeErr: boom, held: map[rules.Family]Tables{rules.IPv4: listed(v4)}},
-			want: boom, wrote: families(rules.IPv6), undid: families(rules.IPv6)},
+			k:    stubKernel{routeErr: boom, held: map[Family]Listing{IPv4: listed(v4)}},
+			want: boom, wrote: families(IPv6), undid: families(IPv6)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			k := tc.k
@@ -93,8 +91,8 @@ func TestApply(t *testing.T) {
 }
 
 func TestCheck(t *testing.T) {
-	v4 := set(rules.IPv4, "ISTIO_OUTPUT")
-	if err := Check(&stubKernel{held: map[rules.Family]Tables{rules.IPv4: listed(v4)}}, model(v4)); err != nil {
+	v4 := set(IPv4, "ISTIO_OUTPUT")
+	if err := Check(&stubKernel{held: map[Family]Listing{IPv4: listed(v4)}}, model(v4)); err != nil {
 		t.Fatalf("the same rules: %v", err)
 	}
 	if err := Check(&stubKernel{}, model(v4)); !errors.Is(err, ErrMismatch) {
@@ -108,19 +106,19 @@ func TestCheck(t *testing.T) {
 }
 
 func TestCompare(t *testing.T) {
-	want := Tables{"nat": {"a", "b"}, "": {"ip x: c"}}
+	want := Listing{"nat": {"a", "b"}, "": {"ip x: c"}}
 	for _, tc := range []struct {
 		name string
-		held Tables
+		held Listing
 		says string // "" = equal
 	}{
-		{"equal", Tables{"nat": {"a", "b"}, "": {"ip x: c"}}, ""},
-		{"another order", Tables{"nat": {"b", "a"}, "": {"ip x: c"}}, "the same rules in another order"},
-		{"differences named by table", Tables{"nat": {"a", "z"}},
+		{"equal", Listing{"nat": {"a", "b"}, "": {"ip x: c"}}, ""},
+		{"another order", Listing{"nat": {"b", "a"}, "": {"ip x: c"}}, "the same rules in another order"},
+		{"differences named by table", Listing{"nat": {"a", "z"}},
 			"missing 2 rules, 1 unexpected; first differences: missing *nat b; missing ip x: c; unexpected *nat z"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := Compare(rules.IPv4, want, tc.held, ErrMismatch)
+			err := Compare(IPv4, want, tc.held, ErrMismatch)
 			if tc.says == "" {
 				if err != nil {
 					t.Fatal(err)

@@ -1,57 +1,57 @@
-// Package apply decides how a rule model meets a network namespace's
-// netfilter: a family's rules are written where none of its capture rules
-// are, left alone where they are there exactly, and refused where other
-// capture rules are in the way; a write that failed is undone; and CHECK
-// says whether the netns holds exactly the model. It is pure: the kernel
-// is a Kernel, package netfilter's real one on every backend or its
-// in-memory Fake, and all of them are decided by this one comparison.
-package apply
+package rules
+
+// How a model meets a network namespace's netfilter: a family's rules are
+// written where none of its capture rules are, left alone where they are
+// there exactly, and refused where other capture rules are in the way; a
+// write that failed is undone; and CHECK says whether the netns holds
+// exactly the model. It is pure: the kernel is a Kernel, package
+// netfilter's real one on every backend or its in-memory Fake, and all of
+// them are decided by this one comparison.
 
 import (
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
-
-	"github.com/meshcni/meshcni/internal/rules"
 )
 
 var (
-	// ErrConflict: the netns already holds different capture rules.
+	// ErrConflict: the netns already holds different capture
 	ErrConflict = errors.New("netns already holds different capture rules")
 	// ErrMismatch: CHECK found rules differing from the spec.
 	ErrMismatch = errors.New("capture rules differ from the pod's spec")
 )
 
 // Kernel is one visit to a netns's netfilter on one backend: what Apply
-// and Check ask of it. Rules are compared in the kernel's own listing
-// (Tables), since every backend prints rules in a normal form of its own.
+// and Check ask of it, from inside the netns. Rules are compared in the
+// kernel's own listing (Listing), since every backend prints rules in a
+// normal form of its own.
 type Kernel interface {
 	// Held lists the capture rules family f holds now: every rule of a
 	// capture chain, every jump into one, and any rule of want (the
 	// kernel's listing of what is to be there; nil when asking whether
 	// any is). An error wrapping ErrConflict says that capture rules of
 	// another kind are in the way.
-	Held(f rules.Family, want Tables) (Tables, error)
-	// Listing returns each ruleset as this kernel lists it, by family.
-	Listing(sets []rules.Ruleset) (map[rules.Family]Tables, error)
+	Held(f Family, want Listing) (Listing, error)
+	// Lists returns each ruleset as this kernel lists it, by family.
+	Lists(sets []Ruleset) (map[Family]Listing, error)
 	// Write programs sets into a netns that holds none of their capture
 	// rules, and says which of them it may have written (wholly or in
 	// part), also when it fails.
-	Write(sets []rules.Ruleset) (wrote []bool, err error)
+	Write(sets []Ruleset) (wrote []bool, err error)
 	// Undo removes what a Write wrote of rs.
-	Undo(rs rules.Ruleset)
+	Undo(rs Ruleset)
 	// Route programs r; CheckRoutes reports whether r is there.
-	Route(r rules.Routes) error
-	CheckRoutes(r rules.Routes) error
+	Route(r Routes) error
+	CheckRoutes(r Routes) error
 }
 
 // Apply programs m into k: each family whose capture rules are not there
 // yet is written, a family that holds exactly its rules is left alone,
 // and other capture rules are ErrConflict. On error nothing this call
 // wrote is left behind.
-func Apply(k Kernel, m rules.Model) error {
-	var write, there []rules.Ruleset
+func Apply(k Kernel, m Model) error {
+	var write, there []Ruleset
 	for _, rs := range m.Sets {
 		held, err := k.Held(rs.Family, nil)
 		if err != nil {
@@ -86,7 +86,7 @@ func Apply(k Kernel, m rules.Model) error {
 // Check returns nil when k holds exactly m's capture rules and routes,
 // and an error wrapping ErrMismatch that names the first differences
 // otherwise.
-func Check(k Kernel, m rules.Model) error {
+func Check(k Kernel, m Model) error {
 	if err := compare(k, m.Sets, ErrMismatch); err != nil {
 		return err
 	}
@@ -95,8 +95,8 @@ func Check(k Kernel, m rules.Model) error {
 
 // compare holds each of sets against what its family holds, as the
 // kernel lists both; a difference is an error wrapping kind.
-func compare(k Kernel, sets []rules.Ruleset, kind error) error {
-	want, err := k.Listing(sets)
+func compare(k Kernel, sets []Ruleset, kind error) error {
+	want, err := k.Lists(sets)
 	if err != nil {
 		return err
 	}
@@ -115,12 +115,12 @@ func compare(k Kernel, sets []rules.Ruleset, kind error) error {
 	return nil
 }
 
-// Tables maps a table name to rule lines as a kernel lists them; lines
+// Listing maps a table name to rule lines as a kernel lists them; lines
 // that name their own table (nftables') are listed under "".
-type Tables map[string][]string
+type Listing map[string][]string
 
 // Empty reports whether no table holds a line.
-func (t Tables) Empty() bool {
+func (t Listing) Empty() bool {
 	for _, l := range t {
 		if len(l) > 0 {
 			return false
@@ -131,16 +131,16 @@ func (t Tables) Empty() bool {
 
 // Names lists t's tables with a line: iptables' in restore order, then
 // any other (nftables' own table) by name.
-func (t Tables) Names() []string {
+func (t Listing) Names() []string {
 	var out []string
-	for _, name := range rules.Tables {
+	for _, name := range Tables {
 		if len(t[name]) > 0 {
 			out = append(out, name)
 		}
 	}
 	var rest []string
 	for name, lines := range t {
-		if len(lines) > 0 && !slices.Contains(rules.Tables, name) {
+		if len(lines) > 0 && !slices.Contains(Tables, name) {
 			rest = append(rest, name)
 		}
 	}
@@ -149,7 +149,7 @@ func (t Tables) Names() []string {
 }
 
 // String renders tables in that order, for messages and verify output.
-func (t Tables) String() string {
+func (t Listing) String() string {
 	var b strings.Builder
 	for _, name := range t.Names() {
 		b.WriteString("*" + name + "\n")
@@ -163,7 +163,7 @@ func (t Tables) String() string {
 // Compare is the one comparison of a family's capture rules: nil when
 // held is exactly want, else an error wrapping kind (ErrConflict,
 // ErrMismatch) that names the first differences.
-func Compare(f rules.Family, want, held Tables, kind error) error {
+func Compare(f Family, want, held Listing, kind error) error {
 	names := want.Names()
 	for _, name := range held.Names() {
 		if !slices.Contains(names, name) {
