@@ -75,8 +75,8 @@ type Env struct {
 	bin         map[string]string // name → path
 	kcm, sched  *daemon.Proc
 	kwok        *daemon.Proc
-	controller  *daemon.Proc
-	webhook     *daemon.Proc
+	controller  *replica
+	webhook     *replica
 	webhookPort int
 	// controllerLimit is the chart's memory limit of a controller
 	// replica, in bytes (startController).
@@ -226,12 +226,12 @@ func (e *Env) start(name string, argv ...string) (*daemon.Proc, error) {
 // runs it: in its container it reads its memory limit from its cgroup
 // and sets GOMEMLIMIT to a share of it (controller.MemLimitRatio); these
 // processes run in no such cgroup, so they are given that GOMEMLIMIT.
-func (e *Env) startController(name string, argv ...string) (*daemon.Proc, error) {
+func (e *Env) startController(name string, argv ...string) (*replica, error) {
 	if e.controllerLimit <= 0 {
 		return nil, errors.New("the chart's controller memory limit is unknown (install first)")
 	}
 	env := []string{"GOMEMLIMIT=" + strconv.FormatInt(e.controllerGoMemLimit(), 10)}
-	return daemon.StartEnv(name, filepath.Join(e.Dir, name+".log"), env, argv...)
+	return startReplica(name, filepath.Join(e.Dir, name+".log"), env, argv...)
 }
 
 // controllerGoMemLimit is the GOMEMLIMIT, in bytes, a controller replica
@@ -514,6 +514,18 @@ func (e *Env) WebhookPID() int {
 // ControllerPID is meshcni-controller's process ID.
 func (e *Env) ControllerPID() int { return e.controller.PID() }
 
+// Restarts counts the times each replica (the leader, the webhook) was
+// started again after it exited.
+func (e *Env) Restarts() (controller, webhook int) {
+	if e.controller != nil {
+		controller = e.controller.Restarts()
+	}
+	if e.webhook != nil {
+		webhook = e.webhook.Restarts()
+	}
+	return controller, webhook
+}
+
 // RemoveWebhookConfiguration deletes the webhook configuration (for a
 // baseline without the webhook) and waits until the API server stops
 // calling it; RestoreWebhookConfiguration puts it back as it was.
@@ -556,7 +568,15 @@ func (e *Env) waitConverted(ctx context.Context, want bool) error {
 // to be killed or had died early.
 func (e *Env) Stop() []string {
 	var notes []string
-	for _, p := range []*daemon.Proc{e.webhook, e.controller, e.kwok, e.sched, e.kcm} {
+	for _, r := range []*replica{e.webhook, e.controller} {
+		if r == nil {
+			continue
+		}
+		if n := r.Stop(10 * time.Second); n != "" {
+			notes = append(notes, n)
+		}
+	}
+	for _, p := range []*daemon.Proc{e.kwok, e.sched, e.kcm} {
 		if p == nil {
 			continue
 		}
@@ -579,9 +599,14 @@ func (e *Env) Stop() []string {
 // LogTail is the last n lines of every process's log, for failures.
 func (e *Env) LogTail(n int) string {
 	var b strings.Builder
-	for _, p := range []*daemon.Proc{e.kcm, e.sched, e.kwok, e.controller, e.webhook} {
+	for _, p := range []*daemon.Proc{e.kcm, e.sched, e.kwok} {
 		if p != nil {
 			fmt.Fprintf(&b, "--- %s ---\n%s\n", p.Name, p.Tail(n))
+		}
+	}
+	for _, r := range []*replica{e.controller, e.webhook} {
+		if r != nil {
+			fmt.Fprintf(&b, "--- %s ---\n%s\n", r.name, r.Tail(n))
 		}
 	}
 	if e.Cluster != nil {
@@ -593,9 +618,14 @@ func (e *Env) LogTail(n int) string {
 // Exited names the processes that have died.
 func (e *Env) Exited() []string {
 	var out []string
-	for _, p := range []*daemon.Proc{e.kcm, e.sched, e.kwok, e.controller, e.webhook} {
+	for _, p := range []*daemon.Proc{e.kcm, e.sched, e.kwok} {
 		if p != nil && p.Exited() {
 			out = append(out, p.Name+": "+p.Tail(5))
+		}
+	}
+	for _, r := range []*replica{e.controller, e.webhook} {
+		if r != nil && r.Exited() {
+			out = append(out, r.name+": "+r.Tail(5))
 		}
 	}
 	return out

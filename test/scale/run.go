@@ -102,6 +102,9 @@ type Report struct {
 	ControllerRoll float64 // cores, during the rollout
 	ControllerRSS  uint64  // after the rollout
 	ControllerHWM  uint64
+	// Restarts counts the replicas' restarts (the leader, the webhook):
+	// a replica that loses its Lease exits and is started again.
+	Restarts [2]int
 
 	Steady  APIWindow
 	Rollout APIWindow
@@ -246,7 +249,10 @@ func (e *Env) apiWindow(ctx context.Context, before []Sample, from time.Time) (A
 // measured so far with the first error.
 func Run(ctx context.Context, e *Env, cfg Config) (r *Report, err error) {
 	r = &Report{Config: cfg, Started: time.Now(), Load: loadavg()}
-	defer func() { r.Load += " → " + loadavg() }()
+	defer func() {
+		r.Load += " → " + loadavg()
+		r.Restarts[0], r.Restarts[1] = e.Restarts()
+	}()
 	if err := LoadIstioTemplate(e.opts.Repo); err != nil {
 		return r, err
 	}
@@ -480,6 +486,7 @@ func (r *Report) Markdown() string {
 	row("settings change → every node's agent Ready with it (maxUnavailable "+r.MaxUnavailable+")", "%s", secs(r.RolloutNodes))
 	row("settings change → phase Running", "%s", secs(r.RolloutRunning))
 	row("controller VmRSS / VmHWM (after the rollout)", "%s / %s", mib(r.ControllerRSS), mib(r.ControllerHWM))
+	row("replicas restarted after they exited (leader / webhook)", "%d / %d", r.Restarts[0], r.Restarts[1])
 	row("controller CPU, steady / during the rollout", "%.3f / %.3f cores", r.ControllerIdle, r.ControllerRoll)
 	if r.FillTime > 0 {
 		row("app pods created at the fill rate", "%d/s asked, %s, %d failed", c.FillRate, secs(r.FillTime), r.FillFailed)
