@@ -38,6 +38,9 @@ type Config struct {
 	Steady time.Duration
 	// DownPods are created with the webhook process stopped.
 	DownPods int
+	// WebhookOnly ends the run after the webhook's rates, to compare
+	// the webhook's settings without the rest of a run.
+	WebhookOnly bool
 	// Timeout bounds each wait (nodes ready, agents ready, rollout).
 	Timeout time.Duration
 }
@@ -307,6 +310,9 @@ func Run(ctx context.Context, e *Env, cfg Config) (r *Report, err error) {
 	if st, err := ReadProc(e.WebhookPID()); err == nil {
 		r.WebhookRSS, r.WebhookHWM = st.RSS, st.HWM
 	}
+	if cfg.WebhookOnly {
+		return r, nil
+	}
 
 	if rest := cfg.Pods - r.PodsCreated; rest > 0 {
 		e.logf("creating %d more pods at %d/s", rest, cfg.FillRate)
@@ -478,6 +484,9 @@ func (r *Report) Markdown() string {
 		fmt.Fprintf(&b, "| %s | "+format+" |\n", append([]any{k}, args...)...)
 	}
 	row("webhook memory (VmRSS / VmHWM)", "%s / %s", mib(r.WebhookRSS), mib(r.WebhookHWM))
+	if c.WebhookOnly {
+		return b.String()
+	}
 	row("webhook down: pods created / kept istio-init / failed", "%d of %d / %d / %d", r.Down.Created, c.DownPods, r.Down.Created-r.Down.Converted, r.Down.Failed)
 	row("webhook down: create p50 / p99", "%s / %s", ms(r.DownP50), ms(r.DownP99))
 	row("nodes registered → Ready (kwok)", "%s", secs(r.NodesReady))

@@ -24,6 +24,7 @@ var (
 	timeoutFlag = flag.Duration("scale.timeout", 30*time.Minute, "bound on each wait")
 	outFlag     = flag.String("scale.out", "", "also write the table to this file")
 	hbFlag      = flag.Duration("scale.heartbeat", 5*time.Minute, "each node's status update period (the kubelet's nodeStatusReportFrequency)")
+	webhookOnly = flag.Bool("scale.webhook-only", false, "end after the webhook's rates (to compare webhook settings)")
 )
 
 // TestScale is `make scale`: the whole measurement at full size, printed
@@ -38,7 +39,7 @@ func TestScale(t *testing.T) {
 		rates = append(rates, r)
 	}
 	cfg := Config{Nodes: *nodesFlag, Pods: *podsFlag, Rates: rates, RateDuration: *rateDur, FillRate: *fillFlag,
-		Steady: *steadyFlag, DownPods: 200, Timeout: *timeoutFlag}
+		Steady: *steadyFlag, DownPods: 200, Timeout: *timeoutFlag, WebhookOnly: *webhookOnly}
 	ctx := context.Background()
 	repo, err := filepath.Abs("../..")
 	if err != nil {
