@@ -10,16 +10,20 @@ func TestGCPercent(t *testing.T) {
 		name  string
 		limit int64
 		env   string
-		want  int
+		want  string // "" = left alone
 	}{
-		{"a container's limit", 172 << 20, "", gcPercentUnderLimit},
-		{"no limit", math.MaxInt64, "", -1},
-		{"GOGC set", 172 << 20, "100", -1},
-		{"GOGC off", 172 << 20, "off", -1},
-		{"no limit, GOGC set", math.MaxInt64, "50", -1},
+		{"a container's limit", 172 << 20, "", "off"},
+		{"no limit", math.MaxInt64, "", ""},
+		{"GOGC set", 172 << 20, "100", ""},
+		{"GOGC off", 172 << 20, "off", ""},
+		{"no limit, GOGC set", math.MaxInt64, "50", ""},
 	} {
-		if got := gcPercent(tc.limit, tc.env); got != tc.want {
-			t.Errorf("%s: gcPercent(%d, %q) = %d, want %d", tc.name, tc.limit, tc.env, got, tc.want)
+		got := ""
+		if p, set := gcPercent(tc.limit, tc.env); set {
+			got = gogcName(p)
+		}
+		if got != tc.want {
+			t.Errorf("%s: gcPercent(%d, %q) sets %q, want %q", tc.name, tc.limit, tc.env, got, tc.want)
 		}
 	}
 }
