@@ -144,15 +144,24 @@ func (v *visit) close() {
 	v.locked.unlock()
 }
 
-// kernel picks the backend, inside the netns, and is the visit on it.
-func (v *visit) kernel() (rules.Kernel, error) {
+// pick chooses the visit's backend, inside the netns (detect), and notes
+// it for the caller (RecordBackend).
+func (v *visit) pick() error {
 	b, err := v.detect()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	v.backend = b
 	noteBackend(v.ctx, b)
-	if b == Nftables {
+	return nil
+}
+
+// kernel picks the backend and is the visit on it.
+func (v *visit) kernel() (rules.Kernel, error) {
+	if err := v.pick(); err != nil {
+		return nil, err
+	}
+	if v.backend == Nftables {
 		return &nftKernel{visit: v}, nil
 	}
 	return &xtablesKernel{visit: v, saved: map[rules.Family]Tables{}}, nil
@@ -257,7 +266,7 @@ func (a *Applier) Remove(ctx context.Context, path string) error {
 	}
 	defer v.close()
 	return netns.Do(path, func() error {
-		if _, err := v.kernel(); err != nil {
+		if err := v.pick(); err != nil {
 			return err
 		}
 		if v.backend == Nftables {
@@ -291,7 +300,7 @@ func (a *Applier) Save(ctx context.Context, path string, f rules.Family) (string
 	defer v.close()
 	var out string
 	err = netns.Do(path, func() (err error) {
-		if _, err := v.kernel(); err != nil {
+		if err := v.pick(); err != nil {
 			return err
 		}
 		if v.backend == Nftables {
