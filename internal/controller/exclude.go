@@ -4,23 +4,22 @@ import (
 	"slices"
 
 	"github.com/meshcni/meshcni/api/v1alpha1"
+	"github.com/meshcni/meshcni/internal/netconf"
 	"github.com/meshcni/meshcni/internal/webhook"
 )
-
-// DefaultExcludeNamespaces are the CRD schema's default for
-// spec.excludeNamespaces, for an object stored before the default existed.
-var DefaultExcludeNamespaces = []string{"kube-system", "istio-system"}
 
 // ExcludedNamespaces is the one decision of which namespaces meshcni never
 // captures: the spec's list (its default when absent), each once, in its
 // order, then the release namespace, always and last (the plug-in must
-// never wait on the API for the agent's own pods). The node side's
+// never wait on the API for the agent's own pods). The default is the
+// plug-in's (netconf.DefaultExcludeNamespaces), as the CRD schema's is,
+// for an object stored before the schema had one. The node side's
 // rendering (the plug-in's exclude_namespaces) and the webhook both use
 // it. Pure.
 func ExcludedNamespaces(spec v1alpha1.MeshCNISpec, releaseNamespace string) []string {
 	list := spec.ExcludeNamespaces
 	if list == nil {
-		list = DefaultExcludeNamespaces
+		list = netconf.DefaultExcludeNamespaces()
 	}
 	out := make([]string, 0, len(list)+1)
 	for _, ns := range list {

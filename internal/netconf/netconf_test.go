@@ -171,7 +171,8 @@ func TestEncodeParses(t *testing.T) {
 	}
 }
 
-// The chart's default exclusion list is this package's.
+// The chart's default exclusion list, and the MeshCNI CRD schema's, are
+// this package's.
 func TestChartDefaultsMatch(t *testing.T) {
 	raw, err := charts.FS.ReadFile(charts.Root + "/values.yaml")
 	if err != nil {
@@ -185,6 +186,38 @@ func TestChartDefaultsMatch(t *testing.T) {
 	}
 	if !reflect.DeepEqual(v.ExcludeNamespaces, DefaultExcludeNamespaces()) {
 		t.Errorf("chart excludeNamespaces %v, netconf.DefaultExcludeNamespaces %v", v.ExcludeNamespaces, DefaultExcludeNamespaces())
+	}
+	raw, err = charts.FS.ReadFile(charts.Root + "/crds/meshcni.io_meshcnis.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crd struct {
+		Spec struct {
+			Versions []struct {
+				Schema struct {
+					OpenAPIV3Schema struct {
+						Properties struct {
+							Spec struct {
+								Properties struct {
+									ExcludeNamespaces struct {
+										Default []string `json:"default"`
+									} `json:"excludeNamespaces"`
+								} `json:"properties"`
+							} `json:"spec"`
+						} `json:"properties"`
+					} `json:"openAPIV3Schema"`
+				} `json:"schema"`
+			} `json:"versions"`
+		} `json:"spec"`
+	}
+	if err := yaml.Unmarshal(raw, &crd); err != nil || len(crd.Spec.Versions) == 0 {
+		t.Fatalf("the CRD: %v", err)
+	}
+	for _, ver := range crd.Spec.Versions {
+		got := ver.Schema.OpenAPIV3Schema.Properties.Spec.Properties.ExcludeNamespaces.Default
+		if !reflect.DeepEqual(got, DefaultExcludeNamespaces()) {
+			t.Errorf("CRD spec.excludeNamespaces default %v, netconf.DefaultExcludeNamespaces %v", got, DefaultExcludeNamespaces())
+		}
 	}
 }
 
