@@ -67,7 +67,7 @@ func (k *nftKernel) Held(f rules.Family, _ rules.Listing) (rules.Listing, error)
 	return byFamily(k.lines, f), nil
 }
 
-// Listing implements rules.Kernel: the sets are programmed into a
+// Lists implements rules.Kernel: the sets are programmed into a
 // scratch netns and listed there, since nft normalizes what it prints
 // (marks in hex, named priorities, implied protocols).
 func (k *nftKernel) Lists(sets []rules.Ruleset) (map[rules.Family]rules.Listing, error) {

@@ -37,7 +37,7 @@ func (k *xtablesKernel) Held(f rules.Family, want rules.Listing) (rules.Listing,
 	return ours(all, want), nil
 }
 
-// Listing implements rules.Kernel: the kernel is asked, in a scratch
+// Lists implements rules.Kernel: the kernel is asked, in a scratch
 // netns, how it lists each ruleset. It is the only reliable way to
 // compare with iptables-save output, which normalizes matches ("-p tcp
 // -m tcp --dport").
