@@ -219,19 +219,19 @@ func (v *visit) restore(f rules.Family, text string) error {
 func (v *visit) Route(r rules.Routes) error       { return programRoutes(r) }
 func (v *visit) CheckRoutes(r rules.Routes) error { return checkRoutes(r) }
 
-// Apply implements Interface: inside the netns, the spec is validated
-// and built into its model, and rules.Apply decides against the visit's
-// kernel.
+// Apply implements Interface: a spec that is not valid is refused before
+// the netns is locked or entered; inside it, the spec is built into its
+// model, and rules.Apply decides against the visit's kernel.
 func (a *Applier) Apply(ctx context.Context, path string, spec capture.Spec) error {
+	if err := spec.Validate(); err != nil {
+		return fmt.Errorf("invalid capture spec: %w", err)
+	}
 	v, err := a.open(ctx, path)
 	if err != nil {
 		return err
 	}
 	defer v.close()
 	return netns.Do(path, func() error {
-		if err := spec.Validate(); err != nil {
-			return fmt.Errorf("invalid capture spec: %w", err)
-		}
 		m := rules.Build(spec)
 		k, err := v.kernel()
 		if err != nil {
