@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"testing"
 
+	jsonv2 "github.com/go-json-experiment/json"
 	admissionv1 "k8s.io/api/admission/v1"
 
 	"github.com/meshcni/meshcni/internal/inject"
@@ -29,7 +30,7 @@ func FuzzServeHTTP(f *testing.F) {
 		if out.Response.Patch == nil {
 			return
 		}
-		_ = json.Unmarshal(body, &in)
+		_ = jsonv2.Unmarshal(body, &in) // as the handler reads it
 		var ops []inject.Op
 		if err := json.Unmarshal(out.Response.Patch, &ops); err != nil {
 			t.Fatal(err)

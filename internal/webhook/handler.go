@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	jsonv2 "github.com/go-json-experiment/json"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -84,8 +85,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "reading the request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
+	// Requests are decoded with encoding/json/v2's implementation
+	// (go-json-experiment, already in Kubernetes' own dependencies): in
+	// half encoding/json's CPU (docs/performance.md), and it matches
+	// names exactly and refuses duplicates, as JSON Patch resolves them,
+	// so the pod decided on is the one the patch applies to. The answer
+	// is written with encoding/json, whose omitempty the API types are
+	// tagged for.
 	var review admissionv1.AdmissionReview
-	if err := json.Unmarshal(body, &review); err != nil {
+	if err := jsonv2.Unmarshal(body, &review); err != nil {
 		http.Error(w, "not an AdmissionReview: "+err.Error(), http.StatusBadRequest)
 		return
 	}
@@ -132,7 +140,7 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 	}
 	result = resultError
 	var pod corev1.Pod
-	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+	if err := jsonv2.Unmarshal(req.Object.Raw, &pod); err != nil {
 		resp.Warnings = []string{"meshcni: pod left unchanged: " + err.Error()}
 		h.log().Warn("pod left unchanged", "namespace", req.Namespace, "name", req.Name, "err", err)
 		return resp

@@ -5,10 +5,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/google/go-cmp/cmp"
 	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshcni/meshcni/internal/golden"
@@ -80,4 +84,22 @@ func TestResponsesGolden(t *testing.T) {
 		}
 	}
 	golden.Compare(t, "responses", b.String())
+}
+
+// The handler decodes with encoding/json/v2's implementation; on every
+// fixture pod it must read what encoding/json reads.
+func TestDecodersAgree(t *testing.T) {
+	names, pods := fixturePods(t)
+	for i, js := range pods {
+		var v1, v2 corev1.Pod
+		if err := json.Unmarshal(js, &v1); err != nil {
+			t.Fatal(err)
+		}
+		if err := jsonv2.Unmarshal(js, &v2); err != nil {
+			t.Fatalf("%s: %v", names[i], err)
+		}
+		if !reflect.DeepEqual(v1, v2) {
+			t.Errorf("%s: decoded differently:\n%s", names[i], cmp.Diff(v1, v2))
+		}
+	}
 }
