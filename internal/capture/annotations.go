@@ -118,14 +118,14 @@ func FromPod(base Spec, annotations map[string]string, proxy Proxy, addrs []neti
 		}
 		*id.dst = []uint32{uint32(*id.v)}
 	}
-	s.RedirectDNS = proxy.flag(EnvDNSCapture)
-	s.DropInvalid = proxy.flag(EnvInvalidDrop)
+	s.RedirectDNS = proxy.Flag(EnvDNSCapture)
+	s.DropInvalid = proxy.Flag(EnvInvalidDrop)
 	// The plug-in cannot read the pod's resolv.conf, so DNS capture
 	// captures every destination on port 53, as Istio's CNI does.
 	if s.RedirectDNS {
 		s.CaptureAllDNS = true
 	}
-	s.IPv6 = EnableIPv6(addrs, proxy.flag(EnvDualStack))
+	s.IPv6 = EnableIPv6(addrs, proxy.Flag(EnvDualStack))
 	if err := s.Validate(); err != nil {
 		return Spec{}, err
 	}
@@ -139,11 +139,11 @@ func FromPod(base Spec, annotations map[string]string, proxy Proxy, addrs []neti
 // reads as booleans. It does not read ISTIO_AGENT_DUAL_STACK.
 var proxyFlags = []string{EnvDNSCapture, EnvInvalidDrop, EnvDualStack}
 
-// flag reads a proxy variable as Istio's CNI plug-in does: strconv.ParseBool
+// Flag reads a proxy variable as Istio's CNI plug-in does: strconv.ParseBool
 // of the value as written, and anything it refuses ("", a value from
 // valueFrom, "yes", " true") is false. Istio logs a warning and carries on;
 // FlagWarnings says the same for meshcni's log.
-func (p Proxy) flag(name string) bool {
+func (p Proxy) Flag(name string) bool {
 	b, _ := strconv.ParseBool(p.Env[name])
 	return b
 }

@@ -81,7 +81,7 @@ func Template(meta metav1.ObjectMeta, spec corev1.PodSpec, ns string, excluded [
 	if i < 0 || len(spec.InitContainers[i].Args) == 0 || spec.InitContainers[i].Args[0] != "istio-iptables" {
 		return meta, spec, rec
 	}
-	c, notes, err := toValidation(meta, spec, i)
+	c, notes, sw, err := toValidation(meta, spec, i)
 	if err != nil {
 		return apply(meta, spec, "", -1, corev1.Container{}, [][2]string{{AnnotationNotMutated, err.Error()}})
 	}
@@ -89,7 +89,7 @@ func Template(meta metav1.ObjectMeta, spec corev1.PodSpec, ns string, excluded [
 	// Fail closed: the converted pod must be one the plug-in captures,
 	// with annotations it accepts; otherwise istio-init stays and
 	// programs the rules itself.
-	if err := pluginAccepts(m2, s2); err != nil {
+	if err := pluginAccepts(m2, s2, sw); err != nil {
 		return apply(meta, spec, "", -1, corev1.Container{}, [][2]string{{AnnotationNotMutated, err.Error()}})
 	}
 	return m2, s2, r2
@@ -170,14 +170,14 @@ func toInit(v corev1.Container) corev1.Container {
 // CNI-mode istio-validation, and returns the annotations its arguments
 // become. Settings that no annotation can carry are an error: the pod is
 // then left as it is, never converted with a different redirection.
-func toValidation(meta metav1.ObjectMeta, spec corev1.PodSpec, i int) (corev1.Container, [][2]string, error) {
+func toValidation(meta metav1.ObjectMeta, spec corev1.PodSpec, i int) (corev1.Container, [][2]string, switches, error) {
 	init := spec.InitContainers[i]
 	a, err := initcmd.ParseArgs(init.Args[1:], envLookup(init.Env))
 	if err != nil {
-		return corev1.Container{}, nil, fmt.Errorf("istio-init arguments: %v", err)
+		return corev1.Container{}, nil, switches{}, fmt.Errorf("istio-init arguments: %v", err)
 	}
 	if a.RunValidation || a.SkipRuleApply {
-		return corev1.Container{}, nil, fmt.Errorf("istio-init already runs with %s or %s", runValidation, skipRuleApply)
+		return corev1.Container{}, nil, switches{}, fmt.Errorf("istio-init already runs with %s or %s", runValidation, skipRuleApply)
 	}
 	// Values the plug-in takes from its node configuration, or the
 	// sidecar, not from annotations (as Istio's CNI plug-in does): a
@@ -190,29 +190,18 @@ func toValidation(meta metav1.ObjectMeta, spec corev1.PodSpec, i int) (corev1.Co
 		{"-r (istio-inbound-tproxy-route-table)", a.TProxyTable, "133"},
 	} {
 		if f.got != f.want {
-			return corev1.Container{}, nil, fmt.Errorf("istio-init sets %s %q; meshcni takes it from the node's configuration (%s), so the pod keeps istio-init", f.name, f.got, f.want)
+			return corev1.Container{}, nil, switches{}, fmt.Errorf("istio-init sets %s %q; meshcni takes it from the node's configuration (%s), so the pod keeps istio-init", f.name, f.got, f.want)
 		}
 	}
 	for _, f := range []string{"proxy-gid", "capture-all-dns", "network-namespace", "dry-run"} {
 		if a.Set[f] {
-			return corev1.Container{}, nil, fmt.Errorf("istio-init sets --%s, which no annotation carries, so the pod keeps istio-init", f)
+			return corev1.Container{}, nil, switches{}, fmt.Errorf("istio-init sets --%s, which no annotation carries, so the pod keeps istio-init", f)
 		}
 	}
 	uid, err := strconv.ParseInt(a.ProxyUID, 10, 64)
 	if err != nil || uid <= 0 {
-		return corev1.Container{}, nil, fmt.Errorf("istio-init's -u %q is not one non-root UID, so the pod keeps istio-init", a.ProxyUID)
+		return corev1.Container{}, nil, switches{}, fmt.Errorf("istio-init's -u %q is not one non-root UID, so the pod keeps istio-init", a.ProxyUID)
 	}
-	// The switches istio-init read from its flags and environment must
-	// be what the plug-in reads from the sidecar's environment.
-	proxy := proxyEnv(spec)
-	fromProxy, err := initcmd.ParseArgs(nil, envLookup(proxy))
-	if err != nil {
-		return corev1.Container{}, nil, fmt.Errorf("istio-proxy environment: %v", err)
-	}
-	if a.RedirectDNS != fromProxy.RedirectDNS || a.DropInvalid != fromProxy.DropInvalid || a.DualStack != fromProxy.DualStack {
-		return corev1.Container{}, nil, fmt.Errorf("istio-init's DNS capture, invalid-drop or dual-stack switches differ from istio-proxy's environment, so the pod keeps istio-init")
-	}
-
 	mode := a.Mode
 	if mode == "" {
 		mode = string(capture.Redirect)
@@ -245,8 +234,12 @@ func toValidation(meta metav1.ObjectMeta, spec corev1.PodSpec, i int) (corev1.Co
 	sc.RunAsNonRoot = ptr(true)
 	sc.RunAsUser = ptr(uid)
 
-	return c, annotationsFrom(a, mode, meta), nil
+	return c, annotationsFrom(a, mode, meta), switches{a.RedirectDNS, a.DropInvalid, a.DualStack}, nil
 }
+
+// switches are istio-init's settings that the plug-in reads from the
+// sidecar's environment instead (as Istio's CNI plug-in does).
+type switches struct{ redirectDNS, dropInvalid, dualStack bool }
 
 // annotationsFrom writes istio-init's settings as Istio's CNI-mode
 // template writes them (its "annotations" block), in that order.
@@ -307,15 +300,6 @@ func envLookup(env []corev1.EnvVar) func(string) (string, bool) {
 	}
 }
 
-// proxyEnv is istio-proxy's environment, as a regular container or a
-// native sidecar.
-func proxyEnv(spec corev1.PodSpec) []corev1.EnvVar {
-	if c := proxy(spec); c != nil {
-		return c.Env
-	}
-	return nil
-}
-
 func proxyGID(spec corev1.PodSpec) *int64 {
 	var gid *int64
 	if spec.SecurityContext != nil {
@@ -337,9 +321,16 @@ func proxy(spec corev1.PodSpec) *corev1.Container {
 	return nil
 }
 
-// pluginAccepts judges the converted pod with the plug-in's own code.
-func pluginAccepts(meta metav1.ObjectMeta, spec corev1.PodSpec) error {
+// pluginAccepts judges the converted pod with the plug-in's own code,
+// and holds istio-init's switches to what the plug-in reads from the
+// sidecar's environment.
+func pluginAccepts(meta metav1.ObjectMeta, spec corev1.PodSpec, sw switches) error {
 	p := judged(meta, spec)
+	proxy := podspec.ProxyOf(p)
+	if sw != (switches{proxy.Flag(capture.EnvDNSCapture), proxy.Flag(capture.EnvInvalidDrop), proxy.Flag(capture.EnvDualStack)}) {
+		return fmt.Errorf("istio-init's DNS capture, invalid-drop or dual-stack switches differ from what meshcni reads from istio-proxy's environment (%s, %s, %s), so the pod keeps istio-init",
+			capture.EnvDNSCapture, capture.EnvInvalidDrop, capture.EnvDualStack)
+	}
 	// The namespace is a captured one (the caller decided); no addresses
 	// yet, so IPv4 alone, which does not change what is accepted.
 	v, err := podspec.NewJudge(capture.Default(), nil).Pod(p, nil)

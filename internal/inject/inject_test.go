@@ -299,6 +299,15 @@ func TestUnrepresentableKeepsIstioInit(t *testing.T) {
 		{"dns only in init", "DNS capture", func(_ *metav1.ObjectMeta, s *corev1.PodSpec) {
 			s.InitContainers[0].Env = append(s.InitContainers[0].Env, corev1.EnvVar{Name: "ISTIO_META_DNS_CAPTURE", Value: "true"})
 		}},
+		{"dns on in both, but under a name the plug-in does not read", "DNS capture", func(_ *metav1.ObjectMeta, s *corev1.PodSpec) {
+			s.InitContainers[0].Env = append(s.InitContainers[0].Env, corev1.EnvVar{Name: "REDIRECT_DNS", Value: "true"})
+			s.Containers[1].Env = append(s.Containers[1].Env, corev1.EnvVar{Name: "REDIRECT_DNS", Value: "true"})
+		}},
+		{"dual stack on in both, the sidecar's from valueFrom", "dual-stack", func(_ *metav1.ObjectMeta, s *corev1.PodSpec) {
+			s.InitContainers[0].Env = append(s.InitContainers[0].Env, corev1.EnvVar{Name: "ISTIO_DUAL_STACK", Value: "true"})
+			s.Containers[1].Env = append(s.Containers[1].Env, corev1.EnvVar{Name: "ISTIO_DUAL_STACK",
+				ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}})
+		}},
 		{"bad range the plug-in rejects", "would reject", func(m *metav1.ObjectMeta, s *corev1.PodSpec) {
 			s.InitContainers[0].Args[10] = "10.0.0.0/33"
 		}},
@@ -323,6 +332,20 @@ func TestUnrepresentableKeepsIstioInit(t *testing.T) {
 				t.Fatalf("reason %q, want it to mention %q", why, c.why)
 			}
 		})
+	}
+}
+
+// istio-init's switches, set as the plug-in reads them from the sidecar,
+// convert: the plug-in then programs what istio-init would have.
+func TestSwitchesOnInBothConvert(t *testing.T) {
+	meta, spec := stockPod(t, "ranges-ports")
+	for _, name := range []string{"ISTIO_META_DNS_CAPTURE", "INVALID_DROP", "ISTIO_DUAL_STACK"} {
+		on := corev1.EnvVar{Name: name, Value: "true"}
+		spec.InitContainers[0].Env = append(spec.InitContainers[0].Env, on)
+		spec.Containers[1].Env = append(spec.Containers[1].Env, on)
+	}
+	if _, _, rec := Template(meta, spec, "shop", nil); rec.Action != ToValidation {
+		t.Fatalf("not converted: %+v", rec.Annotations)
 	}
 }
 
