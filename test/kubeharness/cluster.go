@@ -242,6 +242,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	return c, nil
 }
 
+// APIServerPID is kube-apiserver's process ID (for its CPU and memory).
+func (c *Cluster) APIServerPID() int { return c.apiserver.cmd.Process.Pid }
+
 // Stop kills kube-apiserver and etcd and removes Dir unless Options.KeepDir
 // was set. It is safe to call more than once.
 func (c *Cluster) Stop() error {

@@ -60,6 +60,10 @@ type WebhookRow struct {
 	// the call to meshcni's webhook (its buckets are 5 ms, 25 ms, ...).
 	AdmitP50, AdmitP99 float64
 	WebhookCPU         float64 // cores, during the run with the webhook
+	// APIServerWith, APIServerWithout are kube-apiserver's CPU (cores)
+	// during the creates with the webhook and without it: on 2 shared
+	// cores, what a create costs the API server sets its queue.
+	APIServerWith, APIServerWithout float64
 }
 
 // APIWindow is the API server's work over a window.
@@ -435,12 +439,20 @@ func (e *Env) webhookAtRate(ctx context.Context, cfg Config, rate int, created *
 		return row, err
 	}
 	row.DirectCPU = CPUShare(d0, w0)
+	a0, err := ReadProc(e.Cluster.APIServerPID())
+	if err != nil {
+		return row, err
+	}
 	row.With = CreatePods(ctx, e.Client, AppNamespace, fmt.Sprintf("w%d", rate), n, rate, cfg.Nodes)
 	w1, err := ReadProc(e.WebhookPID())
 	if err != nil {
 		return row, err
 	}
-	row.WebhookCPU = CPUShare(w0, w1)
+	a1, err := ReadProc(e.Cluster.APIServerPID())
+	if err != nil {
+		return row, err
+	}
+	row.WebhookCPU, row.APIServerWith = CPUShare(w0, w1), CPUShare(a0, a1)
 	after, err := e.APIMetrics(ctx)
 	if err != nil {
 		return row, err
@@ -453,7 +465,14 @@ func (e *Env) webhookAtRate(ctx context.Context, cfg Config, rate int, created *
 	if err := e.RemoveWebhookConfiguration(ctx); err != nil {
 		return row, err
 	}
+	if a0, err = ReadProc(e.Cluster.APIServerPID()); err != nil {
+		return row, err
+	}
 	row.Without = CreatePods(ctx, e.Client, AppNamespace, fmt.Sprintf("b%d", rate), n, rate, cfg.Nodes)
+	if a1, err = ReadProc(e.Cluster.APIServerPID()); err != nil {
+		return row, err
+	}
+	row.APIServerWithout = CPUShare(a0, a1)
 	*created += row.Without.Created
 	if err := e.RestoreWebhookConfiguration(ctx); err != nil {
 		return row, err
@@ -469,15 +488,15 @@ func (r *Report) Markdown() string {
 	c := r.Config
 	fmt.Fprintf(&b, "%d kwok nodes, %d app pods (%d Ready); load average %s; started %s\n\n",
 		c.Nodes, r.PodsCreated, r.PodsRunning, r.Load, r.Started.UTC().Format(time.RFC3339))
-	b.WriteString("| rate/s | webhook alone p50 / p99 (reviews, patched/sent) | its CPU | pod create p50 / p99 with the webhook (created, converted, failed) | without it (created, failed) | added p50 / p99 | API server's call p50 / p99 (bucket bound) | webhook CPU during creates |\n")
-	b.WriteString("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	b.WriteString("| rate/s | webhook alone p50 / p99 (reviews, patched/sent) | its CPU | pod create p50 / p99 with the webhook (created, converted, failed) | without it (created, failed) | added p50 / p99 | API server's call p50 / p99 (bucket bound) | webhook CPU during creates | API server CPU with / without |\n")
+	b.WriteString("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, w := range r.Webhook {
-		fmt.Fprintf(&b, "| %d | %s / %s (%d/%d) | %.3f cores | %s / %s (%d, %d, %d) | %s / %s (%d, %d) | %s / %s | ≤ %s / ≤ %s | %.3f cores |\n",
+		fmt.Fprintf(&b, "| %d | %s / %s (%d/%d) | %.3f cores | %s / %s (%d, %d, %d) | %s / %s (%d, %d) | %s / %s | ≤ %s / ≤ %s | %.3f cores | %.2f / %.2f cores |\n",
 			w.Rate, ms(w.P50Direct), ms(w.P99Direct), w.Direct.Patched, w.Direct.Sent, w.DirectCPU,
 			ms(w.P50With), ms(w.P99With), w.With.Created, w.With.Converted, w.With.Failed,
 			ms(w.P50Without), ms(w.P99Without), w.Without.Created, w.Without.Failed,
 			msSigned(w.P50With-w.P50Without), msSigned(w.P99With-w.P99Without),
-			bound(w.AdmitP50), bound(w.AdmitP99), w.WebhookCPU)
+			bound(w.AdmitP50), bound(w.AdmitP99), w.WebhookCPU, w.APIServerWith, w.APIServerWithout)
 	}
 	fmt.Fprintf(&b, "\n| measure | value |\n| --- | ---: |\n")
 	row := func(k, format string, args ...any) {
