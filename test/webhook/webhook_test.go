@@ -240,6 +240,19 @@ func TestWebhookServedByTheController(t *testing.T) {
 			}
 		}
 	})
+	t.Run("a pod without Istio's label is not sent", func(t *testing.T) {
+		// The configuration's objectSelector: Istio's injector labels
+		// every pod it injects security.istio.io/tlsMode. A pod without
+		// the label is not sent, even with an istio-init, and keeps it.
+		p := stock[0].DeepCopy()
+		if _, ok := p.Labels["security.istio.io/tlsMode"]; !ok {
+			t.Fatalf("the fixture has no tlsMode label: %v", p.Labels)
+		}
+		delete(p.Labels, "security.istio.io/tlsMode")
+		if init, note := dryRun(t, ctx, captured, p); init != inject.InitName || note != "" {
+			t.Errorf("first init container %s, mutated %q; want the pod not sent", init, note)
+		}
+	})
 	t.Run("excluded namespace gets istio-init back", func(t *testing.T) {
 		for _, p := range cni {
 			got, err := create(ctx, excluded, p, false)
