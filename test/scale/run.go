@@ -434,6 +434,9 @@ func (e *Env) webhookAtRate(ctx context.Context, cfg Config, rate int, created *
 		return row, err
 	}
 	row.P50Direct, row.P99Direct = Quantile(row.Direct.Latency, 0.5), Quantile(row.Direct.Latency, 0.99)
+	if row.Direct.Failed > 0 {
+		e.logf("webhook alone: %d of %d reviews failed; the first: %v", row.Direct.Failed, row.Direct.Sent, row.Direct.Err)
+	}
 	w0, err := ReadProc(e.WebhookPID())
 	if err != nil {
 		return row, err
@@ -491,8 +494,12 @@ func (r *Report) Markdown() string {
 	b.WriteString("| rate/s | webhook alone p50 / p99 (reviews, patched/sent) | its CPU | pod create p50 / p99 with the webhook (created, converted, failed) | without it (created, failed) | added p50 / p99 | API server's call p50 / p99 (bucket bound) | webhook CPU during creates | API server CPU with / without |\n")
 	b.WriteString("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, w := range r.Webhook {
-		fmt.Fprintf(&b, "| %d | %s / %s (%d/%d) | %.3f cores | %s / %s (%d, %d, %d) | %s / %s (%d, %d) | %s / %s | ≤ %s / ≤ %s | %.3f cores | %.2f / %.2f cores |\n",
-			w.Rate, ms(w.P50Direct), ms(w.P99Direct), w.Direct.Patched, w.Direct.Sent, w.DirectCPU,
+		failed := ""
+		if w.Direct.Failed > 0 {
+			failed = fmt.Sprintf(", %d failed", w.Direct.Failed)
+		}
+		fmt.Fprintf(&b, "| %d | %s / %s (%d/%d%s) | %.3f cores | %s / %s (%d, %d, %d) | %s / %s (%d, %d) | %s / %s | ≤ %s / ≤ %s | %.3f cores | %.2f / %.2f cores |\n",
+			w.Rate, ms(w.P50Direct), ms(w.P99Direct), w.Direct.Patched, w.Direct.Sent, failed, w.DirectCPU,
 			ms(w.P50With), ms(w.P99With), w.With.Created, w.With.Converted, w.With.Failed,
 			ms(w.P50Without), ms(w.P99Without), w.Without.Created, w.Without.Failed,
 			msSigned(w.P50With-w.P50Without), msSigned(w.P99With-w.P99Without),

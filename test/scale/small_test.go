@@ -66,6 +66,11 @@ func TestSmallScale(t *testing.T) {
 		if w.Without.Created != n || w.Without.Converted != 0 {
 			t.Errorf("%d/s without the webhook: %d created, %d converted, want %d and 0", w.Rate, w.Without.Created, w.Without.Converted, n)
 		}
+		// The API server's own CPU is read from its process (the PID the
+		// harness started execs into kube-apiserver): it creates the pods.
+		if w.APIServerWith <= 0 || w.APIServerWithout <= 0 {
+			t.Errorf("%d/s: API server CPU %.3f / %.3f cores, want both > 0", w.Rate, w.APIServerWith, w.APIServerWithout)
+		}
 		if math.IsNaN(w.AdmitP99) { // the API server never called the webhook
 			t.Errorf("%d/s: no webhook call in the API server's histogram", w.Rate)
 		}
