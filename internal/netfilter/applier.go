@@ -220,41 +220,34 @@ func (v *visit) Route(r rules.Routes) error       { return programRoutes(r) }
 func (v *visit) CheckRoutes(r rules.Routes) error { return checkRoutes(r) }
 
 // Apply implements Interface: a spec that is not valid is refused before
-// the netns is locked or entered; inside it, the spec is built into its
-// model, and rules.Apply decides against the visit's kernel.
+// the netns is locked or entered; its model is built before too, and
+// rules.Apply decides it against the visit's kernel.
 func (a *Applier) Apply(ctx context.Context, path string, spec capture.Spec) error {
 	if err := spec.Validate(); err != nil {
 		return fmt.Errorf("invalid capture spec: %w", err)
 	}
-	v, err := a.open(ctx, path)
-	if err != nil {
-		return err
-	}
-	defer v.close()
-	return netns.Do(path, func() error {
-		m := rules.Build(spec)
-		k, err := v.kernel()
-		if err != nil {
-			return err
-		}
-		return rules.Apply(k, m)
-	})
+	return a.decide(ctx, path, rules.Build(spec), rules.Apply)
 }
 
 // Check implements Interface.
 func (a *Applier) Check(ctx context.Context, path string, spec capture.Spec) error {
+	return a.decide(ctx, path, rules.Build(spec), rules.Check)
+}
+
+// decide runs how (rules.Apply or rules.Check) on model m, inside the
+// netns at path, against the kernel of a visit to it.
+func (a *Applier) decide(ctx context.Context, path string, m rules.Model, how func(rules.Kernel, rules.Model) error) error {
 	v, err := a.open(ctx, path)
 	if err != nil {
 		return err
 	}
 	defer v.close()
 	return netns.Do(path, func() error {
-		m := rules.Build(spec)
 		k, err := v.kernel()
 		if err != nil {
 			return err
 		}
-		return rules.Check(k, m)
+		return how(k, m)
 	})
 }
 

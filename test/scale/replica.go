@@ -43,10 +43,7 @@ func startReplica(name, logPath string, env []string, argv ...string) (*replica,
 func (r *replica) supervise() {
 	defer close(r.done)
 	for {
-		r.mu.Lock()
-		p := r.proc
-		r.mu.Unlock()
-		<-p.Done()
+		<-r.current().Done()
 		time.Sleep(restartDelay)
 		r.mu.Lock()
 		if r.stopped {
